@@ -1,0 +1,102 @@
+"""The routing table: which Slack events reach which handler, in Bolt's first-match order,
+and the one global error hook.
+
+    app = build_app(client=web_client, turns=turns, signing_secret=None)
+
+The order below is the spec (Bolt stops at the first listener whose constraints match):
+
+    app_mention                                  → answer in the mention's thread
+    message  · a person · DM                     → answer (DM rules in README)
+    message  · a person · names the bot          → answer (deduped with its app_mention twin)
+    message  · a person · thread the bot is in   → answer, no mention needed
+    message  · anything else                     → acknowledge and ignore (no 404, no retries)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.conversation import ThreadKey
+from bot.errors import StoreUnavailable
+from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern
+from bot.store import Store
+from bot.turn import Turns
+
+log = logging.getLogger(__name__)
+
+
+def build_app(
+    *,
+    client: AsyncWebClient,
+    turns: Turns,
+    store: Store,
+    signing_secret: str | None,
+) -> AsyncApp:
+    """The Bolt app with every route registered; ``signing_secret`` None means Socket Mode."""
+    app = AsyncApp(
+        client=client,
+        signing_secret=signing_secret or "",
+        request_verification_enabled=signing_secret is not None,
+        process_before_response=False,  # ack at once; listeners run as tasks
+        logger=logging.getLogger("slack_bolt"),
+    )
+
+    async def answer(
+        body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        try:
+            inbound = Inbound.from_event(body, event, bot_user_id=context.bot_user_id)
+        except MalformedEvent as exc:
+            log.info("ignored malformed %s event: %s", event.get("type"), exc)
+            return
+        await turns.answer(inbound)
+
+    async def ignore() -> None:
+        return None
+
+    # -- matchers ---------------------------------------------------------------------------
+
+    async def from_person(event: dict[str, Any]) -> bool:
+        return is_person_message(event)
+
+    async def in_dm(event: dict[str, Any]) -> bool:
+        return event.get("channel_type") == "im"
+
+    async def names_bot(event: dict[str, Any], context: AsyncBoltContext) -> bool:
+        bot = context.bot_user_id
+        return bot is not None and bool(mention_pattern(bot).search(str(event.get("text") or "")))
+
+    async def in_known_thread(event: dict[str, Any], body: dict[str, Any]) -> bool:
+        thread_ts = event.get("thread_ts")
+        if not isinstance(thread_ts, str) or thread_ts == event.get("ts"):
+            return False
+        team = body.get("team_id") or event.get("team") or ""
+        try:
+            return await store.knows(ThreadKey(str(team), str(event.get("channel")), thread_ts))
+        except StoreUnavailable:
+            return False
+
+    # -- the table --------------------------------------------------------------------------
+
+    app.event("app_mention")(answer)
+    app.event("message", matchers=[from_person, in_dm])(answer)
+    app.event("message", matchers=[from_person, names_bot])(answer)
+    app.event("message", matchers=[from_person, in_known_thread])(answer)
+    app.event("message")(ignore)
+
+    @app.error
+    async def on_error(error: Exception, body: dict[str, Any]) -> None:
+        # The turn has already finalized its reply with a fixed note; only operators see this.
+        log.error(
+            "unhandled %s while handling event %s",
+            type(error).__name__,
+            body.get("event_id", "?"),
+            exc_info=error,
+        )
+
+    return app

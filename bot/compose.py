@@ -1,0 +1,119 @@
+"""The composition root: settings → clients (one AsyncExitStack) → objects → a running bot.
+
+    async with open_bot(settings) as running:
+        await running.stopped.wait()
+
+``python -m bot`` and the end-to-end tests both start the bot through ``open_bot``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import aiohttp
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+
+from bot.app import build_app
+from bot.config import Settings
+from bot.llm import ChatModel, connect_openai
+from bot.render.budget import EditBudget
+from bot.slack import SlackGateway, connect_slack
+from bot.store import Store, connect_redis, embedded_redis
+from bot.turn import TurnOptions, Turns
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningBot:
+    """What a started bot exposes to its runner (and to tests)."""
+
+    app: AsyncApp
+    turns: Turns
+    store: Store
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@asynccontextmanager
+async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
+    """Open every client, wire the bot, connect to Slack; close everything on exit."""
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        web = connect_slack(
+            settings.slack_bot_token.get_secret_value(), settings.slack_api_url, session
+        )
+
+        if settings.redis_url:
+            redis = connect_redis(settings.redis_url)
+        else:
+            redis = embedded_redis()
+            log.warning(
+                "REDIS_URL is not set: using an embedded in-process store; thread context is "
+                "neither shared with other replicas nor kept across restarts"
+            )
+        stack.push_async_callback(redis.aclose)
+
+        llm_client = connect_openai(
+            settings.openai_api_key.get_secret_value(), settings.openai_base_url
+        )
+        stack.push_async_callback(llm_client.close)
+
+        store = Store(
+            redis,
+            history_ttl_s=settings.history_ttl_days * 86400,
+            history_max_turns=settings.history_max_turns,
+        )
+        if not await store.ping():
+            log.warning("Redis is not reachable at start-up; continuing without thread history")
+        budget = EditBudget(
+            store,
+            per_minute=settings.edit_budget_per_minute,
+            burst=settings.edit_budget_burst,
+            min_interval=settings.edit_interval,
+        )
+        model = ChatModel(
+            llm_client,
+            model=settings.openai_model,
+            temperature=settings.openai_temperature,
+            idle_timeout=settings.model_idle_timeout,
+        )
+        turns = Turns(
+            slack=SlackGateway(web),
+            store=store,
+            model=model,
+            budget=budget,
+            options=TurnOptions(
+                system_prompt=settings.system_prompt,
+                prompt_token_budget=settings.prompt_token_budget,
+                message_char_limit=settings.message_char_limit,
+                final_edit_deadline=settings.final_edit_deadline,
+            ),
+        )
+        app = build_app(
+            client=web,
+            turns=turns,
+            store=store,
+            signing_secret=(
+                settings.slack_signing_secret.get_secret_value()
+                if settings.slack_mode == "http" and settings.slack_signing_secret
+                else None
+            ),
+        )
+
+        if settings.slack_mode == "socket":
+            assert settings.slack_app_token is not None  # checked by load_settings
+            handler = AsyncSocketModeHandler(
+                app, settings.slack_app_token.get_secret_value(), web_client=web
+            )
+            stack.push_async_callback(handler.close_async)
+            await handler.connect_async()  # type: ignore[no-untyped-call]
+            log.info("connected to Slack over Socket Mode")
+        else:
+            raise NotImplementedError("HTTP mode is not built yet; use SLACK_MODE=socket")
+
+        yield RunningBot(app=app, turns=turns, store=store)

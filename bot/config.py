@@ -1,0 +1,108 @@
+"""The bot's settings: read once from the environment (and ``.env``) into a frozen, typed object.
+
+    settings = load_settings()          # raises ConfigError listing every problem
+    settings.openai_model               # 'gpt-4o-mini'
+
+This is the only module that reads the environment; everything else receives values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant in a Slack workspace. Answer clearly and concisely. "
+    "Messages from people are prefixed with their Slack user id in brackets."
+)
+
+
+class Settings(BaseSettings):
+    """Every setting, its environment variable (the field name in upper case) and its default."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", frozen=True, extra="ignore"
+    )
+
+    # Slack
+    slack_bot_token: SecretStr = Field(description="Bot token (xoxb-…)")
+    slack_app_token: SecretStr | None = Field(
+        None, description="App-level token (xapp-…), Socket Mode"
+    )
+    slack_signing_secret: SecretStr | None = Field(None, description="Signing secret, HTTP mode")
+    slack_mode: Literal["socket", "http"] = "socket"
+    slack_api_url: str = "https://slack.com/api/"
+    http_port: int = Field(3000, ge=1, le=65535)
+
+    # Model
+    openai_api_key: SecretStr
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_temperature: float | None = Field(None, ge=0, le=2)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    model_idle_timeout: float = Field(60.0, gt=0)
+
+    # Thread memory
+    redis_url: str | None = None
+    history_ttl_days: float = Field(30.0, gt=0)
+    history_max_turns: int = Field(200, ge=2)
+    prompt_token_budget: int = Field(8000, ge=256)
+
+    # Reply rendering
+    edit_interval: float = Field(1.0, ge=0.05)
+    edit_budget_per_minute: float = Field(45.0, gt=0)
+    edit_budget_burst: int = Field(3, ge=1)
+    message_char_limit: int = Field(2900, ge=200, le=3000)
+    final_edit_deadline: float = Field(120.0, gt=0)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, url: str) -> str:
+        # slack_sdk joins method names with urljoin: without the slash, '/api' is dropped.
+        return url if url.endswith("/") else url + "/"
+
+    @field_validator("openai_base_url", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def cross_field_problems(self) -> list[str]:
+        problems = []
+        if self.slack_mode == "socket" and self.slack_app_token is None:
+            problems.append("SLACK_APP_TOKEN: required in Socket Mode (SLACK_MODE=socket)")
+        if self.slack_mode == "http" and self.slack_signing_secret is None:
+            problems.append("SLACK_SIGNING_SECRET: required in HTTP mode (SLACK_MODE=http)")
+        return problems
+
+
+def load_settings(
+    overrides: Mapping[str, object] | None = None, *, env_file: str | None = ".env"
+) -> Settings:
+    """Read and validate the settings; raise ``ConfigError`` naming every problem at once.
+
+    ``overrides`` (field name → value) take precedence over the environment; tests use them.
+    """
+    try:
+        settings = Settings(_env_file=env_file, **dict(overrides or {}))  # type: ignore[call-arg,arg-type]
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    problems = settings.cross_field_problems()
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _describe(err: Mapping[str, object]) -> str:
+    loc = err.get("loc") or ()
+    name = str(loc[0]).upper() if isinstance(loc, tuple) and loc else "settings"
+    if err.get("type") == "missing":
+        return f"{name}: missing (set it in the environment or in .env)"
+    # The message never echoes the value: it may be a secret.
+    return f"{name}: {err.get('msg')}"

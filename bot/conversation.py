@@ -1,0 +1,91 @@
+"""Pure conversation domain: thread identity, turns with their authors, and the token-budgeted prompt.
+
+window = prompt_window(system="Be brief.", history=turns, budget_tokens=8000)
+# [{'role': 'system', ...}, ...newest turns that fit, oldest first]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Role = Literal["user", "assistant"]
+
+INTERRUPTED_MARK = "[answer interrupted]"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKey:
+    """One Slack conversation: a thread, or the top level of a DM when replies go there."""
+
+    team: str
+    channel: str
+    thread_ts: str
+
+    def __str__(self) -> str:
+        return f"{self.team}:{self.channel}:{self.thread_ts}"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation, as the model will be told it."""
+
+    role: Role
+    text: str
+    author: str | None = None  # Slack user id of a person; None for the bot
+    ts: str | None = None
+    interrupted: bool = False  # the assistant's answer was cut short; text is what the user saw
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Turn:
+        data = json.loads(raw)
+        return cls(
+            role="assistant" if data.get("role") == "assistant" else "user",
+            text=str(data.get("text", "")),
+            author=data.get("author"),
+            ts=data.get("ts"),
+            interrupted=bool(data.get("interrupted", False)),
+        )
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free upper-ish estimate: ~4 UTF-8 bytes a token, plus per-message overhead.
+
+    Counting bytes rather than characters keeps non-Latin scripts (more tokens per character)
+    on the safe side without downloading a tokenizer at run time.
+    """
+    return len(text.encode("utf-8")) // 4 + 4
+
+
+def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[dict[str, Any]]:
+    """The chat messages to send: the system prompt, then the newest whole turns within budget.
+
+    Turns are never split; the oldest are dropped first. When several people speak in the
+    window, each person's message is prefixed with their id so the model knows who said what.
+    """
+    remaining = budget_tokens - estimate_tokens(system)
+    kept: list[Turn] = []
+    for turn in reversed(history):
+        cost = estimate_tokens(turn.text) + (4 if turn.author else 0)
+        if cost > remaining and kept:
+            break
+        kept.append(turn)
+        remaining -= cost
+    kept.reverse()
+    authors = {t.author for t in kept if t.role == "user" and t.author}
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for turn in kept:
+        messages.append({"role": turn.role, "content": _content(turn, named=len(authors) > 1)})
+    return messages
+
+
+def _content(turn: Turn, *, named: bool) -> str:
+    if turn.role == "assistant":
+        return f"{turn.text}\n{INTERRUPTED_MARK}" if turn.interrupted else turn.text
+    if named and turn.author:
+        return f"[{turn.author}] {turn.text}"
+    return turn.text

@@ -1,0 +1,85 @@
+"""Raw Slack event payloads → typed values, and the small matchers the routing table uses.
+
+inbound = Inbound.from_event(body, event, bot_user_id="U0BOT")
+inbound.key        # ThreadKey(team='T1', channel='C1', thread_ts='1700000000.000100')
+inbound.text       # the question, the bot's own mention removed
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bot.conversation import ThreadKey
+
+# Subtypes that are people talking; everything else (joins, edits, deletions, bot posts) is not.
+USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+
+
+class MalformedEvent(ValueError):
+    """The event lacks a field the bot needs (channel, ts, user)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message from a person that the bot may answer."""
+
+    team: str
+    channel: str
+    channel_type: str  # 'channel', 'group', 'im', 'mpim' ('' when Slack did not say)
+    user: str
+    text: str  # with the bot's own mention removed
+    ts: str
+    thread_ts: str | None  # None at the top level of a channel or DM
+    event_id: str | None
+    mentioned: bool  # arrived as app_mention, or names the bot
+
+    @property
+    def key(self) -> ThreadKey:
+        """The thread this message belongs to (a top-level message starts its own)."""
+        return ThreadKey(self.team, self.channel, self.thread_ts or self.ts)
+
+    @property
+    def is_dm(self) -> bool:
+        return self.channel_type == "im" or (not self.channel_type and self.channel.startswith("D"))
+
+    @classmethod
+    def from_event(
+        cls, body: dict[str, Any], event: dict[str, Any], *, bot_user_id: str | None
+    ) -> Inbound:
+        channel, ts, user = event.get("channel"), event.get("ts"), event.get("user")
+        if not (isinstance(channel, str) and isinstance(ts, str) and isinstance(user, str)):
+            raise MalformedEvent("event without channel, ts or user")
+        raw_text = event.get("text")
+        text = raw_text if isinstance(raw_text, str) else ""
+        mentioned = event.get("type") == "app_mention"
+        if bot_user_id:
+            stripped = mention_pattern(bot_user_id).sub("", text)
+            mentioned = mentioned or stripped != text
+            text = stripped
+        thread_ts = event.get("thread_ts")
+        team = body.get("team_id") or event.get("team") or ""
+        return cls(
+            team=str(team),
+            channel=channel,
+            channel_type=str(event.get("channel_type") or ""),
+            user=user,
+            text=text.strip(),
+            ts=ts,
+            thread_ts=thread_ts if isinstance(thread_ts, str) and thread_ts != ts else None,
+            event_id=body.get("event_id") if isinstance(body.get("event_id"), str) else None,
+            mentioned=mentioned,
+        )
+
+
+def mention_pattern(bot_user_id: str) -> re.Pattern[str]:
+    """Matches the bot's own mention, with or without a label: ``<@U0BOT>``, ``<@U0BOT|bot>``."""
+    return re.compile(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>")
+
+
+def is_person_message(event: dict[str, Any]) -> bool:
+    """A message a person wrote: not a bot (no bot loops), not an edit, join or deletion."""
+    if event.get("bot_id") or event.get("bot_profile"):
+        return False
+    return event.get("subtype") in USER_SUBTYPES and isinstance(event.get("user"), str)

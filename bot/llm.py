@@ -1,0 +1,171 @@
+"""The model boundary: stream an answer from any OpenAI-compatible Chat Completions server.
+
+    async with model.stream(messages) as answer:
+        async for delta in answer:
+            reply.append(delta)
+    answer.usage          # {'prompt_tokens': …} when the server reported it
+
+The SSE lines are read raw and decoded with ``json.loads``: the SDK's typed chunks cost about
+twenty times more CPU per token, which matters with hundreds of concurrent streams. Failures
+leave as ``ModelUnavailable`` (nothing streamed yet), ``ModelInterrupted`` (broken mid-answer,
+including a stream that ends without ``finish_reason``) or ``ModelIdle`` (no token for
+``idle_timeout`` seconds). A healthy stream has no total-duration limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any
+
+import httpx2
+import openai
+
+from bot.errors import ModelIdle, ModelInterrupted, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def connect_openai(api_key: str, base_url: str | None) -> openai.AsyncOpenAI:
+    """The SDK client; retries (429/5xx/connection, before a stream starts) stay the SDK's."""
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=2)
+
+
+class ChatModel:
+    """One configured model endpoint.
+
+    ``stream`` returns an ``AnswerStream``: use it as ``async with`` and iterate text deltas.
+    """
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        *,
+        model: str,
+        temperature: float | None = None,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._temperature = temperature
+        self._idle_timeout = idle_timeout
+
+    def stream(self, messages: list[dict[str, Any]], *, model: str | None = None) -> AnswerStream:
+        body: dict[str, Any] = {
+            "model": model or self._model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self._temperature is not None:
+            body["temperature"] = self._temperature
+        return AnswerStream(self._client, body, self._idle_timeout)
+
+
+class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
+    """One streamed answer; always closes its HTTP response, also when the reader stops early."""
+
+    def __init__(self, client: openai.AsyncOpenAI, body: dict[str, Any], idle: float) -> None:
+        self._client = client
+        self._body = body
+        self._idle = idle
+        self._response_cm: Any = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] | None = None
+        self.chars = 0
+
+    async def __aenter__(self) -> AnswerStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        cm, self._response_cm = self._response_cm, None
+        if cm is not None:
+            try:
+                await cm.__aexit__(None, None, None)
+            except (httpx2.HTTPError, openai.OpenAIError):
+                pass  # the connection is being discarded anyway
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._idle):
+                # The idle clock covers the time to first byte too.
+                self._response_cm = self._client.chat.completions.with_streaming_response.create(
+                    **self._body
+                )
+                response = await self._response_cm.__aenter__()
+        except TimeoutError:
+            raise ModelUnavailable("no response within the idle timeout") from None
+        except openai.APIStatusError as exc:
+            raise ModelUnavailable(f"HTTP {exc.status_code}") from exc
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise ModelUnavailable(type(exc).__name__) from exc
+
+        lines = response.iter_lines().__aiter__()
+        deadline = loop.time() + self._idle
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        line = await lines.__anext__()
+                except StopAsyncIteration:
+                    break
+                if not line.startswith("data:"):
+                    continue  # blank separators, ': keep-alive' comments, 'event:' names
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                text = self._absorb(json.loads(payload))
+                if text:
+                    self.chars += len(text)
+                    deadline = loop.time() + self._idle
+                    yield text
+        except TimeoutError:
+            raise self._broken(ModelIdle, "no token within the idle timeout") from None
+        except json.JSONDecodeError as exc:
+            raise self._broken(ModelInterrupted, "corrupt chunk") from exc
+        except (httpx2.HTTPError, openai.OpenAIError) as exc:
+            raise self._broken(ModelInterrupted, type(exc).__name__) from exc
+        finally:
+            await self._close()
+        if self.finish_reason is None:
+            raise self._broken(ModelInterrupted, "stream ended without finish_reason")
+
+    def _absorb(self, chunk: Any) -> str:
+        """Text of one decoded chunk; records finish_reason and usage; raises on error events."""
+        if not isinstance(chunk, dict):
+            return ""
+        if chunk.get("error"):
+            raise self._broken(ModelInterrupted, "error event in stream")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = {k: v for k, v in usage.items() if isinstance(v, int)}
+        text = ""
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str):
+                text += content
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+        return text
+
+    def _broken(
+        self, kind: type[ModelInterrupted], why: str
+    ) -> ModelInterrupted | ModelUnavailable:
+        # Nothing shown yet: the user gets the "model unavailable" note, not "interrupted".
+        if self.chars == 0:
+            return ModelUnavailable(why)
+        return kind(why)

@@ -1,0 +1,135 @@
+"""The outbound Slack Web API boundary: post, update, delete, read a thread, reactions, status.
+
+    slack = SlackGateway(web_client)
+    ts = await slack.post("C1", "_Thinking…_", thread_ts="1700000000.000100")
+    await slack.update("C1", ts, "The answer.")
+
+Every failure leaves as ``SlackRateLimited`` (429, with ``retry_after``), ``SlackTransient``
+(5xx, connection trouble, timeouts: worth retrying) or ``SlackRejected`` (``ok: false``).
+No method here retries: callers decide, because only they know whether a call is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.errors import SlackRateLimited, SlackRejected, SlackTransient
+
+log = logging.getLogger(__name__)
+
+# ok:false errors that mean "Slack had a problem", not "your call was wrong".
+_TRANSIENT_ERRORS = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+)
+
+
+def connect_slack(token: str, base_url: str, session: aiohttp.ClientSession) -> AsyncWebClient:
+    """One Web API client on one long-lived session (connection reuse), without SDK retries."""
+    return AsyncWebClient(
+        token=token, base_url=base_url, session=session, timeout=15, retry_handlers=[]
+    )
+
+
+class SlackGateway:
+    """The Web API calls the bot makes, with Slack's failures translated."""
+
+    def __init__(self, client: AsyncWebClient) -> None:
+        self._client = client
+
+    async def identity(self) -> tuple[str, str]:
+        """(team id, bot user id) of the token."""
+        data = await self._call("auth.test", {})
+        return str(data.get("team_id", "")), str(data.get("user_id", ""))
+
+    async def post(
+        self,
+        channel: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        if thread_ts:
+            args["thread_ts"] = thread_ts
+        if blocks is not None:
+            args["blocks"] = blocks
+        data = await self._call("chat.postMessage", args)
+        return str(data["ts"])
+
+    async def update(
+        self, channel: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None = None
+    ) -> None:
+        args: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        # An explicit empty list clears earlier blocks (e.g. the Stop button).
+        args["blocks"] = blocks if blocks is not None else []
+        await self._call("chat.update", args)
+
+    async def delete(self, channel: str, ts: str) -> None:
+        await self._call("chat.delete", {"channel": channel, "ts": ts})
+
+    async def thread_messages(
+        self, channel: str, thread_ts: str, *, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """The thread's messages, oldest first (parent included), at most ``limit`` of them."""
+        messages: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(messages) < limit:
+            args: dict[str, Any] = {"channel": channel, "ts": thread_ts, "limit": min(200, limit)}
+            if cursor:
+                args["cursor"] = cursor
+            data = await self._call("conversations.replies", args, read=True)
+            messages.extend(m for m in data.get("messages", []) if isinstance(m, dict))
+            cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor or not data.get("has_more", True):
+                break
+        return messages[:limit]
+
+    async def react(self, channel: str, ts: str, name: str, *, on: bool = True) -> None:
+        method = "reactions.add" if on else "reactions.remove"
+        await self._call(method, {"channel": channel, "timestamp": ts, "name": name})
+
+    async def set_status(self, channel: str, thread_ts: str, status: str) -> None:
+        await self._call(
+            "assistant.threads.setStatus",
+            {"channel_id": channel, "thread_ts": thread_ts, "status": status},
+        )
+
+    async def _call(
+        self, method: str, args: dict[str, Any], *, read: bool = False
+    ) -> dict[str, Any]:
+        try:
+            if read:
+                response = await self._client.api_call(method, http_verb="GET", params=args)
+            else:
+                response = await self._client.api_call(method, json=args)
+        except SlackApiError as exc:
+            raise _translate(method, exc) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise SlackTransient(method, type(exc).__name__) from None
+        data = response.data
+        return data if isinstance(data, dict) else {}
+
+
+def _translate(
+    method: str, exc: SlackApiError
+) -> SlackRateLimited | SlackTransient | SlackRejected:
+    response = exc.response
+    status = int(getattr(response, "status_code", None) or getattr(response, "status", 0) or 0)
+    headers = getattr(response, "headers", {}) or {}
+    data = getattr(response, "data", None)
+    error = data.get("error", "") if isinstance(data, dict) else ""
+    if status == 429 or error == "ratelimited":
+        try:
+            retry_after = float(headers.get("Retry-After", 1))
+        except (TypeError, ValueError):
+            retry_after = 1.0
+        return SlackRateLimited(method, max(retry_after, 0.5))
+    if status >= 500 or error in _TRANSIENT_ERRORS:
+        return SlackTransient(method, error or f"HTTP {status}")
+    return SlackRejected(method, error or f"HTTP {status}")

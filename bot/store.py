@@ -1,0 +1,316 @@
+"""The Redis boundary: thread history, event dedupe, per-thread locks and the shared edit budget.
+
+Key schema (``{p}`` is the key prefix, ``slackbot`` by default)::
+
+    {p}:thread:{team}:{channel}:{thread_ts}   list of JSON turns, oldest first; TTL refreshed on write
+    {p}:seen:evt:{event_id}                   "1", TTL 15 min — Slack retries of one event
+    {p}:seen:msg:{team}:{channel}:{ts}        "1", TTL 15 min — app_mention + message of one post
+    {p}:lock:{team}:{channel}:{thread_ts}     holder token, PX lease — one answer at a time
+    {p}:budget:{team}:{method}                hash {tokens, at} — token bucket shared by replicas
+    {p}:pause:{team}:{method}                 "1", PX Retry-After — Slack said 429
+    {p}:active:{team}                         zset reply id → lease expiry — replies streaming now
+
+Every Redis failure leaves this module as ``StoreUnavailable``; the first one of an outage is
+logged as one warning, the recovery as one info line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from bot.conversation import ThreadKey, Turn
+from bot.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEDUPE_TTL_S = 15 * 60
+
+
+def connect_redis(url: str) -> aioredis.Redis:
+    """A client that fails fast while Redis is down instead of stalling every command."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        health_check_interval=15,
+    )
+
+
+def embedded_redis() -> aioredis.Redis:
+    """An in-process Redis-compatible store (fakeredis) for a single process without REDIS_URL."""
+    from fakeredis import FakeAsyncRedis  # imported here: only the no-Redis set-up needs it
+
+    return FakeAsyncRedis()  # type: ignore[no-any-return]
+
+
+class Store:
+    """All Redis operations of the bot, behind one health-tracking guard.
+
+    store = Store(redis, prefix="slackbot", history_ttl_s=30 * 86400, history_max_turns=200)
+    await store.append_turns(key, [Turn("user", "hi", "U1")])
+    turns = await store.history(key)
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "slackbot",
+        history_ttl_s: float = 30 * 86400,
+        history_max_turns: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._p = prefix
+        self._ttl_ms = int(history_ttl_s * 1000)
+        self._max_turns = history_max_turns
+        self._clock = clock
+        self._down = False
+        self._local_seen: OrderedDict[str, float] = OrderedDict()
+        self._release = redis.register_script(_RELEASE_LUA)
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._take = redis.register_script(_TAKE_LUA)
+
+    @property
+    def healthy(self) -> bool:
+        return not self._down
+
+    async def ping(self) -> bool:
+        try:
+            await self._guard(lambda r: r.ping(), "ping")
+        except StoreUnavailable:
+            return False
+        return True
+
+    # -- thread history -------------------------------------------------------------------
+
+    async def history(self, key: ThreadKey) -> list[Turn]:
+        raw = await self._guard(lambda r: r.lrange(self._thread(key), 0, -1), "history")
+        return [Turn.from_json(item) for item in raw]
+
+    async def knows(self, key: ThreadKey) -> bool:
+        """Whether the bot has a conversation on record for this thread."""
+        return bool(await self._guard(lambda r: r.exists(self._thread(key)), "knows"))
+
+    async def append_turns(self, key: ThreadKey, turns: list[Turn]) -> None:
+        name = self._thread(key)
+
+        async def write(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.rpush(name, *(t.to_json() for t in turns))
+                pipe.ltrim(name, -self._max_turns, -1)
+                pipe.pexpire(name, self._ttl_ms)
+                await pipe.execute()
+
+        await self._guard(write, "append")
+
+    # -- dedupe ----------------------------------------------------------------------------
+
+    async def first_sighting(self, team: str, channel: str, ts: str, event_id: str | None) -> bool:
+        """True exactly once per posted message, across Slack retries, double deliveries and replicas.
+
+        Falls back to this process's memory while Redis is unavailable.
+        """
+        msg_key = f"{self._p}:seen:msg:{team}:{channel}:{ts}"
+        evt_key = f"{self._p}:seen:evt:{event_id}" if event_id else None
+
+        async def claim(r: aioredis.Redis) -> bool:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.set(msg_key, "1", nx=True, ex=DEDUPE_TTL_S)
+                if evt_key:
+                    pipe.set(evt_key, "1", nx=True, ex=DEDUPE_TTL_S)
+                results = await pipe.execute()
+            return all(bool(x) for x in results)
+
+        try:
+            first = await self._guard(claim, "dedupe")
+        except StoreUnavailable:
+            return self._local_first(msg_key, evt_key)
+        self._local_first(msg_key, evt_key)  # remembered locally too, for a later outage
+        return first
+
+    def _local_first(self, *keys: str | None) -> bool:
+        now = self._clock()
+        while self._local_seen and next(iter(self._local_seen.values())) < now:
+            self._local_seen.popitem(last=False)
+        first = True
+        for k in keys:
+            if k is None:
+                continue
+            if k in self._local_seen:
+                first = False
+            else:
+                self._local_seen[k] = now + DEDUPE_TTL_S
+        return first
+
+    # -- per-thread lock -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def thread_lock(
+        self, key: ThreadKey, *, lease_s: float = 30.0, wait_s: float = 600.0, poll_s: float = 0.05
+    ) -> AsyncIterator[None]:
+        """Hold the thread's lock; the lease is renewed while held and expires if the holder dies.
+
+        While Redis is unavailable the lock degrades to no lock (answers may then overlap).
+        """
+        name = f"{self._p}:lock:{key}"
+        token = secrets.token_hex(8)
+        lease_ms = int(lease_s * 1000)
+        held = await self._acquire(name, token, lease_ms, wait_s, poll_s)
+        renewer = asyncio.create_task(self._keep(name, token, lease_ms)) if held else None
+        try:
+            yield
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+                try:
+                    await self._guard(
+                        lambda r: self._release(keys=[name], args=[token], client=r), "unlock"
+                    )
+                except StoreUnavailable:
+                    pass  # the lease expires by itself
+
+    async def _acquire(
+        self, name: str, token: str, lease_ms: int, wait_s: float, poll_s: float
+    ) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        delay = poll_s
+        while True:
+            try:
+                if await self._guard(lambda r: r.set(name, token, nx=True, px=lease_ms), "lock"):
+                    return True
+            except StoreUnavailable:
+                return False
+            if loop.time() >= deadline:
+                log.warning("gave up waiting for thread lock %s after %.0f s", name, wait_s)
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def _keep(self, name: str, token: str, lease_ms: int) -> None:
+        while True:
+            await asyncio.sleep(lease_ms / 3000)
+            try:
+                await self._guard(
+                    lambda r: self._renew(keys=[name], args=[token, lease_ms], client=r), "renew"
+                )
+            except StoreUnavailable:
+                pass
+
+    # -- shared edit budget ----------------------------------------------------------------
+
+    async def take_token(
+        self, team: str, method: str, *, per_minute: float, burst: int, reserve: int = 0
+    ) -> float:
+        """Take one call from the workspace's token bucket: 0.0 when taken, else seconds to wait.
+
+        ``reserve`` tokens are left for more important callers (final edits take with 0).
+        Raises ``StoreUnavailable``; callers fall back to a local bucket.
+        """
+        keys = [f"{self._p}:budget:{team}:{method}", f"{self._p}:pause:{team}:{method}"]
+        args = [per_minute / 60.0, burst, int(self._clock() * 1000), reserve]
+        wait_ms = await self._guard(lambda r: self._take(keys=keys, args=args, client=r), "budget")
+        return int(wait_ms) / 1000.0
+
+    async def pause(self, team: str, method: str, seconds: float) -> None:
+        """Stop every replica's calls of ``method`` in ``team`` for ``seconds`` (after a 429)."""
+        name = f"{self._p}:pause:{team}:{method}"
+        await self._guard(lambda r: r.set(name, "1", px=max(1, int(seconds * 1000))), "pause")
+
+    async def active_replies(self, team: str, reply_id: str, *, lease_s: float = 30.0) -> int:
+        """Register ``reply_id`` as streaming in ``team`` and return how many are streaming now."""
+        name = f"{self._p}:active:{team}"
+        now = self._clock()
+
+        async def beat(r: aioredis.Redis) -> int:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.zadd(name, {reply_id: now + lease_s})
+                pipe.zremrangebyscore(name, "-inf", now)
+                pipe.zcard(name)
+                pipe.pexpire(name, int(lease_s * 2000))
+                results = await pipe.execute()
+            return int(results[2])
+
+        return await self._guard(beat, "active")
+
+    async def finished_reply(self, team: str, reply_id: str) -> None:
+        await self._guard(lambda r: r.zrem(f"{self._p}:active:{team}", reply_id), "active")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _thread(self, key: ThreadKey) -> str:
+        return f"{self._p}:thread:{key}"
+
+    async def _guard(self, op: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
+        try:
+            result = await op(self._redis)
+        except (RedisError, OSError) as exc:
+            if not self._down:
+                self._down = True
+                log.warning(
+                    "Redis unavailable (%s during %s); answering without thread history "
+                    "and deduplicating in memory until it is back",
+                    type(exc).__name__,
+                    what,
+                )
+            raise StoreUnavailable(what) from exc
+        if self._down:
+            self._down = False
+            log.info("Redis reachable again")
+        return result
+
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: bucket, pause.  ARGV: rate (tokens/s), burst, now (ms), reserve.
+# Returns 0 when a token was taken, else milliseconds until one may be.
+_TAKE_LUA = """
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then return paused end
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local reserve = tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then tokens = burst; at = now end
+if now > at then tokens = math.min(burst, tokens + (now - at) / 1000 * rate) end
+local ttl = math.ceil(burst / rate * 1000) + 1000
+if tokens >= 1 + reserve then
+  redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', math.max(now, at))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return 0
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', math.max(now, at))
+redis.call('PEXPIRE', KEYS[1], ttl)
+return math.ceil((1 + reserve - tokens) / rate * 1000)
+"""
+
+
+def redis_client_kind(redis: Any) -> str:
+    """'embedded' for the in-process store, else 'redis' (for the start-up log line)."""
+    return "embedded" if type(redis).__module__.startswith("fakeredis") else "redis"
