@@ -53,3 +53,68 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+# -- the fakes and a bot wired to them ------------------------------------------------------
+
+from contextlib import asynccontextmanager  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bot.compose import RunningBot, open_bot  # noqa: E402
+from bot.config import Settings, load_settings  # noqa: E402
+from tests.fakes.openai import FakeOpenAI  # noqa: E402
+from tests.fakes.slack import FakeSlack  # noqa: E402
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+def bot_settings(
+    slack: FakeSlack, llm: FakeOpenAI, redis_url: str | None, **overrides: Any
+) -> Settings:
+    """Settings pointing every remote at the local fakes (fast intervals for tests)."""
+    values: dict[str, Any] = {
+        "slack_bot_token": "xoxb-test",
+        "slack_app_token": "xapp-test",
+        "slack_api_url": slack.api_url,
+        "openai_api_key": "sk-test",
+        "openai_base_url": llm.base_url,
+        "openai_model": "test-model",
+        "redis_url": redis_url,
+        "edit_interval": 0.1,
+        "edit_budget_per_minute": 600,
+        "edit_budget_burst": 10,
+        "final_edit_deadline": 20,
+    }
+    values.update(overrides)
+    return load_settings(values, env_file=None)
+
+
+@pytest.fixture
+def start_bot(slack: FakeSlack, llm: FakeOpenAI, redis_url: str) -> Any:
+    """``async with start_bot(**overrides) as running:`` — a bot connected over Socket Mode."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[RunningBot]:
+        settings = bot_settings(slack, llm, overrides.pop("redis_url", redis_url), **overrides)
+        connected = slack.connected
+        async with open_bot(settings) as running:
+            await slack.wait_connected(count=connected + 1)
+            yield running
+
+    return start
+
+
+@pytest.fixture
+async def bot(start_bot: Any) -> AsyncIterator[RunningBot]:
+    async with start_bot() as running:
+        yield running

@@ -191,8 +191,11 @@ class ReplyStream:
         return True
 
     async def _edit_interim(self) -> None:
-        markdown = self._roll_over()
+        markdown = self._carry + self._current_text()[self._start :]
         rendered = self._render(markdown)
+        if len(rendered) > self._limit:
+            markdown = await self._roll_over(markdown)
+            rendered = self._render(markdown)
         if not rendered.strip() or rendered == self._sent:
             return
         assert self.ts is not None
@@ -202,13 +205,37 @@ class ReplyStream:
         self._sent = rendered
         self.edits += 1
 
-    def _roll_over(self) -> str:
-        """The current message's Markdown, after freezing full messages and starting new ones.
+    async def _roll_over(self, markdown: str) -> str:
+        """Freeze full messages at a structural boundary and continue in new ones.
 
-        Freezing (final edit of the full message + post of the next) happens inline: it is rare,
-        and the model stream keeps flowing into the buffer meanwhile.
+        Returns the Markdown of the message now being written. Freezing (a final-priority edit
+        of the full message, then a post of the next) is rare; the model keeps streaming into
+        the buffer meanwhile.
         """
-        return self._carry + self._current_text()[self._start :]
+        deadline = asyncio.get_running_loop().time() + self._final_deadline
+        while True:
+            head, tail = self._split(markdown, self._limit)
+            if not tail:
+                return markdown
+            await self._final_edit(self._render(head), None, deadline)
+            self._advance(markdown, tail)
+            self.ts = await self._post(PLACEHOLDER)
+            self.message_ts.append(self.ts)
+            self._sent = PLACEHOLDER
+            markdown = tail
+
+    def _advance(self, markdown: str, tail: str) -> None:
+        """Point the current message at ``tail``: a suffix of ``markdown``, maybe behind a
+        reopened code fence (which becomes the new carry)."""
+        carry = ""
+        if not markdown.endswith(tail):
+            carry, tail = tail.split("\n", 1)[0] + "\n", tail.split("\n", 1)[1]
+            if not markdown.endswith(tail):
+                raise ValueError("split() must return a suffix of its input")
+        fresh = len(markdown) - len(self._carry)  # this message's own text so far
+        # A split always lies past the carry (one fence line, far below the size limit).
+        self._start += fresh - min(len(tail), fresh)
+        self._carry = carry
 
     # -- final delivery ----------------------------------------------------------------------
 
@@ -228,15 +255,7 @@ class ReplyStream:
         if body:
             await self._final_edit(body, None, deadline)
             return
-        markdown = self._carry + text[self._start :]
-        while True:
-            head, tail = self._split(markdown, self._limit)
-            if not tail:
-                break
-            await self._final_edit(self._render(head), None, deadline)
-            self.ts = await self._post(self._render(tail)[: self._limit] or PLACEHOLDER)
-            self.message_ts.append(self.ts)
-            markdown = tail
+        markdown = await self._roll_over(self._carry + text[self._start :])
         await self._final_edit(self._render(markdown), note, deadline)
 
     async def _final_edit(self, rendered: str, note: str | None, deadline: float) -> None:

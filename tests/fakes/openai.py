@@ -1,0 +1,764 @@
+"""A fake OpenAI-compatible server (Chat Completions and Responses) for tests and benchmarks.
+
+It speaks the real wire protocol on loopback, so the production ``AsyncOpenAI`` client runs
+unchanged; tests script what the "model" answers and assert on what the fake received::
+
+    async with FakeOpenAI() as llm:
+        client = AsyncOpenAI(base_url=llm.base_url, api_key="sk-test", max_retries=0)
+        llm.script(Answer(text="Hi there", ttft=0.05), Answer(status=429, retry_after=2))
+        stream = await client.chat.completions.create(model="m", messages=[...], stream=True)
+        ...
+        assert llm.last_messages()[-1]["content"] == "hello"
+        await client.close()
+
+Answers are consumed one per request, first in first out; when the script is empty the fake
+answers with ``llm.default`` (an ``Answer``, or a ``responder(body) -> Answer`` such as
+``echo_last_user``). One ``Answer`` describes the text, its pacing and at most one failure:
+
+======================  =====================================================================
+``status=429``          HTTP error before the stream, OpenAI-shaped JSON, ``Retry-After``
+``error_after=N``       after N content chunks: ``data: {"error": {...}}`` and the end
+``disconnect_after=N``  after N content chunks: the connection is closed mid-body (``reset``:
+                        with a TCP RST instead of a FIN)
+``truncate_after=N``    after N content chunks: a clean end without a ``finish_reason`` chunk
+                        (``[DONE]`` still sent unless ``done_after_truncate=False``)
+``stall_after=N``       after N content chunks: silence until the client leaves or the fake stops
+``corrupt_after=N``     after N content chunks: one data line that is not JSON, then carry on
+======================  =====================================================================
+
+On ``/v1/responses`` the same answer becomes Responses events; ``error_after`` sends
+``response.failed`` (or an ``error`` event, see ``Answer.error_event``), ``finish_reason``
+``"length"``/``"content_filter"`` sends ``response.incomplete``, and ``truncate_after`` ends the
+stream before any terminal event.
+
+Every request is recorded (``llm.requests``) with its arrival time and, for benchmarks, the time
+and cumulative character count of each content chunk written (``llm.emitted``), measured with the
+injectable ``clock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+__all__ = ["Answer", "FakeOpenAI", "Request", "Responder", "echo_last_user"]
+
+Responder = Callable[[dict[str, Any]], "Answer"]
+"""Chooses an answer from the parsed request body."""
+
+Outcome = Literal["open", "done", "client_gone", "stopped"]
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+}
+_DONE = b"data: [DONE]\n\n"
+_STALL_POLL = 0.02
+_ERROR_DEFAULTS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to use this model.", "invalid_request_error", None),
+    404: ("The model does not exist.", "invalid_request_error", "model_not_found"),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+}
+_SERVER_ERROR = (
+    "The server had an error while processing your request. Sorry about that!",
+    "server_error",
+    None,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One scripted model answer: its text, its pacing and at most one failure.
+
+    ``Answer(text="Hello world")`` streams ``"Hell"``, ``"o wo"``, ``"rld"``;
+    ``Answer(chunks=["Hel", "lo"], ttft=0.2, tokens_per_second=50)`` paces explicit chunks;
+    ``Answer(text="abc", error_after=1)`` fails mid-stream. Chunk counts (``*_after``) count
+    content chunks; a count past the end fires after the last chunk.
+    """
+
+    text: str = ""
+    chunks: Sequence[str] | None = None
+    chunk_size: int = 4
+    ttft: float = 0.0
+    token_delay: float = 0.0
+    tokens_per_second: float | None = None
+    finish_reason: str = "stop"
+    usage: Mapping[str, int] | None = None
+    model: str | None = None
+    # failures
+    status: int | None = None
+    retry_after: float | None = None
+    error_message: str | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    error_after: int | None = None
+    error_event: Literal["response.failed", "error"] = "response.failed"
+    disconnect_after: int | None = None
+    reset: bool = False
+    truncate_after: int | None = None
+    done_after_truncate: bool = True
+    stall_after: int | None = None
+    corrupt_after: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        if self.tokens_per_second is not None and self.tokens_per_second <= 0:
+            raise ValueError("tokens_per_second must be positive")
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError("status must be an HTTP error status (4xx or 5xx)")
+
+    def pieces(self) -> list[str]:
+        """The content chunks, in order: ``chunks`` if given, else ``text`` split by size."""
+        if self.chunks is not None:
+            return list(self.chunks)
+        size = self.chunk_size
+        return [self.text[i : i + size] for i in range(0, len(self.text), size)]
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.pieces())
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two content chunks."""
+        if self.tokens_per_second is not None:
+            return 1.0 / self.tokens_per_second
+        return self.token_delay
+
+    def error_body(self, status: int | None = None) -> dict[str, Any]:
+        """The OpenAI-shaped ``{"error": {...}}`` body for an HTTP or in-stream failure."""
+        message, kind, code = (
+            _ERROR_DEFAULTS.get(status, _SERVER_ERROR) if status is not None else _SERVER_ERROR
+        )
+        return {
+            "error": {
+                "message": self.error_message or message,
+                "type": self.error_type or kind,
+                "param": None,
+                "code": self.error_code if self.error_code is not None else code,
+            }
+        }
+
+    def _terminal_fault(self, count: int) -> tuple[str, int] | None:
+        # Ties go to the first kind listed; corrupt_after is not terminal.
+        faults = [
+            (kind, min(at, count))
+            for kind, at in (
+                ("error", self.error_after),
+                ("disconnect", self.disconnect_after),
+                ("truncate", self.truncate_after),
+                ("stall", self.stall_after),
+            )
+            if at is not None
+        ]
+        return min(faults, key=lambda fault: fault[1]) if faults else None
+
+
+def echo_last_user(body: dict[str, Any]) -> Answer:
+    """A responder that answers with the text of the last user message (chat or responses)."""
+    for message in reversed(_messages_of(body)):
+        if message.get("role") == "user":
+            return Answer(text=_text_of(message.get("content")))
+    return Answer(text="")
+
+
+@dataclass(slots=True)
+class Request:
+    """One request the fake received, and what it did with it."""
+
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float
+    request_id: str = ""
+    answer: Answer | None = None
+    emitted: list[tuple[float, int]] = field(default_factory=list)
+    """(clock time, cumulative characters) after each content chunk was written."""
+    outcome: Outcome = "open"
+    """``done`` when the scripted answer was fully played (failures included),
+    ``client_gone`` when the client hung up first, ``stopped`` when the fake stopped first."""
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+    """Set when the handler is done: ``async with asyncio.timeout(5): await r.finished.wait()``."""
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return _messages_of(self.body)
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible HTTP server on ``127.0.0.1`` and a free port.
+
+    ``async with FakeOpenAI() as llm:`` starts it; ``llm.base_url`` is ``http://127.0.0.1:P/v1``.
+    Leaving the block cancels every open stream (stalled ones included) and closes the port.
+    ``start()`` / ``stop()`` do the same for benchmarks that manage the lifetime themselves.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "sk-test",
+        default: Answer | Responder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        shutdown_timeout: float = 0.5,
+    ) -> None:
+        self.api_key = api_key
+        self.default: Answer | Responder = default or Answer(text="Hello from the fake model.")
+        self.clock = clock
+        self.requests: list[Request] = []
+        self._script: deque[Answer | Responder] = deque()
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._arrived: asyncio.Condition | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("FakeOpenAI is already running")
+        self._arrived = asyncio.Condition()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_get("/v1/models", self._models)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
+        await runner.setup()
+        # A deep backlog: benchmarks open a thousand connections at once.
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        # Release stalled and sleeping streams now instead of waiting out shutdown_timeout.
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=self._shutdown_timeout)
+        await runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeOpenAI is not running; use `async with FakeOpenAI() as llm`")
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    # -- scripting and records ------------------------------------------------------------
+
+    def script(self, *answers: Answer | Responder) -> None:
+        """Queue answers for the next requests, one per request, in order."""
+        self._script.extend(answers)
+
+    @property
+    def pending_answers(self) -> int:
+        """Scripted answers not yet consumed."""
+        return len(self._script)
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [request.body for request in self.requests]
+
+    @property
+    def emitted(self) -> list[list[tuple[float, int]]]:
+        """Per request, ``(time, cumulative characters)`` after each content chunk."""
+        return [request.emitted for request in self.requests]
+
+    @property
+    def open_streams(self) -> int:
+        """Requests whose handler is still running (streams not yet finished)."""
+        return len(self._handlers)
+
+    def last_messages(self) -> list[dict[str, Any]]:
+        """The ``messages`` (chat) or ``input`` as messages (responses) of the last request."""
+        if not self.requests:
+            raise AssertionError("the fake has received no request")
+        return self.requests[-1].messages
+
+    async def wait_requests(self, count: int) -> list[Request]:
+        """Wait until at least ``count`` requests have arrived; bound it with ``asyncio.timeout``."""
+        condition = self._arrived
+        if condition is None:
+            raise RuntimeError("FakeOpenAI is not running")
+        async with condition:
+            await condition.wait_for(lambda: len(self.requests) >= count)
+        return self.requests
+
+    # -- HTTP handlers --------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return web.json_response(Answer().error_body(401), status=401)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
+            }
+        )
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._stream_chat, _chat_completion)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self._stream_response, _response_object)
+
+    async def _serve(
+        self,
+        request: web.Request,
+        stream: Callable[[web.Request, Request, Answer, str], Awaitable[web.StreamResponse]],
+        whole: Callable[[Request, Answer, str], dict[str, Any]],
+    ) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        record: Request | None = None
+        try:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            record = Request(
+                path=request.path,
+                body=body if isinstance(body, dict) else {},
+                headers={key.lower(): value for key, value in request.headers.items()},
+                at=self.clock(),
+                request_id=f"req_fake{len(self.requests) + 1:06d}",
+            )
+            self.requests.append(record)
+            await self._announce()
+            if not self._authorized(request):
+                return _error_response(record, 401, Answer().error_body(401))
+            if not isinstance(body, dict):
+                return _error_response(record, 400, Answer().error_body(400))
+            answer = self._next_answer(body)
+            record.answer = answer
+            if answer.status is not None:
+                error = answer.error_body(answer.status)
+                return _error_response(record, answer.status, error, answer.retry_after)
+            model = answer.model or str(body.get("model") or "fake-model")
+            if body.get("stream"):
+                return await stream(request, record, answer, model)
+            return await self._whole(request, record, answer, whole(record, answer, model))
+        except asyncio.CancelledError:
+            if record is not None and record.outcome == "open":
+                record.outcome = "stopped"
+            raise
+        finally:
+            self._handlers.discard(task)
+            if record is not None:
+                if record.outcome == "open":
+                    record.outcome = "done"
+                record.finished.set()
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    def _next_answer(self, body: dict[str, Any]) -> Answer:
+        scripted = self._script.popleft() if self._script else self.default
+        return scripted if isinstance(scripted, Answer) else scripted(body)
+
+    async def _announce(self) -> None:
+        if self._arrived is not None:
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    async def _whole(
+        self, request: web.Request, record: Request, answer: Answer, payload: dict[str, Any]
+    ) -> web.StreamResponse:
+        """A non-streaming answer: ``ttft`` is the whole latency; stall and disconnect apply."""
+        if answer.ttft > 0:
+            await asyncio.sleep(answer.ttft)
+        if answer.stall_after is not None:
+            await self._stall(request, record)
+            return web.StreamResponse()
+        if answer.disconnect_after is not None:
+            _drop(request, answer.reset)
+            return web.StreamResponse()
+        record.emitted.append((self.clock(), len(answer.full_text)))
+        return web.json_response(payload, headers={"x-request-id": record.request_id})
+
+    # -- streaming ------------------------------------------------------------------------
+
+    async def _stream_chat(
+        self, request: web.Request, record: Request, answer: Answer, model: str
+    ) -> web.StreamResponse:
+        body = record.body
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        head = (
+            b'data: {"id":"chatcmpl-'
+            + record.request_id.encode()
+            + b'","object":"chat.completion.chunk","created":'
+            + str(int(time.time())).encode()
+            + b',"model":'
+            + _dumps(model)
+            + b',"system_fingerprint":null,"choices":'
+        )
+        tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        open_choice = b'[{"index":0,"delta":'
+        close_choice = b',"logprobs":null,"finish_reason":null}]'
+        pieces = answer.pieces()
+        frames = [
+            head + open_choice + b'{"content":' + _dumps(piece) + b"}" + close_choice + tail
+            for piece in pieces
+        ]
+        corrupt = head + b'[{"index":0,"delta":{"content":"\n\n'
+
+        resp = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": record.request_id})
+        await resp.prepare(request)
+        try:
+            role = b'{"role":"assistant","content":"","refusal":null}'
+            await resp.write(head + open_choice + role + close_choice + tail)
+            fault = answer._terminal_fault(len(pieces))
+            await self._play(record, resp, answer, frames, pieces, fault, corrupt)
+            kind = fault[0] if fault is not None else None
+            if kind == "error":
+                await resp.write(b"data: " + _dumps(answer.error_body()) + b"\n\n")
+            elif kind == "truncate":
+                if answer.done_after_truncate:
+                    await resp.write(_DONE)
+            elif kind == "disconnect":
+                _drop(request, answer.reset)
+            elif kind == "stall":
+                await self._stall(request, record)
+                return resp
+            else:
+                finish = (
+                    b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
+                    + _dumps(answer.finish_reason)
+                    + b"}]"
+                )
+                await resp.write(head + finish + tail)
+                if include_usage:
+                    usage = _chat_usage(record, answer)
+                    await resp.write(head + b'[],"usage":' + _dumps(usage) + b"}\n\n")
+                await resp.write(_DONE)
+        except ConnectionError:
+            record.outcome = "client_gone"
+        return resp
+
+    async def _stream_response(
+        self, request: web.Request, record: Request, answer: Answer, model: str
+    ) -> web.StreamResponse:
+        response_id = f"resp_{record.request_id}"
+        item_id = f"msg_{record.request_id}"
+        base = _response_object(record, answer, model, status="in_progress", output=[])
+        base["id"] = response_id
+        number = 0
+
+        def event(kind: str, payload: dict[str, Any]) -> bytes:
+            nonlocal number
+            data = {"type": kind, **payload, "sequence_number": number}
+            number += 1
+            return b"event: " + kind.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
+
+        resp = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": record.request_id})
+        await resp.prepare(request)
+        try:
+            await resp.write(event("response.created", {"response": base}))
+            await resp.write(event("response.in_progress", {"response": base}))
+            item = {
+                "id": item_id,
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
+            await resp.write(event("response.output_item.added", {"output_index": 0, "item": item}))
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+            await resp.write(event("response.content_part.added", {**where, "part": part}))
+
+            pieces = answer.pieces()
+            first = number
+            head = (
+                b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                b'"item_id":' + _dumps(item_id) + b',"output_index":0,"content_index":0,'
+                b'"logprobs":[],"delta":'
+            )
+            frames = [
+                head + _dumps(piece) + b',"sequence_number":' + str(first + i).encode() + b"}\n\n"
+                for i, piece in enumerate(pieces)
+            ]
+            corrupt = head + b'"\n\n'
+            fault = answer._terminal_fault(len(pieces))
+            sent = await self._play(record, resp, answer, frames, pieces, fault, corrupt)
+            kind = fault[0] if fault is not None else None
+            text = "".join(pieces[:sent])
+            number = first + sent
+            if kind == "error":
+                error = answer.error_body()["error"]
+                if answer.error_event == "error":
+                    payload = {k: error[k] for k in ("code", "message", "param")}
+                    await resp.write(event("error", payload))
+                else:
+                    failed = _response_object(record, answer, model, status="failed", output=[])
+                    failed["id"] = response_id
+                    failed["error"] = {
+                        "code": error["code"] or "server_error",
+                        "message": error["message"],
+                    }
+                    await resp.write(event("response.failed", {"response": failed}))
+            elif kind == "disconnect":
+                _drop(request, answer.reset)
+            elif kind == "stall":
+                await self._stall(request, record)
+                return resp
+            elif kind is None:
+                await resp.write(event("response.output_text.done", {**where, "text": text}))
+                part = {**part, "text": text}
+                await resp.write(event("response.content_part.done", {**where, "part": part}))
+                final = _response_object(record, answer, model)
+                final["id"] = response_id
+                message = final["output"][0]
+                message["id"] = item_id
+                await resp.write(
+                    event("response.output_item.done", {"output_index": 0, "item": message})
+                )
+                terminal = (
+                    "response.completed"
+                    if final["status"] == "completed"
+                    else "response.incomplete"
+                )
+                await resp.write(event(terminal, {"response": final}))
+            # kind == "truncate": the stream just ends, before any terminal event
+        except ConnectionError:
+            record.outcome = "client_gone"
+        return resp
+
+    async def _play(
+        self,
+        record: Request,
+        resp: web.StreamResponse,
+        answer: Answer,
+        frames: list[bytes],
+        pieces: list[str],
+        fault: tuple[str, int] | None,
+        corrupt: bytes,
+    ) -> int:
+        """Write the content frames on schedule; return how many were written."""
+        stop_at = fault[1] if fault is not None else None
+        corrupt_at = (
+            min(answer.corrupt_after, len(frames)) if answer.corrupt_after is not None else None
+        )
+        if answer.ttft > 0:
+            await asyncio.sleep(answer.ttft)
+        loop = asyncio.get_running_loop()
+        interval = answer.interval
+        started = loop.time()
+        clock = self.clock
+        emitted = record.emitted
+        characters = 0
+        for index, frame in enumerate(frames):
+            if index == corrupt_at:
+                await resp.write(corrupt)
+            if index == stop_at:
+                return index
+            if interval > 0 and index:
+                # An absolute schedule, so per-chunk overhead does not accumulate as drift.
+                delay = started + index * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await resp.write(frame)
+            characters += len(pieces[index])
+            emitted.append((clock(), characters))
+        if corrupt_at == len(frames):
+            await resp.write(corrupt)
+        return len(frames)
+
+    async def _stall(self, request: web.Request, record: Request) -> None:
+        # aiohttp does not cancel handlers when the peer leaves, so watch the transport.
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                record.outcome = "client_gone"
+                return
+            await asyncio.sleep(_STALL_POLL)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _error_response(
+    record: Request, status: int, body: dict[str, Any], retry_after: float | None = None
+) -> web.Response:
+    headers = {"x-request-id": record.request_id}
+    if retry_after is not None:
+        headers["Retry-After"] = (
+            str(int(retry_after)) if float(retry_after).is_integer() else str(retry_after)
+        )
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _drop(request: web.Request, reset: bool) -> None:
+    """Close the connection mid-body: a FIN after the buffered bytes, or an RST right away."""
+    transport = request.transport
+    if transport is None:
+        return
+    if reset:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _messages_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return messages
+    given = body.get("input")
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    if isinstance(given, list):
+        return [item for item in given if isinstance(item, dict) and "role" in item]
+    return []
+
+
+def _rough_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def _prompt_tokens(body: Mapping[str, Any]) -> int:
+    messages = _messages_of(body)
+    instructions = body.get("instructions")
+    extra = _rough_tokens(instructions) if isinstance(instructions, str) else 0
+    return extra + sum(4 + _rough_tokens(_text_of(m.get("content"))) for m in messages)
+
+
+def _chat_usage(record: Request, answer: Answer) -> dict[str, int]:
+    if answer.usage is not None:
+        return dict(answer.usage)
+    prompt = _prompt_tokens(record.body)
+    completion = _rough_tokens(answer.full_text)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _responses_usage(record: Request, answer: Answer) -> dict[str, Any]:
+    usage = dict(answer.usage) if answer.usage is not None else _chat_usage(record, answer)
+    given = usage.get("input_tokens", usage.get("prompt_tokens", 0))
+    produced = usage.get("output_tokens", usage.get("completion_tokens", 0))
+    return {
+        "input_tokens": given,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": produced,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.get("total_tokens", given + produced),
+    }
+
+
+def _chat_completion(record: Request, answer: Answer, model: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{record.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.full_text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": _chat_usage(record, answer),
+    }
+
+
+_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def _response_object(
+    record: Request,
+    answer: Answer,
+    model: str,
+    *,
+    status: str | None = None,
+    output: list[dict[str, Any]] | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """A Responses API ``response`` object; by default the finished one."""
+    reason = _INCOMPLETE_REASONS.get(answer.finish_reason)
+    final = status is None
+    if status is None:
+        status = "incomplete" if reason else "completed"
+    if output is None:
+        content = answer.full_text if text is None else text
+        output = [
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "status": status,
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
+                ],
+            }
+        ]
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": {"reason": reason} if final and reason else None,
+        "instructions": record.body.get("instructions"),
+        "max_output_tokens": record.body.get("max_output_tokens"),
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": _responses_usage(record, answer) if final else None,
+        "user": None,
+        "metadata": {},
+    }

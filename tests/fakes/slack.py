@@ -1,0 +1,1254 @@
+"""A fake Slack: Web API + Socket Mode on 127.0.0.1, for end-to-end tests through real clients.
+
+It owns the wire protocol only: production code keeps using the real ``slack_sdk`` /
+``slack_bolt`` clients, pointed here by base URL, and tests assert on what the fake recorded
+(calls, messages as a user would see them, statuses, reactions, Socket Mode acks).
+
+Usage::
+
+    async with FakeSlack(latency=0.01) as slack:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
+        slack.fail_next("chat.update", "ratelimited", retry_after=2)
+        ...                                       # run the bot against client / Socket Mode
+        await slack.wait_connected()
+        envelope_id = await slack.send_event(mention_event("hello"))
+        await slack.wait_ack(envelope_id)
+        call = await slack.wait_call("chat.update", lambda c: "done" in c.args["text"])
+        assert [m.text for m in slack.thread("C0CHAN", call.args["ts"])] == [...]
+
+Behaviour modelled (see each ``_api_*`` method): token buckets per (workspace, method) with
+HTTP 429 + ``Retry-After``; size limits (``msg_too_long``); message ownership; native streams
+with an optional lifetime; threads with cursor pagination; scripted faults (``fail_next``).
+Only bot and app tokens are known; everything else is ``invalid_auth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import math
+import time
+import uuid
+import weakref
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+__all__ = [
+    "DEFAULT_BUDGETS",
+    "Call",
+    "FakeSlack",
+    "Message",
+    "block_actions_payload",
+    "mention_event",
+    "message_event",
+    "new_ts",
+]
+
+#: method -> (calls per minute, burst capacity); a token bucket per workspace per method.
+DEFAULT_BUDGETS: dict[str, tuple[float, int]] = {
+    "chat.update": (50, 5),
+    "chat.delete": (50, 5),
+    "chat.postMessage": (600, 20),
+    "chat.startStream": (20, 3),
+    "chat.appendStream": (100, 10),
+    "chat.stopStream": (20, 3),
+    "conversations.replies": (50, 5),
+}
+
+POST_TEXT_LIMIT = 40_000
+UPDATE_TEXT_LIMIT = 4_000
+MARKDOWN_TEXT_LIMIT = 12_000
+MAX_BLOCKS = 50
+
+# --------------------------------------------------------------------------- timestamps
+
+_ts_counter = itertools.count(1)
+
+
+def new_ts() -> str:
+    """A fresh message ts like ``"1700000000.000100"``, increasing across the whole process.
+
+    Shared by the event helpers and every ``FakeSlack``, so their timestamps never collide.
+    """
+    micros = next(_ts_counter) * 100
+    return f"{1_700_000_000 + micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    seconds, _, fraction = ts.partition(".")
+    return int(seconds), int(fraction.ljust(6, "0")[:6] or 0)
+
+
+def _ts_from_key(key: tuple[int, int]) -> str:
+    return f"{key[0]}.{key[1]:06d}"
+
+
+# --------------------------------------------------------------------------- event helpers
+
+
+def _rich_text(text: str) -> list[dict[str, Any]]:
+    section = {"type": "rich_text_section", "elements": [{"type": "text", "text": text}]}
+    return [{"type": "rich_text", "block_id": uuid.uuid4().hex[:5], "elements": [section]}]
+
+
+def message_event(
+    text: str,
+    *,
+    user: str | None = "U0USER",
+    channel: str = "C0CHAN",
+    channel_type: str = "channel",
+    ts: str | None = None,
+    thread_ts: str | None = None,
+    parent_user_id: str | None = None,
+    subtype: str | None = None,
+    bot_id: str | None = None,
+    team: str = "T0001",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``message`` event as Slack sends it (``channel_type``: channel, im, mpim, group).
+
+    >>> message_event("hi", channel="D0DM", channel_type="im")["channel_type"]
+    'im'
+
+    ``bot_id`` makes it another bot's message; ``extra`` keys are merged last (use them to
+    shape subtypes such as ``message_changed``).
+    """
+    ts = ts or new_ts()
+    event: dict[str, Any] = {"type": "message", "text": text, "ts": ts, "team": team}
+    if subtype is not None:
+        event["subtype"] = subtype
+    if user is not None:
+        event["user"] = user
+    if bot_id is not None:
+        event["bot_id"] = bot_id
+        event["app_id"] = "A" + bot_id[1:]
+    else:
+        event["client_msg_id"] = str(uuid.uuid4())
+        event["blocks"] = _rich_text(text)
+    if thread_ts is not None:
+        event["thread_ts"] = thread_ts
+        if parent_user_id is not None:
+            event["parent_user_id"] = parent_user_id
+    event.update(channel=channel, event_ts=ts, channel_type=channel_type)
+    event.update(extra)
+    return event
+
+
+def mention_event(
+    text: str,
+    *,
+    user: str = "U0USER",
+    channel: str = "C0CHAN",
+    ts: str | None = None,
+    thread_ts: str | None = None,
+    parent_user_id: str | None = None,
+    team: str = "T0001",
+    bot_user_id: str = "U0BOT",
+    **extra: Any,
+) -> dict[str, Any]:
+    """An ``app_mention`` event; the text gets the real ``<@U0BOT> `` prefix unless it has one.
+
+    >>> mention_event("question")["text"]
+    '<@U0BOT> question'
+    """
+    mention = f"<@{bot_user_id}>"
+    full_text = text if mention in text else f"{mention} {text}"
+    ts = ts or new_ts()
+    event: dict[str, Any] = {
+        "client_msg_id": str(uuid.uuid4()),
+        "type": "app_mention",
+        "text": full_text,
+        "user": user,
+        "ts": ts,
+        "blocks": _rich_text(full_text),
+        "team": team,
+    }
+    if thread_ts is not None:
+        event["thread_ts"] = thread_ts
+        if parent_user_id is not None:
+            event["parent_user_id"] = parent_user_id
+    event.update(channel=channel, event_ts=ts)
+    event.update(extra)
+    return event
+
+
+def block_actions_payload(
+    action_id: str,
+    *,
+    value: str = "",
+    user: str = "U0USER",
+    channel: str = "C0CHAN",
+    message_ts: str | None = None,
+    thread_ts: str | None = None,
+    block_id: str = "actions",
+    team: str = "T0001",
+    api_app_id: str = "A0001",
+) -> dict[str, Any]:
+    """A ``block_actions`` payload (a button click) for :meth:`FakeSlack.send_interactive`."""
+    message_ts = message_ts or new_ts()
+    container: dict[str, Any] = {
+        "type": "message",
+        "message_ts": message_ts,
+        "channel_id": channel,
+        "is_ephemeral": False,
+    }
+    if thread_ts is not None:
+        container["thread_ts"] = thread_ts
+    return {
+        "type": "block_actions",
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": team},
+        "api_app_id": api_app_id,
+        "token": "verification-token",
+        "container": container,
+        "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:12]}",
+        "team": {"id": team, "domain": "test"},
+        "channel": {"id": channel, "name": "general"},
+        "message": {"type": "message", "ts": message_ts, "text": "", "thread_ts": thread_ts},
+        "actions": [
+            {
+                "action_id": action_id,
+                "block_id": block_id,
+                "value": value,
+                "type": "button",
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class Call:
+    """One Web API request as the fake saw it.
+
+    ``status`` is the HTTP status sent, or 0 when no response was sent (``reset``/``hang``).
+    ``args`` merges query, form and JSON arguments (``blocks`` decoded to a list; no token).
+    """
+
+    method: str
+    args: dict[str, Any]
+    at: float
+    status: int
+    response: dict[str, Any]
+    team_id: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.response.get("ok") is True
+
+    @property
+    def error(self) -> str | None:
+        error = self.response.get("error")
+        return error if isinstance(error, str) else None
+
+
+@dataclass
+class Message:
+    """A message in the fake's workspace; ``history`` lists every text it has shown."""
+
+    channel: str
+    ts: str
+    text: str = ""
+    thread_ts: str | None = None
+    blocks: list[dict[str, Any]] | None = None
+    user: str | None = None
+    bot_id: str | None = None
+    team_id: str = ""
+    deleted: bool = False
+    reactions: dict[str, list[str]] = field(default_factory=dict)
+    streaming: bool = False
+    edits: int = 0
+    history: list[str] = field(default_factory=list)
+    stream_started_at: float | None = None
+    stream_touched_at: float | None = None
+    stopped_by_user: bool = False
+
+    @property
+    def is_reply(self) -> bool:
+        return self.thread_ts is not None and self.thread_ts != self.ts
+
+    def set_text(self, text: str) -> None:
+        self.text = text
+        self.history.append(text)
+
+    def to_api(self) -> dict[str, Any]:
+        """The message as Slack's API returns it."""
+        body: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        if self.user is not None:
+            body["user"] = self.user
+        if self.bot_id is not None:
+            body["bot_id"] = self.bot_id
+        if self.team_id:
+            body["team"] = self.team_id
+        if self.blocks is not None:
+            body["blocks"] = self.blocks
+        if self.thread_ts is not None:
+            body["thread_ts"] = self.thread_ts
+        if self.edits:
+            body["edited"] = {"user": self.user, "ts": self.ts}
+        if self.reactions:
+            body["reactions"] = [
+                {"name": name, "users": list(users), "count": len(users)}
+                for name, users in self.reactions.items()
+            ]
+        return body
+
+
+@dataclass
+class _Fault:
+    kind: str
+    remaining: int
+    retry_after: int
+
+
+@dataclass
+class _Bucket:
+    per_second: float
+    capacity: int
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float:
+        """Take one token; return 0 on success, else the seconds until one is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.per_second)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.per_second if self.per_second > 0 else math.inf
+
+
+@dataclass(eq=False)
+class _Socket:
+    ws: web.WebSocketResponse
+    request: web.Request
+    ticket: str
+
+
+class _ApiError(Exception):
+    def __init__(self, error: str, *, status: int = 200) -> None:
+        super().__init__(error)
+        self.error = error
+        self.status = status
+
+
+def _need(args: dict[str, Any], name: str, error: str = "invalid_arguments") -> str:
+    value = args.get(name)
+    if value is None or value == "":
+        raise _ApiError(error)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- the fake
+
+
+class FakeSlack:
+    """The fake server. ``async with FakeSlack() as slack`` starts it on a free loopback port.
+
+    Tests seed and inspect it directly: ``missing_channels``, ``users`` (id -> name),
+    ``budgets`` (``{}`` disables rate limits), ``latency``, ``stream_lifetime``, and read
+    ``calls``, ``acks``, ``statuses``, ``socket_messages``, ``responses``, ``connections``.
+
+    ``latency`` is added to every Web API call; ``connection_latency`` only to the first call
+    on each new TCP connection, the handshake cost a client without a shared session pays on
+    every call against real Slack.
+    """
+
+    def __init__(
+        self,
+        *,
+        bot_token: str = "xoxb-test",
+        app_token: str = "xapp-test",
+        team_id: str = "T0001",
+        bot_user_id: str = "U0BOT",
+        bot_id: str = "B0BOT",
+        app_id: str = "A0001",
+        latency: float = 0.0,
+        connection_latency: float = 0.0,
+        budgets: dict[str, tuple[float, int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        extra_tokens: dict[str, str] | None = None,
+        stream_lifetime: float | None = None,
+        stream_idle_timeout: float | None = None,
+        status_ttl: float | None = 120.0,
+    ) -> None:
+        self.bot_token = bot_token
+        self.app_token = app_token
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.app_id = app_id
+        self.latency = latency
+        self.connection_latency = connection_latency
+        self.connections = 0
+        self.budgets = dict(DEFAULT_BUDGETS if budgets is None else budgets)
+        self.clock = clock
+        self.stream_lifetime = stream_lifetime
+        self.stream_idle_timeout = stream_idle_timeout
+        self.status_ttl = status_ttl
+        self.bot_tokens: dict[str, str] = {bot_token: team_id, **(extra_tokens or {})}
+        self.missing_channels: set[str] = set()
+        self.users: dict[str, str] = {"U0USER": "Test User", bot_user_id: "testbot"}
+
+        self.calls: list[Call] = []
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.envelopes: dict[str, dict[str, Any]] = {}
+        self.socket_messages: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+        self.statuses: dict[tuple[str, str], str] = {}
+
+        self._messages: dict[tuple[str, str], Message] = {}
+        self._max_ts = (0, 0)
+        self._status_at: dict[tuple[str, str], float] = {}
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._faults: defaultdict[str, deque[_Fault]] = defaultdict(deque)
+        self._sockets: list[_Socket] = []
+        self._round_robin = itertools.count()
+        self._tickets = itertools.count(1)
+        self._seen_transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._methods: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+            "auth.test": self._api_auth_test,
+            "chat.postMessage": self._api_post_message,
+            "chat.update": self._api_update,
+            "chat.delete": self._api_delete,
+            "conversations.replies": self._api_replies,
+            "reactions.add": self._api_reactions_add,
+            "reactions.remove": self._api_reactions_remove,
+            "assistant.threads.setStatus": self._api_set_status,
+            "chat.startStream": self._api_start_stream,
+            "chat.appendStream": self._api_append_stream,
+            "chat.stopStream": self._api_stop_stream,
+            "users.info": self._api_users_info,
+            "apps.connections.open": self._api_connections_open,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> FakeSlack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("POST", "/api/{method}", self._handle_api)
+        app.router.add_get("/api/{method}", self._handle_api, allow_head=False)
+        app.router.add_get("/socket", self._handle_socket)
+        app.router.add_post("/respond/{n}", self._handle_response_url)
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        self._stopping.clear()
+
+    async def stop(self) -> None:
+        """Release hung requests, close every socket, stop the server. Safe to call twice."""
+        if self._runner is None:
+            return
+        self._stopping.set()
+        await self.drop_sockets()
+        await self._runner.cleanup()
+        self._runner = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("FakeSlack is not started")
+        return self._port
+
+    @property
+    def api_url(self) -> str:
+        """Base URL for ``AsyncWebClient(base_url=...)``; the trailing slash matters."""
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    # ------------------------------------------------------------------ test-facing state
+
+    def fail_next(self, method: str, kind: str, times: int = 1, retry_after: int = 1) -> None:
+        """Make the next ``times`` calls to ``method`` fail; queued faults apply in order.
+
+        ``kind``: ``"ratelimited"`` (429 + Retry-After), ``"500"`` or any 5xx (an HTML error
+        page), ``"reset"`` (connection dropped, no response), ``"hang"`` (no response until the
+        client gives up or the fake stops), else ``{"ok": false, "error": kind}`` with HTTP 200.
+        """
+        self._faults[method].append(_Fault(kind, times, retry_after))
+
+    def add_message(
+        self,
+        channel: str,
+        text: str,
+        *,
+        user: str | None = "U0USER",
+        thread_ts: str | None = None,
+        ts: str | None = None,
+        bot_id: str | None = None,
+        team_id: str | None = None,
+    ) -> str:
+        """Seed a message (a user's by default) and return its ts."""
+        ts = self._claim_ts(ts)
+        message = Message(
+            channel=channel,
+            ts=ts,
+            thread_ts=thread_ts,
+            user=user,
+            bot_id=bot_id,
+            team_id=team_id or self.team_id,
+        )
+        message.set_text(text)
+        self._messages[(channel, ts)] = message
+        return ts
+
+    def message(self, channel: str, ts: str) -> Message | None:
+        return self._messages.get((channel, ts))
+
+    def thread(self, channel: str, thread_ts: str) -> list[Message]:
+        """What a user sees in the thread now: parent then replies, in ts order, not deleted."""
+        return sorted(
+            (
+                m
+                for m in self._messages.values()
+                if m.channel == channel
+                and not m.deleted
+                and (m.ts == thread_ts or m.thread_ts == thread_ts)
+            ),
+            key=lambda m: _ts_key(m.ts),
+        )
+
+    def bot_messages(self, channel: str | None = None) -> list[Message]:
+        """This bot's visible messages (optionally in one channel), in ts order."""
+        return sorted(
+            (
+                m
+                for m in self._messages.values()
+                if m.bot_id == self.bot_id
+                and not m.deleted
+                and (channel is None or m.channel == channel)
+            ),
+            key=lambda m: _ts_key(m.ts),
+        )
+
+    def status(self, channel: str, thread_ts: str) -> str:
+        """The assistant status shown in a thread now ('' when none or expired)."""
+        key = (channel, thread_ts)
+        at = self._status_at.get(key)
+        if at is not None and self.status_ttl is not None and self.clock() - at > self.status_ttl:
+            return ""
+        return self.statuses.get(key, "")
+
+    def press_stop(self, channel: str, ts: str) -> None:
+        """Simulate the user pressing stop on a native stream: later calls get stopped_by_user."""
+        message = self._messages[(channel, ts)]
+        message.streaming = False
+        message.stopped_by_user = True
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def ok_calls(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method and c.ok]
+
+    # ------------------------------------------------------------------ waiting
+
+    # A ``timeout`` argument (not ``asyncio.timeout``) lets a miss fail with a useful message.
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109
+        what: str = "",
+    ) -> None:
+        """Poll ``predicate`` every 10 ms (real time); raise ``AssertionError`` on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if loop.time() >= deadline:
+                recent = ", ".join(
+                    f"{c.method}->{c.status}{'' if c.ok else ':' + str(c.error)}"
+                    for c in self.calls[-12:]
+                )
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or predicate!r}; "
+                    f"{len(self.calls)} calls, last: [{recent}]"
+                )
+            await asyncio.sleep(0.01)
+
+    async def wait_call(
+        self,
+        method: str,
+        predicate: Callable[[Call], bool] | None = None,
+        *,
+        ok: bool | None = None,
+        since: int = 0,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> Call:
+        """Wait for, and return, the first call to ``method`` in ``calls[since:]`` that matches.
+
+        ``ok=True`` only accepts successful calls; ``since=len(slack.calls)`` waits for new ones.
+        """
+        found: list[Call] = []
+
+        def matched() -> bool:
+            for call in self.calls[since:]:
+                if call.method != method or (ok is not None and call.ok != ok):
+                    continue
+                if predicate is None or predicate(call):
+                    found.append(call)
+                    return True
+            return False
+
+        await self.wait_for(matched, timeout, what=f"a matching call to {method}")
+        return found[0]
+
+    async def wait_connected(
+        self,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        count: int = 1,
+    ) -> None:
+        """Wait until at least ``count`` Socket Mode connections got their ``hello``."""
+        await self.wait_for(
+            lambda: len(self._sockets) >= count, timeout, what=f"{count} socket connection(s)"
+        )
+
+    async def wait_ack(
+        self,
+        envelope_id: str,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        """Wait for the client's ack of an envelope and return it (may carry a ``payload``)."""
+        await self.wait_for(
+            lambda: envelope_id in self.acks, timeout, what=f"ack of envelope {envelope_id}"
+        )
+        return self.acks[envelope_id]
+
+    # ------------------------------------------------------------------ Socket Mode
+
+    @property
+    def connected(self) -> int:
+        """Number of live Socket Mode connections."""
+        return len(self._sockets)
+
+    async def send_event(
+        self,
+        event: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+        event_time: int | None = None,
+        team_id: str | None = None,
+        socket: int | None = None,
+        record: bool = True,
+    ) -> str:
+        """Deliver an Events API event to one connection; return the envelope id.
+
+        Connections are used round-robin unless ``socket`` picks one by index (connection
+        order). Reuse ``event_id`` with ``retry_attempt=1..3`` to model Slack's redelivery.
+        ``record`` stores a user message event in the workspace (so threads include it).
+        Waits up to 5 s for a connection.
+        """
+        await self.wait_connected()
+        payload = self._event_payload(event, event_id, event_time, team_id)
+        if record:
+            self._record_event_message(event, payload["team_id"])
+        envelope = self._envelope("events_api", payload)
+        envelope.update(retry_attempt=retry_attempt, retry_reason=retry_reason)
+        await self._send_envelope(envelope, socket)
+        return str(envelope["envelope_id"])
+
+    async def send_event_to_all(
+        self,
+        event: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+        event_time: int | None = None,
+        team_id: str | None = None,
+        record: bool = True,
+    ) -> list[str]:
+        """Deliver the same event (same event_id) to every connection; one envelope each."""
+        await self.wait_connected()
+        payload = self._event_payload(event, event_id, event_time, team_id)
+        if record:
+            self._record_event_message(event, payload["team_id"])
+        envelope_ids = []
+        for index in range(len(self._sockets)):
+            envelope = self._envelope("events_api", payload)
+            envelope.update(retry_attempt=retry_attempt, retry_reason=retry_reason)
+            await self._send_envelope(envelope, index)
+            envelope_ids.append(str(envelope["envelope_id"]))
+        return envelope_ids
+
+    async def send_interactive(self, payload: dict[str, Any], *, socket: int | None = None) -> str:
+        """Deliver an ``interactive`` envelope (e.g. :func:`block_actions_payload`).
+
+        A missing ``response_url`` is pointed at this fake; posts to it land in ``responses``.
+        """
+        await self.wait_connected()
+        payload = dict(payload)
+        payload.setdefault(
+            "response_url", f"http://127.0.0.1:{self.port}/respond/{len(self.envelopes)}"
+        )
+        envelope = self._envelope("interactive", payload)
+        await self._send_envelope(envelope, socket)
+        return str(envelope["envelope_id"])
+
+    async def request_refresh(self, reason: str = "refresh_requested") -> None:
+        """Send Slack's ``disconnect`` message to every connection (clients reconnect)."""
+        message = {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}}
+        for sock in list(self._sockets):
+            with contextlib.suppress(ConnectionError):
+                await sock.ws.send_str(json.dumps(message))
+
+    async def drop_sockets(self, *, silent: bool = False) -> None:
+        """Close every connection: a close frame, or with ``silent`` a dead TCP connection."""
+        sockets, self._sockets = list(self._sockets), []
+        for sock in sockets:
+            if silent and sock.request.transport is not None:
+                sock.request.transport.abort()
+        if not silent and sockets:
+            await asyncio.gather(*(s.ws.close(code=1001) for s in sockets), return_exceptions=True)
+
+    def _event_payload(
+        self,
+        event: dict[str, Any],
+        event_id: str | None,
+        event_time: int | None,
+        team_id: str | None,
+    ) -> dict[str, Any]:
+        team = team_id or str(event.get("team") or self.team_id)
+        return {
+            "token": "verification-token",
+            "team_id": team,
+            "context_team_id": team,
+            "api_app_id": self.app_id,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+            "event_time": event_time if event_time is not None else int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": team,
+                    "user_id": self.bot_user_id,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+        }
+
+    def _envelope(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": payload,
+            "type": kind,
+            "accepts_response_payload": False,
+        }
+
+    async def _send_envelope(self, envelope: dict[str, Any], socket: int | None) -> None:
+        if not self._sockets:
+            raise AssertionError("no Socket Mode connection to deliver to")
+        index = next(self._round_robin) if socket is None else socket
+        sock = self._sockets[index % len(self._sockets)]
+        self.envelopes[envelope["envelope_id"]] = envelope
+        await sock.ws.send_str(json.dumps(envelope))
+
+    def _record_event_message(self, event: dict[str, Any], team_id: str) -> None:
+        if event.get("type") not in ("message", "app_mention"):
+            return
+        if event.get("subtype") not in (None, "file_share", "thread_broadcast", "bot_message"):
+            return
+        channel, ts = event.get("channel"), event.get("ts")
+        if not isinstance(channel, str) or not isinstance(ts, str):
+            return
+        if (channel, ts) not in self._messages:
+            self.add_message(
+                channel,
+                str(event.get("text", "")),
+                user=event.get("user"),
+                thread_ts=event.get("thread_ts"),
+                ts=ts,
+                bot_id=event.get("bot_id"),
+                team_id=team_id,
+            )
+
+    async def _handle_socket(self, request: web.Request) -> web.StreamResponse:
+        if self._stopping.is_set():
+            # A client reconnecting while the fake shuts down must not outlive it.
+            return web.Response(status=503, text="shutting down")
+        ws = web.WebSocketResponse(timeout=1.0)
+        await ws.prepare(request)
+        sock = _Socket(ws, request, request.query.get("ticket", ""))
+        try:
+            await ws.send_json(
+                {
+                    "type": "hello",
+                    "num_connections": len(self._sockets) + 1,
+                    "debug_info": {
+                        "host": "fake-slack",
+                        "build_number": 1,
+                        "approximate_connection_time": 3600,
+                    },
+                    "connection_info": {"app_id": self.app_id},
+                }
+            )
+            self._sockets.append(sock)
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self._on_socket_text(msg.data)
+        except ConnectionError:
+            pass  # the client went away mid-send; nothing to answer
+        finally:
+            if sock in self._sockets:
+                self._sockets.remove(sock)
+        return ws
+
+    def _on_socket_text(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+        except json.JSONDecodeError:
+            message = {"unparsed": data}
+        if not isinstance(message, dict):
+            message = {"unparsed": data}
+        self.socket_messages.append(message)
+        envelope_id = message.get("envelope_id")
+        if isinstance(envelope_id, str):
+            self.acks[envelope_id] = message
+
+    async def _handle_response_url(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.responses.append({"n": request.match_info["n"], **body})
+        return web.Response(text="ok", content_type="text/plain")
+
+    # ------------------------------------------------------------------ Web API plumbing
+
+    async def _handle_api(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        try:
+            args, token = await self._read_args(request)
+        except _ApiError as exc:
+            return self._respond(method, {}, "", {"ok": False, "error": exc.error}, exc.status)
+        handler = self._methods.get(method)
+        if handler is None:
+            return self._respond(method, args, "", {"ok": False, "error": "unknown_method"}, 404)
+        transport = request.transport
+        if transport is not None and transport not in self._seen_transports:
+            self._seen_transports.add(transport)
+            self.connections += 1
+            if self.connection_latency > 0:
+                await asyncio.sleep(self.connection_latency)
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        try:
+            team = self._authenticate(method, token)
+        except _ApiError as exc:
+            return self._respond(method, args, "", {"ok": False, "error": exc.error}, exc.status)
+
+        fault = self._take_fault(method)
+        if fault is not None:
+            return await self._apply_fault(request, method, args, team, fault)
+
+        budget = self.budgets.get(method)
+        if budget is not None:
+            wait = self._bucket(team, method, budget).take(self.clock())
+            if wait > 0:
+                return self._ratelimited(method, args, team, max(1, math.ceil(wait)))
+
+        try:
+            channel = args.get("channel", args.get("channel_id"))
+            if channel is not None and channel in self.missing_channels:
+                raise _ApiError("channel_not_found")
+            body = handler(args, team)
+        except _ApiError as exc:
+            return self._respond(method, args, team, {"ok": False, "error": exc.error}, exc.status)
+        return self._respond(method, args, team, {"ok": True, **body}, 200)
+
+    async def _read_args(self, request: web.Request) -> tuple[dict[str, Any], str | None]:
+        args: dict[str, Any] = dict(request.query)
+        if request.method == "POST" and request.body_exists:
+            if request.content_type == "application/json":
+                try:
+                    body = await request.json()
+                except json.JSONDecodeError as exc:
+                    raise _ApiError("invalid_json") from exc
+                if not isinstance(body, dict):
+                    raise _ApiError("invalid_json")
+                args.update(body)
+            else:
+                form = await request.post()
+                args.update({k: v for k, v in form.items() if isinstance(v, str)})
+        for key in ("blocks", "attachments", "chunks"):
+            if isinstance(args.get(key), str):
+                try:
+                    args[key] = json.loads(args[key])
+                except json.JSONDecodeError as exc:
+                    raise _ApiError("invalid_blocks_format") from exc
+        token = args.pop("token", None)
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            token = header.removeprefix("Bearer ").strip()
+        return args, token if isinstance(token, str) else None
+
+    def _authenticate(self, method: str, token: str | None) -> str:
+        """Return the token's workspace; bot tokens everywhere, the app token for one method."""
+        if not token:
+            raise _ApiError("not_authed")
+        is_app_method = method == "apps.connections.open"
+        if token == self.app_token:
+            if not is_app_method:
+                raise _ApiError("not_allowed_token_type")
+            return self.team_id
+        if token in self.bot_tokens:
+            if is_app_method:
+                raise _ApiError("not_allowed_token_type")
+            return self.bot_tokens[token]
+        raise _ApiError("invalid_auth")
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        queue = self._faults.get(method)
+        if not queue:
+            return None
+        fault = queue[0]
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            queue.popleft()
+        return fault
+
+    async def _apply_fault(
+        self, request: web.Request, method: str, args: dict[str, Any], team: str, fault: _Fault
+    ) -> web.StreamResponse:
+        if fault.kind == "ratelimited":
+            return self._ratelimited(method, args, team, max(1, fault.retry_after))
+        if fault.kind.isdigit():
+            status = int(fault.kind)
+            self._record(method, args, team, status, {})
+            html = f"<html><body><h1>{status} Server Error</h1></body></html>"
+            return web.Response(status=status, text=html, content_type="text/html")
+        if fault.kind in ("reset", "hang"):
+            self._record(method, args, team, 0, {})
+            if fault.kind == "hang":
+                await self._until_stopped_or_gone(request)
+            if request.transport is not None:
+                request.transport.close()
+            # Writing to the closed transport fails quietly inside aiohttp: no response is sent.
+            return web.Response()
+        return self._respond(method, args, team, {"ok": False, "error": fault.kind}, 200)
+
+    async def _until_stopped_or_gone(self, request: web.Request) -> None:
+        while not self._stopping.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.05)
+
+    def _bucket(self, team: str, method: str, budget: tuple[float, int]) -> _Bucket:
+        bucket = self._buckets.get((team, method))
+        if bucket is None:
+            per_minute, burst = budget
+            bucket = _Bucket(per_minute / 60.0, burst, float(burst), self.clock())
+            self._buckets[(team, method)] = bucket
+        return bucket
+
+    def _ratelimited(
+        self, method: str, args: dict[str, Any], team: str, retry_after: int
+    ) -> web.Response:
+        body = {"ok": False, "error": "ratelimited"}
+        self._record(method, args, team, 429, body)
+        return web.json_response(body, status=429, headers={"Retry-After": str(retry_after)})
+
+    def _respond(
+        self, method: str, args: dict[str, Any], team: str, body: dict[str, Any], status: int
+    ) -> web.Response:
+        self._record(method, args, team, status, body)
+        return web.json_response(body, status=status)
+
+    def _record(
+        self, method: str, args: dict[str, Any], team: str, status: int, body: dict[str, Any]
+    ) -> None:
+        self.calls.append(Call(method, args, self.clock(), status, body, team))
+
+    def _claim_ts(self, ts: str | None) -> str:
+        """A ts that is unique and later than any ts this fake has seen (unless given)."""
+        if ts is None:
+            ts = new_ts()
+            if _ts_key(ts) <= self._max_ts:
+                seconds, micros = self._max_ts
+                micros += 100
+                ts = _ts_from_key((seconds + micros // 1_000_000, micros % 1_000_000))
+        self._max_ts = max(self._max_ts, _ts_key(ts))
+        return ts
+
+    def _own_message(self, args: dict[str, Any], ts_arg: str = "ts") -> Message:
+        channel = _need(args, "channel", "channel_not_found")
+        message = self._messages.get((channel, str(args.get(ts_arg, ""))))
+        if message is None or message.deleted:
+            raise _ApiError("message_not_found")
+        return message
+
+    def _stream_is_live(self, message: Message) -> bool:
+        """Whether a native stream still accepts appends; expiry is lazy, on the fake's clock."""
+        if not message.streaming:
+            return False
+        now = self.clock()
+        started = message.stream_started_at or now
+        touched = message.stream_touched_at or now
+        expired = (self.stream_lifetime is not None and now - started >= self.stream_lifetime) or (
+            self.stream_idle_timeout is not None and now - touched >= self.stream_idle_timeout
+        )
+        if expired:
+            message.streaming = False
+        return not expired
+
+    @staticmethod
+    def _text_args(args: dict[str, Any], limit: int) -> tuple[str | None, list[Any] | None]:
+        """(text, blocks) from text/blocks/markdown_text; each may be None when absent."""
+        text = args.get("text")
+        blocks = args.get("blocks")
+        markdown = args.get("markdown_text")
+        if markdown is not None:
+            if text is not None or blocks is not None:
+                raise _ApiError("invalid_arguments")
+            if len(str(markdown)) > MARKDOWN_TEXT_LIMIT:
+                raise _ApiError("msg_too_long")
+            text = markdown
+        if text is not None and len(str(text)) > limit:
+            raise _ApiError("msg_too_long")
+        if blocks is not None and (not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS):
+            raise _ApiError("invalid_blocks")
+        return (None if text is None else str(text)), blocks
+
+    # ------------------------------------------------------------------ Web API methods
+
+    def _api_auth_test(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        return {
+            "url": "https://test.slack.com/",
+            "team": "Test Team",
+            "user": self.users.get(self.bot_user_id, "testbot"),
+            "team_id": team,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _api_post_message(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        channel = _need(args, "channel", "channel_not_found")
+        text, blocks = self._text_args(args, POST_TEXT_LIMIT)
+        if not text and not blocks:
+            raise _ApiError("no_text")
+        thread_ts = args.get("thread_ts") or None
+        message = Message(
+            channel=channel,
+            ts=self._claim_ts(None),
+            thread_ts=None if thread_ts is None else str(thread_ts),
+            blocks=blocks,
+            user=self.bot_user_id,
+            bot_id=self.bot_id,
+            team_id=team,
+        )
+        message.set_text(text or "")
+        self._messages[(channel, message.ts)] = message
+        if message.thread_ts is not None:
+            # Slack clears the assistant status when the app replies in the thread.
+            self.statuses.pop((channel, message.thread_ts), None)
+        return {"channel": channel, "ts": message.ts, "message": message.to_api()}
+
+    def _api_update(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        message = self._own_message(args)
+        if message.bot_id != self.bot_id:
+            raise _ApiError("cant_update_message")
+        if self._stream_is_live(message):
+            raise _ApiError("streaming_state_conflict")
+        text, blocks = self._text_args(args, UPDATE_TEXT_LIMIT)
+        if text is None and blocks is None:
+            raise _ApiError("no_text")
+        if blocks is not None:
+            message.blocks = blocks
+        message.edits += 1
+        message.set_text(text if text is not None else message.text)
+        return {
+            "channel": message.channel,
+            "ts": message.ts,
+            "text": message.text,
+            "message": message.to_api(),
+        }
+
+    def _api_delete(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        message = self._own_message(args)
+        if message.bot_id != self.bot_id:
+            raise _ApiError("cant_delete_message")
+        message.deleted = True
+        message.streaming = False
+        return {"channel": message.channel, "ts": message.ts}
+
+    def _api_replies(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        channel = _need(args, "channel", "channel_not_found")
+        ts = _need(args, "ts", "thread_not_found")
+        anchor = self._messages.get((channel, ts))
+        root = anchor.thread_ts if anchor is not None and anchor.thread_ts else ts
+        messages = self.thread(channel, root)
+        if not messages:
+            raise _ApiError("thread_not_found")
+        try:
+            limit = max(1, min(1000, int(args.get("limit", 1000))))
+        except ValueError as exc:
+            raise _ApiError("invalid_limit") from exc
+        cursor = str(args.get("cursor") or "")
+        if cursor:
+            try:
+                start = _ts_key(base64.b64decode(cursor).decode().removeprefix("next_ts:"))
+            except ValueError as exc:
+                raise _ApiError("invalid_cursor") from exc
+            messages = [m for m in messages if _ts_key(m.ts) >= start]
+        page, rest = messages[:limit], messages[limit:]
+        next_cursor = base64.b64encode(f"next_ts:{rest[0].ts}".encode()).decode() if rest else ""
+        return {
+            "messages": [self._thread_view(m) for m in page],
+            "has_more": bool(rest),
+            "response_metadata": {"next_cursor": next_cursor},
+        }
+
+    def _thread_view(self, message: Message) -> dict[str, Any]:
+        body = message.to_api()
+        if message.is_reply:
+            parent = self._messages.get((message.channel, str(message.thread_ts)))
+            if parent is not None and parent.user is not None:
+                body["parent_user_id"] = parent.user
+            return body
+        replies = [m for m in self.thread(message.channel, message.ts) if m.is_reply]
+        if replies:
+            users = sorted({m.user for m in replies if m.user})
+            body.update(
+                thread_ts=message.ts,
+                reply_count=len(replies),
+                reply_users=users,
+                reply_users_count=len(users),
+                latest_reply=replies[-1].ts,
+            )
+        return body
+
+    def _api_reactions_add(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        message = self._own_message(args, "timestamp")
+        users = message.reactions.setdefault(_need(args, "name", "invalid_name"), [])
+        if self.bot_user_id in users:
+            raise _ApiError("already_reacted")
+        users.append(self.bot_user_id)
+        return {}
+
+    def _api_reactions_remove(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        message = self._own_message(args, "timestamp")
+        name = _need(args, "name", "invalid_name")
+        users = message.reactions.get(name, [])
+        if self.bot_user_id not in users:
+            raise _ApiError("no_reaction")
+        users.remove(self.bot_user_id)
+        if not users:
+            del message.reactions[name]
+        return {}
+
+    def _api_set_status(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        key = (_need(args, "channel_id", "channel_not_found"), _need(args, "thread_ts"))
+        if "status" not in args:
+            raise _ApiError("invalid_arguments")
+        self.statuses[key] = str(args["status"])
+        self._status_at[key] = self.clock()
+        return {}
+
+    def _api_start_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        channel = _need(args, "channel", "channel_not_found")
+        thread_ts = _need(args, "thread_ts")
+        if not channel.startswith("D") and not (
+            args.get("recipient_user_id") and args.get("recipient_team_id")
+        ):
+            raise _ApiError("invalid_arguments")
+        now = self.clock()
+        message = Message(
+            channel=channel,
+            ts=self._claim_ts(None),
+            thread_ts=thread_ts,
+            user=self.bot_user_id,
+            bot_id=self.bot_id,
+            team_id=team,
+            streaming=True,
+            stream_started_at=now,
+            stream_touched_at=now,
+        )
+        message.set_text(self._stream_chunk(args))
+        self._messages[(channel, message.ts)] = message
+        self.statuses.pop((channel, thread_ts), None)
+        return {"channel": channel, "ts": message.ts}
+
+    def _api_append_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        message = self._live_stream(args)
+        chunk = self._stream_chunk(args)
+        if not chunk:
+            raise _ApiError("invalid_arguments")
+        message.stream_touched_at = self.clock()
+        message.set_text(message.text + chunk)
+        return {"channel": message.channel, "ts": message.ts}
+
+    def _api_stop_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        message = self._live_stream(args)
+        chunk = self._stream_chunk(args)
+        if chunk:
+            message.set_text(message.text + chunk)
+        blocks = args.get("blocks")
+        if blocks is not None:
+            if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
+                raise _ApiError("invalid_blocks")
+            message.blocks = blocks
+        message.streaming = False
+        return {"channel": message.channel, "ts": message.ts, "message": message.to_api()}
+
+    def _live_stream(self, args: dict[str, Any]) -> Message:
+        message = self._own_message(args)
+        if message.stopped_by_user:
+            raise _ApiError("stopped_by_user")
+        if not self._stream_is_live(message):
+            raise _ApiError("message_not_in_streaming_state")
+        return message
+
+    @staticmethod
+    def _stream_chunk(args: dict[str, Any]) -> str:
+        text = str(args.get("markdown_text") or "")
+        if len(text) > MARKDOWN_TEXT_LIMIT:
+            raise _ApiError("msg_too_long")
+        for chunk in args.get("chunks") or []:
+            if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
+                text += str(chunk.get("text", ""))
+        return text
+
+    def _api_users_info(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        user_id = _need(args, "user", "user_not_found")
+        name = self.users.get(user_id)
+        if name is None:
+            raise _ApiError("user_not_found")
+        handle = name.lower().replace(" ", ".")
+        return {
+            "user": {
+                "id": user_id,
+                "team_id": team,
+                "name": handle,
+                "real_name": name,
+                "is_bot": user_id == self.bot_user_id,
+                "deleted": False,
+                "profile": {"real_name": name, "display_name": name},
+            }
+        }
+
+    def _api_connections_open(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={next(self._tickets)}"}
