@@ -92,6 +92,8 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 prompt_token_budget=settings.prompt_token_budget,
                 message_char_limit=settings.message_char_limit,
                 final_edit_deadline=settings.final_edit_deadline,
+                backfill_limit=settings.backfill_limit,
+                dm_reply_mode=settings.dm_reply_mode,
             ),
         )
         app = build_app(

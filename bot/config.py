@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     history_ttl_days: float = Field(30.0, gt=0)
     history_max_turns: int = Field(200, ge=2)
     prompt_token_budget: int = Field(8000, ge=256)
+    backfill_limit: int = Field(100, ge=0, le=1000)
+    dm_reply_mode: Literal["top", "thread"] = "top"
 
     # Reply rendering
     edit_interval: float = Field(1.0, ge=0.05)

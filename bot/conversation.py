@@ -7,7 +7,7 @@ window = prompt_window(system="Be brief.", history=turns, budget_tokens=8000)
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
@@ -71,8 +71,12 @@ def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[
     kept: list[Turn] = []
     for turn in reversed(history):
         cost = estimate_tokens(turn.text) + (4 if turn.author else 0)
-        if cost > remaining and kept:
-            break
+        if cost > remaining:
+            if kept:
+                break
+            # The newest turn alone is over budget (a huge paste): keep its beginning.
+            turn = replace(turn, text=_truncated(turn.text, max(remaining, 64)))
+            cost = remaining
         kept.append(turn)
         remaining -= cost
     kept.reverse()
@@ -81,6 +85,15 @@ def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[
     for turn in kept:
         messages.append({"role": turn.role, "content": _content(turn, named=len(authors) > 1)})
     return messages
+
+
+TRUNCATED_MARK = "\n[…message truncated to fit the context window]"
+
+
+def _truncated(text: str, tokens: int) -> str:
+    budget_bytes = max(0, (tokens - 4) * 4 - len(TRUNCATED_MARK.encode()))
+    head = text.encode("utf-8")[:budget_bytes].decode("utf-8", errors="ignore")
+    return head + TRUNCATED_MARK
 
 
 def _content(turn: Turn, *, named: bool) -> str:

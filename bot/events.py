@@ -34,11 +34,16 @@ class Inbound:
     thread_ts: str | None  # None at the top level of a channel or DM
     event_id: str | None
     mentioned: bool  # arrived as app_mention, or names the bot
+    bot_user_id: str | None = None  # the bot's own user id in this workspace
 
     @property
     def key(self) -> ThreadKey:
         """The thread this message belongs to (a top-level message starts its own)."""
         return ThreadKey(self.team, self.channel, self.thread_ts or self.ts)
+
+    @property
+    def in_thread(self) -> bool:
+        return self.thread_ts is not None
 
     @property
     def is_dm(self) -> bool:
@@ -70,6 +75,7 @@ class Inbound:
             thread_ts=thread_ts if isinstance(thread_ts, str) and thread_ts != ts else None,
             event_id=body.get("event_id") if isinstance(body.get("event_id"), str) else None,
             mentioned=mentioned,
+            bot_user_id=bot_user_id,
         )
 
 

@@ -3,6 +3,7 @@
 Key schema (``{p}`` is the key prefix, ``slackbot`` by default)::
 
     {p}:thread:{team}:{channel}:{thread_ts}   list of JSON turns, oldest first; TTL refreshed on write
+    {p}:engaged:{team}:{channel}:{thread_ts}  "1", same TTL — the bot is answering in this thread
     {p}:seen:evt:{event_id}                   "1", TTL 15 min — Slack retries of one event
     {p}:seen:msg:{team}:{channel}:{ts}        "1", TTL 15 min — app_mention + message of one post
     {p}:lock:{team}:{channel}:{thread_ts}     holder token, PX lease — one answer at a time
@@ -103,8 +104,14 @@ class Store:
         return [Turn.from_json(item) for item in raw]
 
     async def knows(self, key: ThreadKey) -> bool:
-        """Whether the bot has a conversation on record for this thread."""
-        return bool(await self._guard(lambda r: r.exists(self._thread(key)), "knows"))
+        """Whether the bot takes part in this thread (answered, or is answering now)."""
+        names = (self._thread(key), self._engaged(key))
+        return bool(await self._guard(lambda r: r.exists(*names), "knows"))
+
+    async def engage(self, key: ThreadKey) -> None:
+        """Mark the thread as one the bot takes part in, as soon as it starts answering there:
+        a follow-up sent while the first answer is still streaming must not be ignored."""
+        await self._guard(lambda r: r.set(self._engaged(key), "1", px=self._ttl_ms), "engage")
 
     async def append_turns(self, key: ThreadKey, turns: list[Turn]) -> None:
         name = self._thread(key)
@@ -114,6 +121,7 @@ class Store:
                 pipe.rpush(name, *(t.to_json() for t in turns))
                 pipe.ltrim(name, -self._max_turns, -1)
                 pipe.pexpire(name, self._ttl_ms)
+                pipe.set(self._engaged(key), "1", px=self._ttl_ms)
                 await pipe.execute()
 
         await self._guard(write, "append")
@@ -255,6 +263,9 @@ class Store:
 
     def _thread(self, key: ThreadKey) -> str:
         return f"{self._p}:thread:{key}"
+
+    def _engaged(self, key: ThreadKey) -> str:
+        return f"{self._p}:engaged:{key}"
 
     async def _guard(self, op: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
         try:

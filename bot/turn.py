@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from bot.conversation import Turn, prompt_window
-from bot.errors import ModelInterrupted, ModelUnavailable, StoreUnavailable
-from bot.events import Inbound
+from bot.conversation import ThreadKey, Turn, prompt_window
+from bot.errors import ModelInterrupted, ModelUnavailable, SlackError, StoreUnavailable
+from bot.events import USER_SUBTYPES, Inbound, mention_pattern
 from bot.llm import ChatModel
 from bot.render.budget import EditBudget
 from bot.render.reply import Outcome, ReplyStream
@@ -25,6 +26,14 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 
+DM_TOP_LEVEL = "top"  # the thread_ts of a DM's top-level conversation in its ThreadKey
+
+
+HELP_TEXT = (
+    "Hi! Ask me anything: mention me with your question, e.g. `@me summarise this thread`. "
+    "In a thread I have answered in, you can just keep talking — no mention needed."
+)
+
 
 @dataclass(frozen=True, slots=True)
 class TurnOptions:
@@ -32,6 +41,8 @@ class TurnOptions:
     prompt_token_budget: int
     message_char_limit: int
     final_edit_deadline: float
+    backfill_limit: int = 100
+    dm_reply_mode: Literal["top", "thread"] = "top"
 
 
 class Turns:
@@ -52,6 +63,16 @@ class Turns:
         self._budget = budget
         self._options = options
 
+    def address(self, inbound: Inbound) -> tuple[ThreadKey, str | None]:
+        """Which conversation ``inbound`` continues, and the thread to reply in (None: top level).
+
+        Top-level DMs are one running conversation answered at the top level by default
+        (``DM_REPLY_MODE=top``); with ``thread`` each top-level DM starts a thread of its own.
+        """
+        if inbound.is_dm and not inbound.in_thread and self._options.dm_reply_mode == "top":
+            return ThreadKey(inbound.team, inbound.channel, DM_TOP_LEVEL), None
+        return inbound.key, inbound.key.thread_ts
+
     async def answer(self, inbound: Inbound) -> None:
         """Answer ``inbound`` once, even if Slack delivers it several times to several replicas."""
         if not await self._store.first_sighting(
@@ -59,28 +80,33 @@ class Turns:
         ):
             log.debug("duplicate delivery of %s/%s ignored", inbound.channel, inbound.ts)
             return
-        key = inbound.key
+        key, reply_thread = self.address(inbound)
+        if not inbound.text:
+            if inbound.mentioned or inbound.is_dm:
+                await self._slack.post(inbound.channel, HELP_TEXT, thread_ts=reply_thread)
+            return
         reply = ReplyStream(
             self._slack,
             self._budget,
             team=inbound.team,
             channel=inbound.channel,
-            thread_ts=key.thread_ts,
+            thread_ts=reply_thread,
             limit=self._options.message_char_limit,
             render=render,
             split=split,
             final_deadline=self._options.final_edit_deadline,
         )
         await reply.open()
+        await self._engage(key)
         async with self._store.thread_lock(key):
-            history = await self._history(inbound)
+            history = await self._history(key, inbound, reply)
             question = Turn("user", inbound.text, author=inbound.user, ts=inbound.ts)
             messages = prompt_window(
                 self._options.system_prompt, [*history, question], self._options.prompt_token_budget
             )
             outcome = await self._stream(messages, reply)
             shown = await reply.finish(outcome)
-            await self._save(inbound, question, shown, outcome, reply)
+            await self._save(key, question, shown, outcome, reply)
 
     async def _stream(self, messages: list[dict[str, object]], reply: ReplyStream) -> Outcome:
         try:
@@ -102,14 +128,50 @@ class Turns:
             raise
         return Outcome.COMPLETE
 
-    async def _history(self, inbound: Inbound) -> list[Turn]:
+    async def _engage(self, key: ThreadKey) -> None:
         try:
-            return await self._store.history(inbound.key)
+            await self._store.engage(key)
+        except StoreUnavailable:
+            pass
+
+    async def _history(self, key: ThreadKey, inbound: Inbound, reply: ReplyStream) -> list[Turn]:
+        """The thread's turns from Redis; a thread Redis does not know (the bot was summoned
+        into it, or Redis lost it) is read once from Slack and stored."""
+        try:
+            history = await self._store.history(key)
         except StoreUnavailable:
             return []
+        if history or not inbound.in_thread or self._options.backfill_limit == 0:
+            return history
+        history = await self._backfill(key, inbound, set(reply.message_ts))
+        if history:
+            try:
+                await self._store.append_turns(key, history)
+            except StoreUnavailable:
+                pass
+        return history
+
+    async def _backfill(
+        self, key: ThreadKey, inbound: Inbound, own_replies: set[str]
+    ) -> list[Turn]:
+        try:
+            messages = await self._slack.thread_messages(
+                key.channel, key.thread_ts, limit=self._options.backfill_limit
+            )
+        except SlackError as exc:
+            log.info(
+                "could not read thread %s for context (%s); answering without it", key, exc.error
+            )
+            return []
+        turns = []
+        for message in messages:
+            turn = _turn_from_slack(message, inbound, own_replies)
+            if turn is not None:
+                turns.append(turn)
+        return turns
 
     async def _save(
-        self, inbound: Inbound, question: Turn, shown: str, outcome: Outcome, reply: ReplyStream
+        self, key: ThreadKey, question: Turn, shown: str, outcome: Outcome, reply: ReplyStream
     ) -> None:
         turns = [question]
         if outcome is not Outcome.FAILED and shown.strip():
@@ -122,6 +184,30 @@ class Turns:
                 )
             )
         try:
-            await self._store.append_turns(inbound.key, turns)
+            await self._store.append_turns(key, turns)
         except StoreUnavailable:
             pass  # already warned once by the store
+
+
+def _turn_from_slack(
+    message: dict[str, Any], inbound: Inbound, own_replies: set[str]
+) -> Turn | None:
+    """One earlier thread message as a turn; None for the current message, placeholders and
+    messages posted after it."""
+    ts = message.get("ts")
+    text = message.get("text")
+    if not isinstance(ts, str) or not isinstance(text, str) or ts in own_replies:
+        return None
+    if float(ts) >= float(inbound.ts):
+        return None
+    if message.get("subtype") not in USER_SUBTYPES and message.get("subtype") != "bot_message":
+        return None
+    bot_user = inbound.bot_user_id
+    if bot_user and message.get("user") == bot_user:
+        return Turn("assistant", text, ts=ts)
+    if bot_user:
+        text = mention_pattern(bot_user).sub("", text).strip()
+    author = message.get("user") or message.get("bot_id")
+    if not text:
+        return None
+    return Turn("user", text, author=str(author) if author else None, ts=ts)
