@@ -15,6 +15,7 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -24,6 +25,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.conversation import ThreadKey
 from bot.errors import StoreUnavailable
 from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern
+from bot.metrics import Metrics
 from bot.store import Store
 from bot.turn import Turns
 
@@ -35,6 +37,7 @@ def build_app(
     client: AsyncWebClient,
     turns: Turns,
     store: Store,
+    metrics: Metrics,
     signing_secret: str | None,
 ) -> AsyncApp:
     """The Bolt app with every route registered; ``signing_secret`` None means Socket Mode."""
@@ -57,7 +60,13 @@ def build_app(
         await turns.answer(inbound)
 
     async def ignore() -> None:
-        return None
+        metrics.events.labels(outcome="ignored").inc()
+
+    @app.middleware
+    async def count_events(body: dict[str, Any], next: Callable[[], Awaitable[None]]) -> None:
+        if body.get("type") == "event_callback":
+            metrics.events.labels(outcome="received").inc()
+        await next()
 
     # -- matchers ---------------------------------------------------------------------------
 

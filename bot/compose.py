@@ -21,7 +21,9 @@ from slack_bolt.async_app import AsyncApp
 from bot.app import build_app
 from bot.config import Settings
 from bot.llm import ChatModel, connect_openai
+from bot.metrics import Metrics
 from bot.render.budget import EditBudget
+from bot.server import build_web_app, serve
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis, embedded_redis
 from bot.turn import TurnOptions, Turns
@@ -36,17 +38,21 @@ class RunningBot:
     app: AsyncApp
     turns: Turns
     store: Store
+    metrics: Metrics
+    http_port: int
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @asynccontextmanager
 async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
-    """Open every client, wire the bot, connect to Slack; close everything on exit."""
+    """Open every client, wire the bot, connect to Slack; on exit stop taking events, let answers
+    in flight finish (``SHUTDOWN_GRACE``), then close everything."""
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         web = connect_slack(
             settings.slack_bot_token.get_secret_value(), settings.slack_api_url, session
         )
+        metrics = Metrics()
 
         if settings.redis_url:
             redis = connect_redis(settings.redis_url)
@@ -83,7 +89,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             idle_timeout=settings.model_idle_timeout,
         )
         turns = Turns(
-            slack=SlackGateway(web),
+            slack=SlackGateway(web, metrics),
             store=store,
             model=model,
             budget=budget,
@@ -96,26 +102,57 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 dm_reply_mode=settings.dm_reply_mode,
             ),
         )
+        http_mode = settings.slack_mode == "http"
         app = build_app(
             client=web,
             turns=turns,
             store=store,
+            metrics=metrics,
             signing_secret=(
                 settings.slack_signing_secret.get_secret_value()
-                if settings.slack_mode == "http" and settings.slack_signing_secret
+                if http_mode and settings.slack_signing_secret
                 else None
             ),
         )
 
-        if settings.slack_mode == "socket":
+        socket: AsyncSocketModeHandler | None = None
+        if not http_mode:
             assert settings.slack_app_token is not None  # checked by load_settings
-            handler = AsyncSocketModeHandler(
+            socket = AsyncSocketModeHandler(
                 app, settings.slack_app_token.get_secret_value(), web_client=web
             )
-            stack.push_async_callback(handler.close_async)
-            await handler.connect_async()  # type: ignore[no-untyped-call]
-            log.info("connected to Slack over Socket Mode")
-        else:
-            raise NotImplementedError("HTTP mode is not built yet; use SLACK_MODE=socket")
 
-        yield RunningBot(app=app, turns=turns, store=store)
+        async def slack_ready() -> bool:
+            if socket is not None:
+                return bool(await socket.client.is_connected())  # type: ignore[no-untyped-call]
+            return True  # HTTP mode: Slack calls us; being up is being ready
+
+        runner, http_port = await serve(
+            build_web_app(
+                bolt=app if http_mode else None,
+                metrics=metrics,
+                checks={"slack": slack_ready, "redis": store.ping},
+            ),
+            settings.http_host,
+            settings.http_port,
+        )
+        stack.push_async_callback(runner.cleanup)  # a no-op when already cleaned up below
+
+        if socket is not None:
+            stack.push_async_callback(socket.close_async)
+            await socket.connect_async()  # type: ignore[no-untyped-call]
+            log.info("connected to Slack over Socket Mode; ops endpoints on port %d", http_port)
+        else:
+            log.info("serving Slack events on port %d at /slack/events", http_port)
+
+        try:
+            yield RunningBot(
+                app=app, turns=turns, store=store, metrics=metrics, http_port=http_port
+            )
+        finally:
+            # Stop taking new events first, then let answers in flight finish.
+            if socket is not None:
+                await socket.close_async()  # type: ignore[no-untyped-call]
+            else:
+                await runner.cleanup()  # also closes the ops endpoints: the process is leaving
+            await turns.drain(settings.shutdown_grace)

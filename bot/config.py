@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(None, description="Signing secret, HTTP mode")
     slack_mode: Literal["socket", "http"] = "socket"
     slack_api_url: str = "https://slack.com/api/"
-    http_port: int = Field(3000, ge=1, le=65535)
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(3000, ge=0, le=65535)
+    shutdown_grace: float = Field(20.0, ge=0)
 
     # Model
     openai_api_key: SecretStr

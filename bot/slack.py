@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import SlackRateLimited, SlackRejected, SlackTransient
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ def connect_slack(token: str, base_url: str, session: aiohttp.ClientSession) -> 
 class SlackGateway:
     """The Web API calls the bot makes, with Slack's failures translated."""
 
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, metrics: Metrics | None = None) -> None:
         self._client = client
+        self._calls = metrics.slack_calls if metrics is not None else None
 
     async def identity(self) -> tuple[str, str]:
         """(team id, bot user id) of the token."""
@@ -109,11 +111,26 @@ class SlackGateway:
             else:
                 response = await self._client.api_call(method, json=args)
         except SlackApiError as exc:
-            raise _translate(method, exc) from None
+            error = _translate(method, exc)
+            self._count(method, _OUTCOMES[type(error)])
+            raise error from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._count(method, "transient")
             raise SlackTransient(method, type(exc).__name__) from None
+        self._count(method, "ok")
         data = response.data
         return data if isinstance(data, dict) else {}
+
+    def _count(self, method: str, outcome: str) -> None:
+        if self._calls is not None:
+            self._calls.labels(method=method, outcome=outcome).inc()
+
+
+_OUTCOMES = {
+    SlackRateLimited: "ratelimited",
+    SlackTransient: "transient",
+    SlackRejected: "rejected",
+}
 
 
 def _translate(

@@ -62,6 +62,24 @@ class Turns:
         self._model = model
         self._budget = budget
         self._options = options
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def drain(self, grace: float) -> None:
+        """Let answers in flight finish for up to ``grace`` seconds, then end the rest with an
+        "interrupted — please ask again" note (their tasks are cancelled; see ``_stream``)."""
+        pending = set(self._inflight)
+        if not pending:
+            return
+        log.info("waiting up to %.0f s for %d answer(s) in flight", grace, len(pending))
+        _, late = await asyncio.wait(pending, timeout=grace)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=self._options.final_edit_deadline)
 
     def address(self, inbound: Inbound) -> tuple[ThreadKey, str | None]:
         """Which conversation ``inbound`` continues, and the thread to reply in (None: top level).
@@ -75,6 +93,15 @@ class Turns:
 
     async def answer(self, inbound: Inbound) -> None:
         """Answer ``inbound`` once, even if Slack delivers it several times to several replicas."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            await self._answer(inbound)
+        finally:
+            self._inflight.discard(task)
+
+    async def _answer(self, inbound: Inbound) -> None:
         if not await self._store.first_sighting(
             inbound.team, inbound.channel, inbound.ts, inbound.event_id
         ):
@@ -96,17 +123,21 @@ class Turns:
             split=split,
             final_deadline=self._options.final_edit_deadline,
         )
-        await reply.open()
-        await self._engage(key)
-        async with self._store.thread_lock(key):
-            history = await self._history(key, inbound, reply)
-            question = Turn("user", inbound.text, author=inbound.user, ts=inbound.ts)
-            messages = prompt_window(
-                self._options.system_prompt, [*history, question], self._options.prompt_token_budget
-            )
-            outcome = await self._stream(messages, reply)
-            shown = await reply.finish(outcome)
-            await self._save(key, question, shown, outcome, reply)
+        # The placeholder goes up now; leaving the block any other way than through finish()
+        # (an exception, a cancellation) still gives the reply its last form.
+        async with reply:
+            await self._engage(key)
+            async with self._store.thread_lock(key):
+                history = await self._history(key, inbound, reply)
+                question = Turn("user", inbound.text, author=inbound.user, ts=inbound.ts)
+                messages = prompt_window(
+                    self._options.system_prompt,
+                    [*history, question],
+                    self._options.prompt_token_budget,
+                )
+                outcome = await self._stream(messages, reply)
+                shown = await reply.finish(outcome)
+                await self._save(key, question, shown, outcome, reply)
 
     async def _stream(self, messages: list[dict[str, object]], reply: ReplyStream) -> Outcome:
         try:
@@ -119,13 +150,7 @@ class Turns:
         except ModelInterrupted as exc:
             log.warning("model stream interrupted: %s", exc)
             return Outcome.INTERRUPTED
-        except asyncio.CancelledError:
-            # Shutting down mid-answer: the message must not stay "writing…".
-            await asyncio.shield(reply.finish(Outcome.SHUTDOWN))
-            raise
-        except BaseException:
-            await asyncio.shield(reply.finish(Outcome.FAILED))
-            raise
+        # Anything else (a cancellation, a bug) leaves through ``async with reply``.
         return Outcome.COMPLETE
 
     async def _engage(self, key: ThreadKey) -> None:

@@ -94,6 +94,9 @@ def bot_settings(
         "edit_budget_per_minute": 600,
         "edit_budget_burst": 10,
         "final_edit_deadline": 20,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "shutdown_grace": 5,
     }
     values.update(overrides)
     return load_settings(values, env_file=None)
@@ -108,7 +111,8 @@ def start_bot(slack: FakeSlack, llm: FakeOpenAI, redis_url: str) -> Any:
         settings = bot_settings(slack, llm, overrides.pop("redis_url", redis_url), **overrides)
         connected = slack.connected
         async with open_bot(settings) as running:
-            await slack.wait_connected(count=connected + 1)
+            if settings.slack_mode == "socket":
+                await slack.wait_connected(count=connected + 1)
             yield running
 
     return start

@@ -32,6 +32,8 @@ async def bot_processes(
         OPENAI_BASE_URL=llm.base_url,
         REDIS_URL=redis_url,
         EDIT_INTERVAL="0.1",
+        HTTP_HOST="127.0.0.1",
+        HTTP_PORT="0",
         PYTHONPATH=str(ROOT),
     )
     procs = []

@@ -1,12 +1,17 @@
-"""The workspace's chat.update budget: one token bucket per workspace shared by every reply and
+"""The workspace's chat.update budget: one token bucket per workspace, shared by every reply and
 every replica (in Redis), with a local bucket standing in while Redis is unavailable.
 
-    budget = EditBudget(store, per_minute=45, burst=3)
-    await budget.acquire("T1", final=False)   # waits until an edit may be sent
-    budget.interval("T1")                      # this reply's fair spacing between edits
+    budget = EditBudget(store, per_minute=45, burst=3, min_interval=1.0)
+    if await budget.acquire("T1", final=False, give_up=closing):   # waits for a token
+        await slack.update(...)
+    await budget.interval("T1", reply_id)     # this reply's fair spacing between its edits
+    await budget.rate_limited("T1", 30.0)     # Slack said 429: the whole workspace holds off
+    await budget.done("T1", reply_id)
 
 Final edits take from the whole bucket; interim edits leave ``reserve`` tokens for them, so an
-answer's last text is never queued behind other answers' progress edits.
+answer's last text is never queued behind other answers' progress edits. Every reply streaming
+in a workspace spaces its interim edits by ``active replies × 60 / per_minute`` seconds (at
+least ``min_interval``): together they spend the budget, and each gets an equal share of it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ METHOD = "chat.update"
 
 
 class TokenBucket:
-    """A plain in-process token bucket (the same arithmetic as the Redis script)."""
+    """A plain in-process token bucket (the same arithmetic as the Redis script).
+
+    bucket = TokenBucket(per_minute=60, burst=3, clock=time.monotonic)
+    bucket.take()             # 0.0: taken; else seconds until a token is there
+    bucket.take(reserve=1)    # only when a token would still be left afterwards
+    """
 
     def __init__(self, per_minute: float, burst: int, clock: Callable[[], float]) -> None:
         self._rate = per_minute / 60.0
@@ -37,8 +47,8 @@ class TokenBucket:
         now = self._clock()
         if now < self._paused_until:
             return self._paused_until - now
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
+        self._tokens = min(self._burst, self._tokens + max(0.0, now - self._at) * self._rate)
+        self._at = max(now, self._at)
         if self._tokens >= 1 + reserve:
             self._tokens -= 1
             return 0.0
@@ -49,7 +59,7 @@ class TokenBucket:
 
 
 class EditBudget:
-    """Shared pacing of chat.update calls per workspace."""
+    """Shared pacing of chat.update calls per workspace (see the module docstring)."""
 
     def __init__(
         self,
@@ -59,31 +69,52 @@ class EditBudget:
         burst: int,
         min_interval: float,
         reserve: int = 1,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._per_minute = per_minute
         self._burst = burst
         self._min_interval = min_interval
-        self._reserve = min(reserve, burst - 1)
-        self._clock = clock
+        self._reserve = max(0, min(reserve, burst - 1))
+        self._clock = clock  # only the local stand-in buckets read it; Redis uses the store's
         self._local: dict[str, TokenBucket] = {}
         self._active_local: dict[str, set[str]] = {}
+        self._intervals: dict[str, float] = {}
+
+    async def take(self, team: str, *, final: bool) -> float:
+        """One try: 0.0 when a chat.update may be sent now (the token is taken), else the
+        seconds to wait before trying again."""
+        reserve = 0 if final else self._reserve
+        try:
+            return await self._store.take_token(
+                team, METHOD, per_minute=self._per_minute, burst=self._burst, reserve=reserve
+            )
+        except StoreUnavailable:
+            # Each replica then spends the whole budget on its own: tolerable for an outage.
+            return self._bucket(team).take(reserve)
 
     async def acquire(
-        self, team: str, *, final: bool, give_up: asyncio.Event | None = None
+        self,
+        team: str,
+        *,
+        final: bool,
+        give_up: asyncio.Event | None = None,
+        deadline: float | None = None,
     ) -> bool:
-        """Wait for one chat.update in ``team``; False if ``give_up`` was set while waiting."""
-        reserve = 0 if final else self._reserve
+        """Wait for one chat.update in ``team``; False when ``give_up`` was set, or the event
+        loop's clock passed ``deadline``, before a token came."""
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                wait = await self._store.take_token(
-                    team, METHOD, per_minute=self._per_minute, burst=self._burst, reserve=reserve
-                )
-            except StoreUnavailable:
-                wait = self._bucket(team).take(reserve)
+            wait = await self.take(team, final=final)
             if wait <= 0:
                 return True
+            if give_up is not None and give_up.is_set():
+                return False
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                wait = min(wait, left)
             if give_up is None:
                 await asyncio.sleep(wait)
                 continue
@@ -102,16 +133,26 @@ class EditBudget:
             pass
 
     async def interval(self, team: str, reply_id: str) -> float:
-        """Seconds between this reply's interim edits: its fair share of the workspace budget."""
+        """Seconds until this reply's next interim edit: its fair share of the workspace budget.
+
+        Also says "``reply_id`` is still streaming": a reply that stops calling this drops out
+        of the count after a lease of a little more than two of its intervals.
+        """
+        lease = 30.0 + 2 * self._intervals.get(reply_id, 0.0)
+        local = self._active_local.setdefault(team, set())
+        local.add(reply_id)  # kept in step, so an outage starts from a fair count
         try:
-            active = await self._store.active_replies(team, reply_id)
+            active = await self._store.active_replies(team, reply_id, lease_s=lease)
         except StoreUnavailable:
-            active = len(self._active_local.setdefault(team, set()) | {reply_id})
-        self._active_local.setdefault(team, set()).add(reply_id)
-        return max(self._min_interval, active * 60.0 / self._per_minute)
+            active = len(local)
+        seconds = max(self._min_interval, active * 60.0 / self._per_minute)
+        self._intervals[reply_id] = seconds
+        return seconds
 
     async def done(self, team: str, reply_id: str) -> None:
+        """``reply_id`` has finished: the others' share grows at their next edit."""
         self._active_local.get(team, set()).discard(reply_id)
+        self._intervals.pop(reply_id, None)
         try:
             await self._store.finished_reply(team, reply_id)
         except StoreUnavailable:

@@ -1,15 +1,27 @@
-"""One reply being streamed into Slack: a placeholder at once, throttled edits as text grows,
+"""One reply streamed into Slack: a placeholder at once, throttled edits as the text grows,
 continuation messages past the size limit, and a final edit that is retried until it lands.
 
-    reply = ReplyStream(slack, budget, team="T1", channel="C1", thread_ts="17.1", limit=2900)
-    await reply.open()                  # the placeholder, before the model is called
-    async for delta in answer:
-        reply.append(delta)             # never waits on Slack
-    await reply.finish(Outcome.COMPLETE)
+    reply = ReplyStream(slack, budget, team="T1", channel="C1", thread_ts="17.1",
+                        limit=2900, render=render, split=split)
+    async with reply:                       # posts the placeholder, before the model is called
+        async for delta in answer:
+            reply.append(delta)             # synchronous and O(1): never waits on Slack
+        shown = await reply.finish(Outcome.COMPLETE)
 
-States: NEW → OPEN → CLOSING → CLOSED; ``append`` is legal only while OPEN, ``finish`` once.
-A single flusher task owns every interim edit, so one message never has two edits in flight and
-a slow Slack (or a 429) only makes edits sparser — it never slows the reading of the model.
+Leaving the ``async with`` block by an exception finishes the reply as ``FAILED`` (cancellation:
+``SHUTDOWN``), so no exit path leaves a message showing the working indicator.
+
+States: NEW → OPEN → CLOSING → CLOSED; ``append`` is legal only while OPEN. One flusher task
+sends every interim edit and every roll-over, so a message never has two edits in flight, and a
+slow Slack or a 429 only makes edits sparser: reading the model never waits for it. The final
+delivery starts once the flusher has stopped; an interim edit still in flight then gets
+``edit_timeout`` seconds to land (two edits racing could leave the older text on top) before
+it is abandoned.
+
+Long answers: when the current message would render past ``limit``, ``split`` cuts it at a
+structural boundary; the head becomes that message's last form and the tail (which may start
+with a reopened code fence) continues in a new message in the same thread. Only the current
+message is ever rendered, so the cost of an answer grows linearly with its length.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import logging
 import random
 import secrets
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
@@ -29,8 +42,24 @@ from bot.slack import SlackGateway
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = ":hourglass_flowing_sand: _Thinking…_"
-FAILED_TEXT = ":warning: Sorry, I couldn't get an answer from the model just now. Please try again in a moment."
+WRITING = ":writing_hand: _writing…_"
+FAILED_TEXT = (
+    ":warning: Sorry, I couldn't get an answer from the model just now. "
+    "Please try again in a moment."
+)
 EMPTY_TEXT = ":shrug: The model returned an empty answer. Please try rephrasing."
+
+#: ``block_id`` of the working indicator (placeholder and interim edits); the final form of
+#: every message goes without it.
+INDICATOR_BLOCK_ID = "writing"
+
+# Slack's "this message is gone or no longer yours to edit": the text goes to a new message.
+_GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+# Below this, a msg_too_long is not about length: the limit stops shrinking.
+_MIN_LIMIT = 200
+# How much Markdown one roll-over looks at: rendering can shrink text, never by this much, and
+# the bound keeps a flood of text (a fast model, a long 429 pause) from being split whole.
+_WINDOW = 4
 
 
 class Outcome(enum.Enum):
@@ -39,23 +68,29 @@ class Outcome(enum.Enum):
     COMPLETE = "complete"
     INTERRUPTED = "interrupted"  # error, disconnect, truncation or idle mid-answer
     STOPPED = "stopped"  # a person pressed Stop
-    FAILED = "failed"  # nothing usable came from the model
+    FAILED = "failed"  # nothing usable came from the model, or the turn failed
     SHUTDOWN = "shutdown"  # the bot is stopping
 
     @property
     def note(self) -> str | None:
+        """The note under a partial answer (``FAILED`` after some text reads "interrupted")."""
         return _NOTES.get(self)
 
 
 _NOTES = {
     Outcome.INTERRUPTED: ":warning: _The answer was interrupted._",
+    Outcome.FAILED: ":warning: _The answer was interrupted._",
     Outcome.STOPPED: ":black_square_for_stop: _Stopped._",
     Outcome.SHUTDOWN: ":warning: _Interrupted while the bot restarted — please ask again._",
 }
 
-_WRITING = {
-    "type": "context",
-    "elements": [{"type": "mrkdwn", "text": ":writing_hand: _writing…_"}],
+# What the only message says when the model showed nothing at all.
+_NOTHING_SHOWN = {
+    Outcome.COMPLETE: EMPTY_TEXT,
+    Outcome.INTERRUPTED: FAILED_TEXT,
+    Outcome.FAILED: FAILED_TEXT,
+    Outcome.STOPPED: _NOTES[Outcome.STOPPED],
+    Outcome.SHUTDOWN: _NOTES[Outcome.SHUTDOWN],
 }
 
 
@@ -84,11 +119,13 @@ class ReplyStream:
         *,
         team: str,
         channel: str,
-        thread_ts: str,
+        thread_ts: str | None,  # None: reply at the top level (DMs)
         limit: int,
         render: Render,
         split: Split,
         final_deadline: float = 120.0,
+        edit_timeout: float = 3.0,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.id = secrets.token_hex(6)
         self._slack = slack
@@ -100,28 +137,56 @@ class ReplyStream:
         self._render = render
         self._split = split
         self._final_deadline = final_deadline
+        self._edit_timeout = edit_timeout
+        self._jitter = jitter
         self.state = State.NEW
-        self._chunks: list[str] = []
-        self._text = ""  # joined chunks, refreshed by _current_text()
-        self._start = 0  # where the current message's part of the text begins
-        self._carry = ""  # markdown the current message starts with (a reopened code fence)
-        self.ts: str | None = None  # the message being edited now
+        self.ts: str | None = None  # the message being written now; None: not posted yet
         self.message_ts: list[str] = []  # every message of this reply, in order
-        self._sent = PLACEHOLDER
+        self.edits = 0  # chat.update calls that landed
+        self._chunks: list[str] = []  # every delta, in order; joined whole only at the end
+        self._taken = 0  # how many of them _current has absorbed
+        self._current = ""  # the Markdown of the message being written now
+        self._sent = ""  # what that message shows now (rendered)
+        self._editable = True  # False once Slack refused an interim edit of that message
+        self._frozen = 0  # messages given their last form before the current one
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self.edits = 0
+        self._closer: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Timeout | None = None  # the interim edit being sent
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Post the placeholder; raises ``SlackError`` when Slack will not take it."""
         self._require(State.NEW)
-        self.ts = await self._post(PLACEHOLDER)
+        deadline = asyncio.get_running_loop().time() + self._final_deadline
+        self.ts = await self._post(PLACEHOLDER, [_indicator(PLACEHOLDER)], deadline)
         self.message_ts.append(self.ts)
         self.state = State.OPEN
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"reply-{self.id}")
+
+    async def __aenter__(self) -> ReplyStream:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.state is State.OPEN:
+            if exc_type is None:
+                outcome = Outcome.COMPLETE
+            elif issubclass(exc_type, asyncio.CancelledError):
+                outcome = Outcome.SHUTDOWN
+            else:
+                outcome = Outcome.FAILED
+            self._start_closing(outcome)
+        if self._closer is not None:
+            # Even when this task is being cancelled, the reply's last form is delivered.
+            await asyncio.shield(self._closer)
 
     def append(self, delta: str) -> None:
         """Add model text; cheap and synchronous (the flusher picks it up)."""
@@ -134,171 +199,281 @@ class ReplyStream:
     @property
     def text(self) -> str:
         """Everything the model has written so far (Markdown)."""
-        return self._current_text()
+        return "".join(self._chunks)
 
     async def finish(self, outcome: Outcome) -> str:
-        """Deliver the final text (retried until ``final_deadline``); return the Markdown shown."""
+        """Deliver the final text (retried until ``final_deadline``); return the model's text.
+
+        Never raises ``SlackError``: what cannot be delivered is logged, naming the thread.
+        """
         if self.state is State.NEW:
             self.state = State.CLOSED
             return ""
-        self._require(State.OPEN)
+        if self._closer is None:
+            self._require(State.OPEN)
+            self._start_closing(outcome)
+        assert self._closer is not None
+        await asyncio.shield(self._closer)
+        return self.text
+
+    def _start_closing(self, outcome: Outcome) -> None:
         self.state = State.CLOSING
         self._closing.set()
         self._wake.set()
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        self._closer = asyncio.create_task(self._close(outcome), name=f"reply-{self.id}-final")
+
+    async def _close(self, outcome: Outcome) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._final_deadline
+        in_flight = self._in_flight
+        if in_flight is not None:
+            # Let the interim edit land first, but do not wait out a hung connection.
+            grace = loop.time() + self._edit_timeout
+            when = in_flight.when()
+            if when is None or when > grace:
+                in_flight.reschedule(grace)
         try:
-            await self._deliver_final(outcome)
+            if self._flusher is not None:
+                try:
+                    await self._flusher
+                except Exception:
+                    log.exception("progress edits failed in thread %s", self._where)
+            await self._deliver_final(outcome, deadline)
         finally:
             self.state = State.CLOSED
             await self._budget.done(self._team, self.id)
-        return self._current_text()
 
     # -- interim edits -----------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        next_at = 0.0  # the first text goes out at once
-        while not self._closing.is_set():
+        next_at = loop.time()  # the first text goes out at once
+        while True:
             await self._wake.wait()
+            if await self._closed_within(next_at - loop.time()):
+                return
             self._wake.clear()
-            if self._closing.is_set():
-                return
-            delay = next_at - loop.time()
-            if delay > 0 and await self._closed_within(delay):
-                return
+            if await self._latest() is None:
+                continue
             if not await self._budget.acquire(self._team, final=False, give_up=self._closing):
                 return
+            # The newest text, not the one that asked for the edit (the wait may have been long).
+            rendered = await self._latest()
+            if self._closing.is_set():
+                return
+            if rendered is None:
+                continue
             started = loop.time()
-            try:
-                await self._edit_interim()
-            except SlackRateLimited as exc:
-                await self._budget.rate_limited(self._team, exc.retry_after)
-                self._wake.set()
-            except SlackTransient as exc:
-                log.info("interim edit failed (%s); will retry", exc.error)
-                self._wake.set()
-            except SlackRejected as exc:
-                log.warning("interim edit rejected (%s) in thread %s", exc.error, self._where)
-            interval = await self._budget.interval(self._team, self.id)
-            next_at = started + interval
+            await self._edit_interim(rendered)
+            next_at = started + await self._budget.interval(self._team, self.id)
 
     async def _closed_within(self, seconds: float) -> bool:
+        if self._closing.is_set() or seconds <= 0:
+            return self._closing.is_set()
         try:
             await asyncio.wait_for(self._closing.wait(), seconds)
         except TimeoutError:
             return False
         return True
 
-    async def _edit_interim(self) -> None:
-        markdown = self._carry + self._current_text()[self._start :]
-        rendered = self._render(markdown)
-        if len(rendered) > self._limit:
-            markdown = await self._roll_over(markdown)
-            rendered = self._render(markdown)
-        if not rendered.strip() or rendered == self._sent:
-            return
+    async def _latest(self) -> str | None:
+        """Take in new text and roll over if it no longer fits; the current message's new
+        rendering, or None when there is nothing to edit."""
+        self._absorb()
+        rendered = await self._fit(asyncio.get_running_loop().time() + self._final_deadline)
+        if self.ts is None:
+            if rendered.strip() and not self._closing.is_set():
+                await self._continue_in_new_message(rendered)
+            return None
+        if not self._editable or not rendered.strip() or rendered == self._sent:
+            return None
+        return rendered
+
+    async def _edit_interim(self, rendered: str) -> None:
+        try:
+            await self._send_interim(rendered)
+        except SlackRateLimited as exc:
+            await self._budget.rate_limited(self._team, exc.retry_after)
+            self._wake.set()
+        except (SlackTransient, TimeoutError) as exc:
+            log.info("interim edit failed (%s); will retry", _why(exc))
+            self._wake.set()
+        except SlackRejected as exc:
+            if exc.error == "msg_too_long" and self._shrink():
+                self._wake.set()
+            elif exc.error in _GONE:
+                log.info("message %s is gone (%s); continuing in a new one", self.ts, exc.error)
+                self.ts = None
+                self._wake.set()
+            else:
+                log.warning("interim edit rejected (%s) in thread %s", exc.error, self._where)
+                self._editable = False
+        else:
+            self._sent = rendered
+            self.edits += 1
+
+    async def _send_interim(self, rendered: str) -> None:
         assert self.ts is not None
-        await self._slack.update(
-            self._channel, self.ts, rendered, blocks=[*_section(rendered), _WRITING]
-        )
-        self._sent = rendered
-        self.edits += 1
+        try:
+            # No timeout of its own (the client's applies); finishing may cut it short.
+            async with asyncio.timeout(None) as self._in_flight:
+                await self._slack.update(
+                    self._channel, self.ts, rendered, blocks=_interim_blocks(rendered)
+                )
+        finally:
+            self._in_flight = None  # at once: an exited Timeout cannot be rescheduled
 
-    async def _roll_over(self, markdown: str) -> str:
-        """Freeze full messages at a structural boundary and continue in new ones.
-
-        Returns the Markdown of the message now being written. Freezing (a final-priority edit
-        of the full message, then a post of the next) is rare; the model keeps streaming into
-        the buffer meanwhile.
-        """
+    async def _continue_in_new_message(self, rendered: str) -> None:
         deadline = asyncio.get_running_loop().time() + self._final_deadline
-        while True:
-            head, tail = self._split(markdown, self._limit)
-            if not tail:
-                return markdown
-            await self._final_edit(self._render(head), None, deadline)
-            self._advance(markdown, tail)
-            self.ts = await self._post(PLACEHOLDER)
-            self.message_ts.append(self.ts)
-            self._sent = PLACEHOLDER
-            markdown = tail
+        try:
+            ts = await self._post(rendered, _interim_blocks(rendered), deadline)
+        except SlackError as exc:
+            log.warning("could not continue the answer in thread %s: %s", self._where, exc)
+            return  # tried again at the next flush, and by the final delivery
+        self.ts = ts
+        self.message_ts.append(ts)
+        self._sent = rendered
+        self._editable = True
 
-    def _advance(self, markdown: str, tail: str) -> None:
-        """Point the current message at ``tail``: a suffix of ``markdown``, maybe behind a
-        reopened code fence (which becomes the new carry)."""
-        carry = ""
-        if not markdown.endswith(tail):
-            carry, tail = tail.split("\n", 1)[0] + "\n", tail.split("\n", 1)[1]
-            if not markdown.endswith(tail):
-                raise ValueError("split() must return a suffix of its input")
-        fresh = len(markdown) - len(self._carry)  # this message's own text so far
-        # A split always lies past the carry (one fence line, far below the size limit).
-        self._start += fresh - min(len(tail), fresh)
-        self._carry = carry
+    # -- long answers ------------------------------------------------------------------------
+
+    def _absorb(self) -> None:
+        if self._taken < len(self._chunks):
+            self._current += "".join(self._chunks[self._taken :])
+            self._taken = len(self._chunks)
+
+    async def _fit(self, deadline: float) -> str:
+        """Give full messages their last form until the current one renders within the limit;
+        return its rendering."""
+        while True:
+            window = self._current[: _WINDOW * self._limit]
+            rendered = self._render(window)
+            if len(rendered) <= self._limit:
+                if len(window) == len(self._current):
+                    return rendered
+                head, tail = window, ""
+            else:
+                head, tail = self._cut(window)
+            rest = tail + self._current[len(window) :]
+            if await self._freeze(self._render(head), deadline):
+                self._current = rest
+            # else Slack found it too long: the limit has shrunk, cut again
+
+    def _cut(self, markdown: str) -> tuple[str, str]:
+        """``split``, checked: a head that fits and a tail that is shorter than the input."""
+        head, tail = self._split(markdown, self._limit)
+        if head.strip() and len(tail) < len(markdown):
+            if len(self._render(head)) <= self._limit:
+                return head, tail
+        log.warning("split() gave an unusable cut in thread %s; cutting at a line", self._where)
+        end = min(len(markdown), self._limit)
+        while end > 1 and len(self._render(markdown[:end])) > self._limit:
+            end = end * 3 // 4
+        line = markdown.rfind("\n", 0, end) + 1
+        if line > end // 2:
+            end = line
+        return markdown[:end], markdown[end:]
+
+    async def _freeze(self, rendered: str, deadline: float) -> bool:
+        """Give the current message (or, with none open, a new one) its last form; False when
+        Slack said it was too long (the limit has shrunk)."""
+        if not await self._deliver(rendered, None, deadline):
+            return False
+        self.ts = None
+        self._sent = ""
+        self._editable = True
+        self._frozen += 1
+        return True
+
+    def _shrink(self) -> bool:
+        """Slack found a message too long although it was within ``limit``: lower the limit."""
+        if self._limit <= _MIN_LIMIT:
+            return False
+        self._limit = max(_MIN_LIMIT, self._limit * 2 // 3)
+        log.warning("Slack said msg_too_long; limit lowered to %d in %s", self._limit, self._where)
+        return True
 
     # -- final delivery ----------------------------------------------------------------------
 
-    async def _deliver_final(self, outcome: Outcome) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._final_deadline
-        text = self._current_text()
-        if outcome is Outcome.COMPLETE and not text.strip():
-            outcome = Outcome.FAILED
-            body, note = EMPTY_TEXT, None
-        elif outcome is Outcome.FAILED or not text.strip():
-            body, note = FAILED_TEXT if outcome is Outcome.FAILED else "", outcome.note
-            body = body or (note or FAILED_TEXT)
-            note = None
-        else:
-            body, note = "", outcome.note
-        if body:
-            await self._final_edit(body, None, deadline)
-            return
-        markdown = await self._roll_over(self._carry + text[self._start :])
-        await self._final_edit(self._render(markdown), note, deadline)
-
-    async def _final_edit(self, rendered: str, note: str | None, deadline: float) -> None:
-        """Edit the current message to its last form, retrying until it lands or time runs out."""
-        assert self.ts is not None
-        loop = asyncio.get_running_loop()
-        blocks = [*_section(rendered)]
-        if note:
-            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
-        attempt = 0
+    async def _deliver_final(self, outcome: Outcome, deadline: float) -> None:
+        self._absorb()
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            rendered = await self._fit(deadline)
+            note = outcome.note
+            if not rendered.strip():
+                if not self._frozen:  # the model showed nothing at all
+                    rendered, note = _NOTHING_SHOWN[outcome], None
+                elif self.ts is None:  # the answer ended with the last full message
+                    if note is None:
+                        return
+                    rendered, note = note, None
+                else:
+                    rendered = "…"  # a continuation whose text renders as nothing (edge case)
+            if await self._deliver(rendered, note, deadline):
+                return
+
+    async def _deliver(self, rendered: str, note: str | None, deadline: float) -> bool:
+        """Make ``rendered`` (and ``note``) the current message's last form, retrying through
+        429s, 5xx, resets and timeouts until ``deadline``; with no message open, post a new
+        one. False when Slack said msg_too_long and the limit shrank (the caller cuts again);
+        True when delivered, and also when given up (logged as an error)."""
+        loop = asyncio.get_running_loop()
+        blocks = _final_blocks(rendered, note)
+        failures = timeouts = 0
+        while True:
+            if self.ts is None:
+                try:
+                    self.ts = await self._post(rendered, blocks, deadline)
+                except SlackError as exc:
+                    log.error("answer in thread %s not delivered: %s", self._where, exc)
+                else:
+                    self.message_ts.append(self.ts)
+                    self._sent = rendered
+                return True
+            if not await self._budget.acquire(self._team, final=True, deadline=deadline):
                 log.error("final edit of thread %s not delivered before the deadline", self._where)
-                return
-            await self._budget.acquire(self._team, final=True)
+                return True
+            wait = 0.0
             try:
-                await self._slack.update(self._channel, self.ts, rendered, blocks=blocks)
-                self.edits += 1
-                self._sent = rendered
-                return
+                # A hung call is abandoned sooner than the client's own timeout; each one
+                # that hangs gives the next attempt twice as long (Slack may just be slow).
+                left = deadline - loop.time()
+                async with asyncio.timeout(min(left, self._edit_timeout * 2**timeouts)):
+                    await self._slack.update(self._channel, self.ts, rendered, blocks=blocks)
             except SlackRateLimited as exc:
                 await self._budget.rate_limited(self._team, exc.retry_after)
-                wait = exc.retry_after
+            except TimeoutError:
+                timeouts += 1
+                log.info("final edit timed out in thread %s; retrying", self._where)
             except SlackTransient as exc:
-                attempt += 1
-                wait = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
+                failures += 1
+                wait = min(8.0, 0.25 * 2**failures) * (0.5 + self._jitter())
                 log.info("final edit failed (%s); retrying in %.1f s", exc.error, wait)
             except SlackRejected as exc:
-                if exc.error in ("message_not_found", "cant_update_message", "edit_window_closed"):
-                    # The placeholder is gone: the answer still reaches the thread.
-                    self.ts = await self._post(rendered, blocks=blocks)
-                    self.message_ts.append(self.ts)
-                    return
+                if exc.error == "msg_too_long" and self._shrink():
+                    return False
+                if exc.error in _GONE:
+                    self.ts = None  # the answer still reaches the thread, in a new message
+                    continue
                 log.error("final edit of thread %s rejected: %s", self._where, exc.error)
-                return
-            await asyncio.sleep(min(wait, max(0.0, deadline - loop.time())))
+                return True
+            else:
+                self._sent = rendered
+                self.edits += 1
+                return True
+            if loop.time() + wait >= deadline:
+                log.error("final edit of thread %s not delivered before the deadline", self._where)
+                return True
+            await asyncio.sleep(wait)
 
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _post(self, text: str, blocks: list[dict[str, Any]] | None = None) -> str:
-        """chat.postMessage in the thread, retried through 429s and 5xx a few times."""
-        for attempt in range(5):
+    async def _post(self, text: str, blocks: list[dict[str, Any]], deadline: float) -> str:
+        """chat.postMessage in the thread, retried through 429s and failures that surely did
+        not post it, until ``deadline``; other failures are raised (a retry could post twice)."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
             try:
                 return await self._slack.post(
                     self._channel, text, thread_ts=self._thread_ts, blocks=blocks
@@ -306,29 +481,48 @@ class ReplyStream:
             except SlackRateLimited as exc:
                 wait = exc.retry_after
             except SlackTransient as exc:
-                if exc.error not in (
-                    "ClientConnectorError",
-                    "ClientConnectionError",
-                ) and not exc.error.startswith("HTTP 5"):
-                    raise  # the post may have landed: retrying could double-post
-                wait = 0.25 * 2**attempt
+                if not exc.error.startswith("ClientConnector") and not exc.error.startswith(
+                    "HTTP 5"
+                ):
+                    raise
+                failures += 1
+                wait = min(8.0, 0.25 * 2**failures) * (0.5 + self._jitter())
+            if loop.time() + wait >= deadline:
+                raise SlackError("chat.postMessage", "not delivered before the deadline")
             await asyncio.sleep(wait)
-        raise SlackError("chat.postMessage", "gave up after retries")
-
-    def _current_text(self) -> str:
-        if len(self._chunks) > 1:
-            self._chunks = ["".join(self._chunks)]
-        self._text = self._chunks[0] if self._chunks else ""
-        return self._text
 
     @property
     def _where(self) -> str:
-        return f"{self._team}/{self._channel}/{self._thread_ts}"
+        return f"{self._team}/{self._channel}/{self._thread_ts or 'top'}"
 
     def _require(self, state: State) -> None:
         if self.state is not state:
             raise ReplyStateError(f"expected {state.value}, reply is {self.state.value}")
 
 
-def _section(text: str) -> list[dict[str, Any]]:
-    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+def _why(exc: BaseException) -> str:
+    return exc.error if isinstance(exc, SlackError) else "no answer in time"
+
+
+def _indicator(text: str) -> dict[str, Any]:
+    return {
+        "type": "context",
+        "block_id": INDICATOR_BLOCK_ID,
+        "elements": [{"type": "mrkdwn", "text": text}],
+    }
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _interim_blocks(rendered: str) -> list[dict[str, Any]]:
+    """How a message looks while the answer is still being written into it."""
+    return [_section(rendered), _indicator(WRITING)]
+
+
+def _final_blocks(rendered: str, note: str | None) -> list[dict[str, Any]]:
+    blocks = [_section(rendered)]
+    if note:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
+    return blocks

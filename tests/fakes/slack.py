@@ -567,7 +567,7 @@ class FakeSlack:
     async def wait_for(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         what: str = "",
     ) -> None:
         """Poll ``predicate`` every 10 ms (real time); raise ``AssertionError`` on timeout."""
@@ -592,7 +592,7 @@ class FakeSlack:
         *,
         ok: bool | None = None,
         since: int = 0,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> Call:
         """Wait for, and return, the first call to ``method`` in ``calls[since:]`` that matches.
 
@@ -614,7 +614,7 @@ class FakeSlack:
 
     async def wait_connected(
         self,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
         count: int = 1,
     ) -> None:
         """Wait until at least ``count`` Socket Mode connections got their ``hello``."""
@@ -625,7 +625,7 @@ class FakeSlack:
     async def wait_ack(
         self,
         envelope_id: str,
-        timeout: float = 5.0,  # noqa: ASYNC109
+        timeout: float = 5.0,
     ) -> dict[str, Any]:
         """Wait for the client's ack of an envelope and return it (may carry a ``payload``)."""
         await self.wait_for(
