@@ -10,6 +10,7 @@ import sys
 from bot.compose import open_bot
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
+from bot.logs import configure
 
 
 def main() -> int:
@@ -20,9 +21,21 @@ def main() -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    configure(
+        settings.log_level, json_lines=settings.log_format == "json", secrets=_secrets(settings)
+    )
     asyncio.run(_run(settings))
     return 0
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = [
+        settings.slack_bot_token,
+        settings.slack_app_token,
+        settings.slack_signing_secret,
+        settings.openai_api_key,
+    ]
+    return [v.get_secret_value() for v in values if v is not None]
 
 
 async def _run(settings: Settings) -> None:
@@ -32,15 +45,6 @@ async def _run(settings: Settings) -> None:
             loop.add_signal_handler(sig, running.stopped.set)
         await running.stopped.wait()
         logging.getLogger("bot").info("stopping")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # The SDKs are chatty at INFO and, at DEBUG, print request bodies.
-    for noisy in ("slack_bolt", "slack_sdk", "openai", "httpx2", "aiohttp"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from bot.conversation import ThreadKey, Turn, prompt_window
 from bot.errors import ModelInterrupted, ModelUnavailable, SlackError, StoreUnavailable
 from bot.events import USER_SUBTYPES, Inbound, mention_pattern
 from bot.llm import ChatModel
+from bot.logs import correlation
 from bot.render.budget import EditBudget
 from bot.render.reply import Outcome, ReplyStream
 from bot.render.text import render, split
@@ -97,7 +98,8 @@ class Turns:
         assert task is not None
         self._inflight.add(task)
         try:
-            await self._answer(inbound)
+            with correlation(inbound.event_id or f"{inbound.channel}/{inbound.ts}"):
+                await self._answer(inbound)
         finally:
             self._inflight.discard(task)
 

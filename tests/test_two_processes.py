@@ -4,60 +4,29 @@ answer at a time per thread, whichever process Slack hands each event to."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, mention_event, message_event
 from tests.test_e2e_rules import answered
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 async def bot_processes(
     slack: FakeSlack, llm: FakeOpenAI, redis_url: str, tmp_path: Path
 ) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "REDIS_"))}
-    env.update(
-        SLACK_BOT_TOKEN="xoxb-test",
-        SLACK_APP_TOKEN="xapp-test",
-        SLACK_API_URL=slack.api_url,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL=llm.base_url,
-        REDIS_URL=redis_url,
-        EDIT_INTERVAL="0.1",
-        HTTP_HOST="127.0.0.1",
-        HTTP_PORT="0",
-        PYTHONPATH=str(ROOT),
-    )
-    procs = []
-    for n in range(2):
-        with open(tmp_path / f"bot{n}.log", "wb") as log:  # the child keeps its own descriptor
-            procs.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bot", cwd=tmp_path, env=env, stderr=log, stdout=log
-                )
-            )
+    env = bot_env(slack, llm, redis_url)
+    procs = [await spawn_bot(tmp_path / f"bot{n}.log", env) for n in range(2)]
     yield procs
-    # Wait without blocking the loop: the fake Slack must answer the bots' websocket close.
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    codes = [await stop_bot(proc) for proc in procs]
     for n in range(2):
         log_text = (tmp_path / f"bot{n}.log").read_text()
         assert "Traceback" not in log_text, log_text
-    assert [p.returncode for p in procs] == [0, 0]
+    assert codes == [0, 0]
 
 
 async def test_each_message_is_answered_once_by_two_processes(

@@ -1,0 +1,61 @@
+"""Run ``python -m bot`` as a real child process against the local fakes.
+
+proc = await spawn_bot(tmp_path / "bot.log", slack=slack, llm=llm, redis_url=url)
+await stop_bot(proc)                  # SIGTERM, wait without blocking the event loop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tests.fakes.openai import FakeOpenAI
+from tests.fakes.slack import FakeSlack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bot_env(
+    slack: FakeSlack, llm: FakeOpenAI, redis_url: str | None, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "REDIS_"))}
+    env.update(
+        SLACK_BOT_TOKEN=slack.bot_token,
+        SLACK_APP_TOKEN=slack.app_token,
+        SLACK_API_URL=slack.api_url,
+        OPENAI_API_KEY=llm.api_key,
+        OPENAI_BASE_URL=llm.base_url,
+        EDIT_INTERVAL="0.1",
+        HTTP_HOST="127.0.0.1",
+        HTTP_PORT="0",
+        PYTHONPATH=str(ROOT),
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+async def spawn_bot(log_path: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start the bot with stdout and stderr going to ``log_path``."""
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=log_path.parent, env=env, stdout=log, stderr=log
+        )
+
+
+async def stop_bot(
+    proc: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 20
+) -> int:
+    """Signal the bot and wait for it to exit (asynchronously: the fakes share this loop)."""
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"the bot did not exit within {timeout} s of signal {sig}") from None

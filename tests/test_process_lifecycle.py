@@ -1,0 +1,83 @@
+"""The bot as a real process: SIGTERM drains answers in flight, logs are structured, correlated and
+never contain a secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.bot_process import bot_env, spawn_bot, stop_bot
+from tests.fakes.openai import Answer, FakeOpenAI
+from tests.fakes.slack import FakeSlack, mention_event
+from tests.test_e2e_rules import answered
+
+SLOW = Answer(text="word " * 200, chunk_size=5, token_delay=0.05)  # ~10 s of streaming
+
+
+def _shows_writing(slack: FakeSlack) -> bool:
+    return any("writing" in str(m.blocks) for m in slack.bot_messages())
+
+
+async def test_sigterm_finishes_short_answers_and_notes_cut_long_ones(
+    slack: FakeSlack, llm: FakeOpenAI, redis_url: str, tmp_path: Path
+) -> None:
+    llm.script(SLOW, Answer(text="quick answer", ttft=0.5))
+    proc = await spawn_bot(
+        tmp_path / "bot.log", bot_env(slack, llm, redis_url, SHUTDOWN_GRACE="1.5")
+    )
+    await slack.wait_connected(timeout=30)
+    await slack.send_event(mention_event("long one"))
+    await slack.wait_for(
+        lambda: any(m.text.startswith("word") for m in slack.bot_messages()), timeout=10
+    )
+    await slack.send_event(mention_event("short one"))
+    await llm.wait_requests(2)
+
+    assert await stop_bot(proc) == 0
+    # Nothing is left "writing…": the short answer completed within the grace period, the long
+    # one was cut and says so.
+    assert not _shows_writing(slack)
+    await answered(slack, "quick answer", timeout=1)
+    long_reply = next(m for m in slack.bot_messages() if m.text.startswith("word"))
+    assert "please ask again" in str(long_reply.blocks)
+    assert len(long_reply.text) < len(SLOW.text)
+    assert llm.open_streams == 0
+    assert "Traceback" not in (tmp_path / "bot.log").read_text()
+
+
+async def test_logs_are_json_correlated_and_free_of_secrets(
+    llm: FakeOpenAI, redis_url: str, tmp_path: Path
+) -> None:
+    secrets = {
+        "bot": "xoxb-1111-2222-SECRETBOTTOKEN",
+        "app": "xapp-1-A111-SECRETAPPTOKEN",
+        "key": "sk-SECRETOPENAIKEY-123456",
+    }
+    llm.api_key = secrets["key"]
+    # The SDK retries a 500 twice before giving up.
+    llm.script(Answer(status=500), Answer(status=500), Answer(status=500), Answer(text="fine now"))
+    async with FakeSlack(bot_token=secrets["bot"], app_token=secrets["app"]) as slack:
+        env = bot_env(slack, llm, redis_url, LOG_FORMAT="json", LOG_LEVEL="DEBUG")
+        proc = await spawn_bot(tmp_path / "bot.log", env)
+        await slack.wait_connected(timeout=30)
+        first = mention_event("this one fails")
+        await slack.send_event(first, event_id="Ev0FAILS")
+        await slack.wait_for(
+            lambda: any("Sorry" in m.text for m in slack.bot_messages()), timeout=15
+        )
+        await slack.send_event(mention_event("this one works"))
+        await answered(slack, "fine now", timeout=15)
+        assert await stop_bot(proc) == 0
+        user_visible = " ".join(m.text + str(m.blocks) for m in slack.bot_messages())
+
+    raw = (tmp_path / "bot.log").read_text()
+    for secret in secrets.values():
+        assert secret not in raw
+        assert secret not in user_visible
+    assert "500" not in user_visible and "Error" not in user_visible  # no raw exception shown
+    lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    assert all({"ts", "level", "logger", "turn", "msg"} <= set(line) for line in lines)
+    failure_lines = [line for line in lines if line["turn"] == "Ev0FAILS"]
+    assert any(
+        line["level"] == "WARNING" and "model unavailable" in line["msg"] for line in failure_lines
+    )
