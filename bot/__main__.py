@@ -17,15 +17,22 @@ def main() -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print("The bot cannot start; fix these settings:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return 2
+        return _refuse(exc)
     configure(
         settings.log_level, json_lines=settings.log_format == "json", secrets=_secrets(settings)
     )
-    asyncio.run(_run(settings))
+    try:
+        asyncio.run(_run(settings))
+    except ConfigError as exc:  # the channels file is read while the bot starts
+        return _refuse(exc)
     return 0
+
+
+def _refuse(exc: ConfigError) -> int:
+    print("The bot cannot start; fix these settings:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 2
 
 
 def _secrets(settings: Settings) -> list[str]:

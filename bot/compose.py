@@ -22,11 +22,12 @@ from bot.app import build_app
 from bot.config import Settings
 from bot.llm import ChatModel, connect_openai
 from bot.metrics import Metrics
+from bot.policy import Profile, load_policy
 from bot.render.budget import EditBudget
 from bot.server import build_web_app, serve
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis, embedded_redis
-from bot.turn import TurnOptions, Turns
+from bot.turn import Limits, TurnOptions, Turns
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,21 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             temperature=settings.openai_temperature,
             idle_timeout=settings.model_idle_timeout,
         )
+        policy = load_policy(
+            settings.channels_file,
+            default=Profile(
+                settings.system_prompt, settings.openai_model, settings.openai_temperature
+            ),
+        )
         turns = Turns(
+            policy=policy,
+            limits=Limits(
+                user_requests=settings.user_rate_limit,
+                user_window_s=settings.user_rate_window,
+                user_daily_tokens=settings.user_daily_tokens,
+                workspace_daily_tokens=settings.workspace_daily_tokens,
+            ),
+            metrics=metrics,
             slack=SlackGateway(web, metrics),
             store=store,
             model=model,

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     message_char_limit: int = Field(2900, ge=200, le=3000)
     final_edit_deadline: float = Field(120.0, gt=0)
 
+    # Per-channel behaviour and abuse limits
+    channels_file: str | None = None
+    user_rate_limit: int = Field(60, ge=0)
+    user_rate_window: float = Field(3600.0, gt=0)
+    user_daily_tokens: int = Field(0, ge=0)
+    workspace_daily_tokens: int = Field(0, ge=0)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -73,7 +80,7 @@ class Settings(BaseSettings):
         # slack_sdk joins method names with urljoin: without the slash, '/api' is dropped.
         return url if url.endswith("/") else url + "/"
 
-    @field_validator("openai_base_url", "redis_url", mode="before")
+    @field_validator("openai_base_url", "redis_url", "channels_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

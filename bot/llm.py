@@ -54,15 +54,30 @@ class ChatModel:
         self._temperature = temperature
         self._idle_timeout = idle_timeout
 
-    def stream(self, messages: list[dict[str, Any]], *, model: str | None = None) -> AnswerStream:
+    @property
+    def default_model(self) -> str:
+        return self._model
+
+    @property
+    def default_temperature(self) -> float | None:
+        return self._temperature
+
+    def stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        temperature: float | None = None,
+    ) -> AnswerStream:
         body: dict[str, Any] = {
             "model": model or self._model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if self._temperature is not None:
-            body["temperature"] = self._temperature
+        temperature = temperature if temperature is not None else self._temperature
+        if temperature is not None:
+            body["temperature"] = temperature
         return AnswerStream(self._client, body, self._idle_timeout)
 
 

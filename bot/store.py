@@ -10,6 +10,9 @@ Key schema (``{p}`` is the key prefix, ``slackbot`` by default)::
     {p}:budget:{team}:{method}                hash {tokens, at} — token bucket shared by replicas
     {p}:pause:{team}:{method}                 "1", PX Retry-After — Slack said 429
     {p}:active:{team}                         zset reply id → lease expiry — replies streaming now
+    {p}:rate:{team}:{user}:{window}           request count in a fixed window — per-user rate limit
+    {p}:usage:{team}:{yyyymmdd}               hash {scope}:{prompt|completion|total}_tokens and
+                                              {scope}:replies, scope = team | channel:C | user:U
 
 Every Redis failure leaves this module as ``StoreUnavailable``; the first one of an outage is
 logged as one warning, the recovery as one info line.
@@ -258,6 +261,53 @@ class Store:
 
     async def finished_reply(self, team: str, reply_id: str) -> None:
         await self._guard(lambda r: r.zrem(f"{self._p}:active:{team}", reply_id), "active")
+
+    # -- abuse limits and usage ------------------------------------------------------------
+
+    async def hit_rate(self, team: str, user: str, *, limit: int, window_s: float) -> float:
+        """Count one request of ``user``; 0.0 when within ``limit`` per window, else seconds
+        until the window resets."""
+        now = self._clock()
+        window = int(now // window_s)
+        name = f"{self._p}:rate:{team}:{user}:{window}"
+
+        async def count(r: aioredis.Redis) -> int:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.incr(name)
+                pipe.expire(name, int(window_s) + 1)
+                results = await pipe.execute()
+            return int(results[0])
+
+        if await self._guard(count, "rate") <= limit:
+            return 0.0
+        return (window + 1) * window_s - now
+
+    async def record_usage(self, team: str, channel: str, user: str, usage: dict[str, int]) -> None:
+        """Add a reply's token usage to today's counters of its workspace, channel and user."""
+        name = self._usage_key(team)
+        counts = {k: v for k, v in usage.items() if k.endswith("_tokens") and v > 0}
+
+        async def add(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=True) as pipe:
+                for scope in ("team", f"channel:{channel}", f"user:{user}"):
+                    pipe.hincrby(name, f"{scope}:replies", 1)
+                    for kind, value in counts.items():
+                        pipe.hincrby(name, f"{scope}:{kind}", value)
+                pipe.expire(name, 40 * 86400)
+                await pipe.execute()
+
+        await self._guard(add, "usage")
+
+    async def tokens_today(self, team: str, user: str) -> tuple[int, int]:
+        """(workspace, user) total tokens used today (UTC)."""
+        name = self._usage_key(team)
+        fields = ["team:total_tokens", f"user:{user}:total_tokens"]
+        values = await self._guard(lambda r: r.hmget(name, fields), "usage")
+        return int(values[0] or 0), int(values[1] or 0)
+
+    def _usage_key(self, team: str) -> str:
+        day = time.strftime("%Y%m%d", time.gmtime(self._clock()))
+        return f"{self._p}:usage:{team}:{day}"
 
     # -- internals -------------------------------------------------------------------------
 

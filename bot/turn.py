@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from bot.errors import ModelInterrupted, ModelUnavailable, SlackError, StoreUnav
 from bot.events import USER_SUBTYPES, Inbound, mention_pattern
 from bot.llm import ChatModel
 from bot.logs import correlation
+from bot.metrics import Metrics
+from bot.policy import Policy, Profile
 from bot.render.budget import EditBudget
 from bot.render.reply import Outcome, ReplyStream
 from bot.render.text import render, split
@@ -36,6 +39,13 @@ HELP_TEXT = (
 )
 
 
+RATE_TEXT = (
+    ":hand: You've asked {n} questions in a short time — that's my limit. "
+    "Please try again in about {minutes} min."
+)
+QUOTA_TEXT = ":hand: {whose} daily token quota is used up; it resets at midnight UTC."
+
+
 @dataclass(frozen=True, slots=True)
 class TurnOptions:
     system_prompt: str
@@ -44,6 +54,39 @@ class TurnOptions:
     final_edit_deadline: float
     backfill_limit: int = 100
     dm_reply_mode: Literal["top", "thread"] = "top"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Abuse limits, counted in Redis (0 = off). While Redis is down they are not enforced."""
+
+    user_requests: int = 0
+    user_window_s: float = 3600.0
+    user_daily_tokens: int = 0
+    workspace_daily_tokens: int = 0
+
+    async def refusal(self, store: Store, inbound: Inbound) -> str | None:
+        """A friendly note when ``inbound`` is over a limit, else None (and the request counts)."""
+        try:
+            if self.user_daily_tokens or self.workspace_daily_tokens:
+                team_used, user_used = await store.tokens_today(inbound.team, inbound.user)
+                if self.workspace_daily_tokens and team_used >= self.workspace_daily_tokens:
+                    return QUOTA_TEXT.format(whose="this workspace's")
+                if self.user_daily_tokens and user_used >= self.user_daily_tokens:
+                    return QUOTA_TEXT.format(whose="your")
+            if self.user_requests:
+                wait = await store.hit_rate(
+                    inbound.team,
+                    inbound.user,
+                    limit=self.user_requests,
+                    window_s=self.user_window_s,
+                )
+                if wait > 0:
+                    minutes = max(1, math.ceil(wait / 60))
+                    return RATE_TEXT.format(n=self.user_requests, minutes=minutes)
+        except StoreUnavailable:
+            return None
+        return None
 
 
 class Turns:
@@ -57,12 +100,20 @@ class Turns:
         model: ChatModel,
         budget: EditBudget,
         options: TurnOptions,
+        policy: Policy | None = None,
+        limits: Limits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._slack = slack
         self._store = store
         self._model = model
         self._budget = budget
         self._options = options
+        self._policy = policy or Policy(
+            default=Profile(options.system_prompt, model.default_model, model.default_temperature)
+        )
+        self._limits = limits or Limits()
+        self._metrics = metrics
         self._inflight: set[asyncio.Task[Any]] = set()
 
     @property
@@ -108,12 +159,27 @@ class Turns:
             inbound.team, inbound.channel, inbound.ts, inbound.event_id
         ):
             log.debug("duplicate delivery of %s/%s ignored", inbound.channel, inbound.ts)
+            self._count("deduplicated")
             return
+        if not self._policy.allows(channel=inbound.channel, user=inbound.user):
+            log.info(
+                "not answering %s in %s: not allowed by CHANNELS_FILE",
+                inbound.user,
+                inbound.channel,
+            )
+            self._count("ignored")
+            return
+        self._count("answered")
         key, reply_thread = self.address(inbound)
         if not inbound.text:
             if inbound.mentioned or inbound.is_dm:
                 await self._slack.post(inbound.channel, HELP_TEXT, thread_ts=reply_thread)
             return
+        refusal = await self._limits.refusal(self._store, inbound)
+        if refusal:
+            await self._slack.post(inbound.channel, refusal, thread_ts=reply_thread)
+            return
+        profile = self._policy.profile(inbound.channel)
         reply = ReplyStream(
             self._slack,
             self._budget,
@@ -133,17 +199,24 @@ class Turns:
                 history = await self._history(key, inbound, reply)
                 question = Turn("user", inbound.text, author=inbound.user, ts=inbound.ts)
                 messages = prompt_window(
-                    self._options.system_prompt,
+                    profile.system_prompt,
                     [*history, question],
                     self._options.prompt_token_budget,
                 )
-                outcome = await self._stream(messages, reply)
+                outcome = await self._stream(messages, reply, profile, inbound)
                 shown = await reply.finish(outcome)
                 await self._save(key, question, shown, outcome, reply)
 
-    async def _stream(self, messages: list[dict[str, object]], reply: ReplyStream) -> Outcome:
+    async def _stream(
+        self,
+        messages: list[dict[str, object]],
+        reply: ReplyStream,
+        profile: Profile,
+        inbound: Inbound,
+    ) -> Outcome:
+        answer = self._model.stream(messages, model=profile.model, temperature=profile.temperature)
         try:
-            async with self._model.stream(messages) as answer:
+            async with answer:
                 async for delta in answer:
                     reply.append(delta)
         except ModelUnavailable as exc:
@@ -152,8 +225,27 @@ class Turns:
         except ModelInterrupted as exc:
             log.warning("model stream interrupted: %s", exc)
             return Outcome.INTERRUPTED
-        # Anything else (a cancellation, a bug) leaves through ``async with reply``.
+        finally:
+            # Anything else (a cancellation, a bug) leaves through ``async with reply``.
+            await self._record_usage(inbound, answer.usage)
         return Outcome.COMPLETE
+
+    async def _record_usage(self, inbound: Inbound, usage: dict[str, int] | None) -> None:
+        if not usage:
+            return
+        if self._metrics is not None:
+            for kind in ("prompt_tokens", "completion_tokens"):
+                self._metrics.tokens.labels(kind=kind.removesuffix("_tokens")).inc(
+                    usage.get(kind, 0)
+                )
+        try:
+            await self._store.record_usage(inbound.team, inbound.channel, inbound.user, usage)
+        except StoreUnavailable:
+            pass
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.events.labels(outcome=outcome).inc()
 
     async def _engage(self, key: ThreadKey) -> None:
         try:
