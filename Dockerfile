@@ -1,14 +1,20 @@
 # syntax=docker/dockerfile:1
+# Build stage: install the package and its dependencies into /install.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 RUN pip install --no-cache-dir --prefix=/install .
 
+# Runtime stage: no build tools, a non-root user, a health check on /healthz.
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 bot
 COPY --from=build /install /usr/local
 USER bot
 WORKDIR /home/bot
-ENV PYTHONUNBUFFERED=1
+ENV PYTHONUNBUFFERED=1 HTTP_PORT=3000
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"HTTP_PORT\", \"3000\")}/healthz', timeout=4)"
+STOPSIGNAL SIGTERM
 CMD ["python", "-m", "bot"]

@@ -1,4 +1,4 @@
-"""The outbound Slack Web API boundary: post, update, delete, read a thread, reactions, status.
+"""The outbound Slack Web API boundary: post, update, delete, read a thread.
 
     slack = SlackGateway(web_client)
     ts = await slack.post("C1", "_Thinking…_", thread_ts="1700000000.000100")
@@ -91,16 +91,6 @@ class SlackGateway:
             if not cursor or not data.get("has_more", True):
                 break
         return messages[:limit]
-
-    async def react(self, channel: str, ts: str, name: str, *, on: bool = True) -> None:
-        method = "reactions.add" if on else "reactions.remove"
-        await self._call(method, {"channel": channel, "timestamp": ts, "name": name})
-
-    async def set_status(self, channel: str, thread_ts: str, status: str) -> None:
-        await self._call(
-            "assistant.threads.setStatus",
-            {"channel_id": channel, "thread_ts": thread_ts, "status": status},
-        )
 
     async def _call(
         self, method: str, args: dict[str, Any], *, read: bool = False
