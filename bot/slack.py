@@ -11,6 +11,7 @@ No method here retries: callers decide, because only they know whether a call is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -39,8 +40,11 @@ def connect_slack(token: str, base_url: str, session: aiohttp.ClientSession) -> 
 class SlackGateway:
     """The Web API calls the bot makes, with Slack's failures translated."""
 
-    def __init__(self, client: AsyncWebClient, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, client: AsyncWebClient, metrics: Metrics | None = None, *, timeout: float = 15.0
+    ) -> None:
         self._client = client
+        self._timeout = timeout
         self._calls = metrics.slack_calls if metrics is not None else None
 
     async def identity(self) -> tuple[str, str]:
@@ -96,10 +100,12 @@ class SlackGateway:
         self, method: str, args: dict[str, Any], *, read: bool = False
     ) -> dict[str, Any]:
         try:
-            if read:
-                response = await self._client.api_call(method, http_verb="GET", params=args)
-            else:
-                response = await self._client.api_call(method, json=args)
+            # slack_sdk applies its own timeout only to sessions it creates; ours is shared.
+            async with asyncio.timeout(self._timeout):
+                if read:
+                    response = await self._client.api_call(method, http_verb="GET", params=args)
+                else:
+                    response = await self._client.api_call(method, json=args)
         except SlackApiError as exc:
             error = _translate(method, exc)
             self._count(method, _OUTCOMES[type(error)])

@@ -24,7 +24,7 @@ from bot.metrics import Metrics
 from bot.policy import Policy, Profile
 from bot.render.budget import EditBudget
 from bot.render.reply import Outcome, ReplyStream
-from bot.render.text import render, split
+from bot.render.text import render, render_final, split
 from bot.slack import SlackGateway
 from bot.store import Store
 
@@ -122,7 +122,8 @@ class Turns:
 
     async def drain(self, grace: float) -> None:
         """Let answers in flight finish for up to ``grace`` seconds, then end the rest with an
-        "interrupted — please ask again" note (their tasks are cancelled; see ``_stream``)."""
+        "interrupted — please ask again" note (their tasks are cancelled; ``async with reply``
+        gives each reply its last form)."""
         pending = set(self._inflight)
         if not pending:
             return
@@ -188,6 +189,7 @@ class Turns:
             thread_ts=reply_thread,
             limit=self._options.message_char_limit,
             render=render,
+            render_final=render_final,
             split=split,
             final_deadline=self._options.final_edit_deadline,
         )
@@ -226,8 +228,8 @@ class Turns:
             log.warning("model stream interrupted: %s", exc)
             return Outcome.INTERRUPTED
         finally:
-            # Anything else (a cancellation, a bug) leaves through ``async with reply``.
             await self._record_usage(inbound, answer.usage)
+        # Anything else (a cancellation, a bug) propagates: ``async with reply`` finishes it.
         return Outcome.COMPLETE
 
     async def _record_usage(self, inbound: Inbound, usage: dict[str, int] | None) -> None:

@@ -2,21 +2,24 @@
 every replica (in Redis), with a local bucket standing in while Redis is unavailable.
 
     budget = EditBudget(store, per_minute=45, burst=3, min_interval=1.0)
-    if await budget.acquire("T1", final=False, give_up=closing):   # waits for a token
+    if await budget.acquire("T1", Priority.PROGRESS, give_up=closing):   # waits for a token
         await slack.update(...)
     await budget.interval("T1", reply_id)     # this reply's fair spacing between its edits
     await budget.rate_limited("T1", 30.0)     # Slack said 429: the whole workspace holds off
     await budget.done("T1", reply_id)
 
-Final edits take from the whole bucket; interim edits leave ``reserve`` tokens for them, so an
-answer's last text is never queued behind other answers' progress edits. Every reply streaming
-in a workspace spaces its interim edits by ``active replies × 60 / per_minute`` seconds (at
-least ``min_interval``): together they spend the budget, and each gets an equal share of it.
+When the budget is short, edits go in ``Priority`` order: each level leaves that many tokens of
+the burst to the levels before it, so an answer's last text is never queued behind other
+answers' progress, and a reply still showing "Thinking…" goes before one that shows text.
+Every reply streaming in a workspace spaces its interim edits by ``active replies × 60 /
+per_minute`` seconds (at least ``min_interval``): together they spend the budget, and each
+gets an equal share of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Callable
 
@@ -24,6 +27,15 @@ from bot.errors import StoreUnavailable
 from bot.store import Store
 
 METHOD = "chat.update"
+
+
+class Priority(enum.IntEnum):
+    """Which chat.update goes first when the budget is short; the value is how many tokens of
+    the burst an edit of that kind leaves for the kinds before it (capped at burst − 1)."""
+
+    FINAL = 0  # a message's last form: the complete text, without the working indicator
+    FIRST = 1  # the first text of a reply that shows only its placeholder
+    PROGRESS = 2  # later interim edits
 
 
 class TokenBucket:
@@ -68,23 +80,21 @@ class EditBudget:
         per_minute: float,
         burst: int,
         min_interval: float,
-        reserve: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._per_minute = per_minute
         self._burst = burst
         self._min_interval = min_interval
-        self._reserve = max(0, min(reserve, burst - 1))
         self._clock = clock  # only the local stand-in buckets read it; Redis uses the store's
         self._local: dict[str, TokenBucket] = {}
         self._active_local: dict[str, set[str]] = {}
         self._intervals: dict[str, float] = {}
 
-    async def take(self, team: str, *, final: bool) -> float:
+    async def take(self, team: str, priority: Priority) -> float:
         """One try: 0.0 when a chat.update may be sent now (the token is taken), else the
         seconds to wait before trying again."""
-        reserve = 0 if final else self._reserve
+        reserve = max(0, min(int(priority), self._burst - 1))
         try:
             return await self._store.take_token(
                 team, METHOD, per_minute=self._per_minute, burst=self._burst, reserve=reserve
@@ -96,8 +106,8 @@ class EditBudget:
     async def acquire(
         self,
         team: str,
+        priority: Priority,
         *,
-        final: bool,
         give_up: asyncio.Event | None = None,
         deadline: float | None = None,
     ) -> bool:
@@ -105,7 +115,7 @@ class EditBudget:
         loop's clock passed ``deadline``, before a token came."""
         loop = asyncio.get_running_loop()
         while True:
-            wait = await self.take(team, final=final)
+            wait = await self.take(team, priority)
             if wait <= 0:
                 return True
             if give_up is not None and give_up.is_set():

@@ -18,10 +18,15 @@ delivery starts once the flusher has stopped; an interim edit still in flight th
 ``edit_timeout`` seconds to land (two edits racing could leave the older text on top) before
 it is abandoned.
 
-Long answers: when the current message would render past ``limit``, ``split`` cuts it at a
-structural boundary; the head becomes that message's last form and the tail (which may start
-with a reopened code fence) continues in a new message in the same thread. Only the current
-message is ever rendered, so the cost of an answer grows linearly with its length.
+Text: ``render`` formats the current message while it is being written (a prefix that may end
+mid-construct); ``render_final`` (by default the same) formats text known to be complete: the
+final form of every message. Final Slack text is ``render_final`` of the model's Markdown.
+
+Long answers: when the current message would render past ``limit``, ``split(markdown, limit)``
+returns ``(head, tail)`` cut at a structural boundary (``tail == ""`` when it all fits); the head
+becomes that message's last form and the tail (which may start with a reopened code fence)
+continues in a new message in the same thread. Only the current message is ever rendered, so
+the cost of an answer grows linearly with its length.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
-from bot.render.budget import EditBudget
+from bot.render.budget import EditBudget, Priority
 from bot.slack import SlackGateway
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,11 @@ INDICATOR_BLOCK_ID = "writing"
 _GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 # Below this, a msg_too_long is not about length: the limit stops shrinking.
 _MIN_LIMIT = 200
+# slack_sdk ignores its own ``timeout`` when given a shared aiohttp session (aiohttp's default
+# is 300 s): the renderer bounds its calls itself. Posts are not retried after a timeout (one
+# may have landed), edits are: a slow Slack gets twice as long after each timeout, up to this.
+_POST_TIMEOUT = 15.0
+_MAX_EDIT_TIMEOUT = 60.0
 # How much Markdown one roll-over looks at: rendering can shrink text, never by this much, and
 # the bound keeps a flood of text (a fast model, a long 429 pause) from being split whole.
 _WINDOW = 4
@@ -110,7 +120,14 @@ Split = Callable[[str, int], "tuple[str, str]"]
 
 
 class ReplyStream:
-    """The Slack side of one answer; see the module docstring for the lifecycle."""
+    """The Slack side of one answer; see the module docstring for the lifecycle.
+
+    ``limit``: the most characters one message shows (rendered). ``final_deadline``: how long
+    the final delivery (and each roll-over) keeps retrying before it is logged as an error.
+    ``edit_timeout``: how long an edit may take before it is abandoned and retried (doubling
+    after each one abandoned in a row, for a Slack that is just slow); also how long finishing
+    waits for an interim edit still in flight.
+    """
 
     def __init__(
         self,
@@ -123,6 +140,7 @@ class ReplyStream:
         limit: int,
         render: Render,
         split: Split,
+        render_final: Render | None = None,
         final_deadline: float = 120.0,
         edit_timeout: float = 3.0,
         jitter: Callable[[], float] = random.random,
@@ -135,6 +153,7 @@ class ReplyStream:
         self._thread_ts = thread_ts
         self._limit = limit
         self._render = render
+        self._render_final = render_final or render
         self._split = split
         self._final_deadline = final_deadline
         self._edit_timeout = edit_timeout
@@ -146,6 +165,7 @@ class ReplyStream:
         self._chunks: list[str] = []  # every delta, in order; joined whole only at the end
         self._taken = 0  # how many of them _current has absorbed
         self._current = ""  # the Markdown of the message being written now
+        self._rendered: tuple[str, str] = ("", "")  # (_current, its interim rendering)
         self._sent = ""  # what that message shows now (rendered)
         self._editable = True  # False once Slack refused an interim edit of that message
         self._frozen = 0  # messages given their last form before the current one
@@ -154,6 +174,7 @@ class ReplyStream:
         self._flusher: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Timeout | None = None  # the interim edit being sent
+        self._slow = 0  # interim edits in a row that got no answer in time
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -247,6 +268,12 @@ class ReplyStream:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._wake.wait()  # the model has started (or the reply is closing)
+        if self._closing.is_set():
+            return
+        # Counted among the workspace's streaming replies from its first token, so the replies
+        # that edit first do not take the share of those still waiting for their first edit.
+        await self._budget.interval(self._team, self.id)
         next_at = loop.time()  # the first text goes out at once
         while True:
             await self._wake.wait()
@@ -255,7 +282,8 @@ class ReplyStream:
             self._wake.clear()
             if await self._latest() is None:
                 continue
-            if not await self._budget.acquire(self._team, final=False, give_up=self._closing):
+            priority = Priority.PROGRESS if self.edits else Priority.FIRST
+            if not await self._budget.acquire(self._team, priority, give_up=self._closing):
                 return
             # The newest text, not the one that asked for the edit (the wait may have been long).
             rendered = await self._latest()
@@ -280,7 +308,8 @@ class ReplyStream:
         """Take in new text and roll over if it no longer fits; the current message's new
         rendering, or None when there is nothing to edit."""
         self._absorb()
-        rendered = await self._fit(asyncio.get_running_loop().time() + self._final_deadline)
+        deadline = asyncio.get_running_loop().time() + self._final_deadline
+        rendered = await self._fit(deadline, final=False)
         if self.ts is None:
             if rendered.strip() and not self._closing.is_set():
                 await self._continue_in_new_message(rendered)
@@ -295,8 +324,12 @@ class ReplyStream:
         except SlackRateLimited as exc:
             await self._budget.rate_limited(self._team, exc.retry_after)
             self._wake.set()
-        except (SlackTransient, TimeoutError) as exc:
-            log.info("interim edit failed (%s); will retry", _why(exc))
+        except TimeoutError:
+            self._slow += 1
+            log.info("interim edit got no answer in time in thread %s", self._where)
+            self._wake.set()
+        except SlackTransient as exc:
+            log.info("interim edit failed (%s); will retry", exc.error)
             self._wake.set()
         except SlackRejected as exc:
             if exc.error == "msg_too_long" and self._shrink():
@@ -311,12 +344,14 @@ class ReplyStream:
         else:
             self._sent = rendered
             self.edits += 1
+            self._slow = 0
 
     async def _send_interim(self, rendered: str) -> None:
         assert self.ts is not None
         try:
-            # No timeout of its own (the client's applies); finishing may cut it short.
-            async with asyncio.timeout(None) as self._in_flight:
+            # Finishing may cut it shorter (see _close).
+            seconds = min(_MAX_EDIT_TIMEOUT, self._edit_timeout * 2**self._slow)
+            async with asyncio.timeout(seconds) as self._in_flight:
                 await self._slack.update(
                     self._channel, self.ts, rendered, blocks=_interim_blocks(rendered)
                 )
@@ -342,37 +377,46 @@ class ReplyStream:
             self._current += "".join(self._chunks[self._taken :])
             self._taken = len(self._chunks)
 
-    async def _fit(self, deadline: float) -> str:
+    async def _fit(self, deadline: float, *, final: bool) -> str:
         """Give full messages their last form until the current one renders within the limit;
-        return its rendering."""
+        return its rendering (``render_final`` when ``final``)."""
         while True:
             window = self._current[: _WINDOW * self._limit]
-            rendered = self._render(window)
-            if len(rendered) <= self._limit:
-                if len(window) == len(self._current):
+            if len(window) == len(self._current):
+                rendered = self._render_final(window) if final else self._render_current()
+                if len(rendered) <= self._limit:
                     return rendered
-                head, tail = window, ""
-            else:
-                head, tail = self._cut(window)
+            shown, tail = self._cut(window)
             rest = tail + self._current[len(window) :]
-            if await self._freeze(self._render(head), deadline):
+            if await self._freeze(shown, deadline):
                 self._current = rest
             # else Slack found it too long: the limit has shrunk, cut again
 
+    def _render_current(self) -> str:
+        # The flusher looks twice per edit (before and after waiting for a token), usually
+        # at the same text: strings are immutable, so the same object means the same text.
+        source, rendered = self._rendered
+        if source is not self._current:
+            rendered = self._render(self._current)
+            self._rendered = (self._current, rendered)
+        return rendered
+
     def _cut(self, markdown: str) -> tuple[str, str]:
-        """``split``, checked: a head that fits and a tail that is shorter than the input."""
+        """``split``, checked: (the head's final rendering, the tail), where the head fits and
+        the tail is shorter than the input."""
         head, tail = self._split(markdown, self._limit)
         if head.strip() and len(tail) < len(markdown):
-            if len(self._render(head)) <= self._limit:
-                return head, tail
+            shown = self._render_final(head)
+            if len(shown) <= self._limit:
+                return shown, tail
         log.warning("split() gave an unusable cut in thread %s; cutting at a line", self._where)
         end = min(len(markdown), self._limit)
-        while end > 1 and len(self._render(markdown[:end])) > self._limit:
+        while end > 1 and len(self._render_final(markdown[:end])) > self._limit:
             end = end * 3 // 4
         line = markdown.rfind("\n", 0, end) + 1
         if line > end // 2:
             end = line
-        return markdown[:end], markdown[end:]
+        return self._render_final(markdown[:end]), markdown[end:]
 
     async def _freeze(self, rendered: str, deadline: float) -> bool:
         """Give the current message (or, with none open, a new one) its last form; False when
@@ -398,7 +442,7 @@ class ReplyStream:
     async def _deliver_final(self, outcome: Outcome, deadline: float) -> None:
         self._absorb()
         while True:
-            rendered = await self._fit(deadline)
+            rendered = await self._fit(deadline, final=True)
             note = outcome.note
             if not rendered.strip():
                 if not self._frozen:  # the model showed nothing at all
@@ -430,13 +474,11 @@ class ReplyStream:
                     self.message_ts.append(self.ts)
                     self._sent = rendered
                 return True
-            if not await self._budget.acquire(self._team, final=True, deadline=deadline):
+            if not await self._budget.acquire(self._team, Priority.FINAL, deadline=deadline):
                 log.error("final edit of thread %s not delivered before the deadline", self._where)
                 return True
             wait = 0.0
             try:
-                # A hung call is abandoned sooner than the client's own timeout; each one
-                # that hangs gives the next attempt twice as long (Slack may just be slow).
                 left = deadline - loop.time()
                 async with asyncio.timeout(min(left, self._edit_timeout * 2**timeouts)):
                     await self._slack.update(self._channel, self.ts, rendered, blocks=blocks)
@@ -475,9 +517,12 @@ class ReplyStream:
         failures = 0
         while True:
             try:
-                return await self._slack.post(
-                    self._channel, text, thread_ts=self._thread_ts, blocks=blocks
-                )
+                async with asyncio.timeout(min(_POST_TIMEOUT, deadline - loop.time())):
+                    return await self._slack.post(
+                        self._channel, text, thread_ts=self._thread_ts, blocks=blocks
+                    )
+            except TimeoutError:
+                raise SlackTransient("chat.postMessage", "no answer in time") from None
             except SlackRateLimited as exc:
                 wait = exc.retry_after
             except SlackTransient as exc:
@@ -498,10 +543,6 @@ class ReplyStream:
     def _require(self, state: State) -> None:
         if self.state is not state:
             raise ReplyStateError(f"expected {state.value}, reply is {self.state.value}")
-
-
-def _why(exc: BaseException) -> str:
-    return exc.error if isinstance(exc, SlackError) else "no answer in time"
 
 
 def _indicator(text: str) -> dict[str, Any]:
