@@ -10,6 +10,7 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
     message  · a person · names the bot          → answer (deduped with its app_mention twin)
     message  · a person · thread the bot is in   → answer, no mention needed
     message  · anything else                     → acknowledge and ignore (no 404, no retries)
+    action   · stop_reply                        → stop the reply it names, on any replica
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -26,6 +28,8 @@ from bot.conversation import ThreadKey
 from bot.errors import StoreUnavailable
 from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern
 from bot.metrics import Metrics
+from bot.render.reply import STOP_ACTION_ID
+from bot.stops import StopSignals
 from bot.store import Store
 from bot.turn import Turns
 
@@ -38,6 +42,7 @@ def build_app(
     turns: Turns,
     store: Store,
     metrics: Metrics,
+    stops: StopSignals,
     signing_secret: str | None,
 ) -> AsyncApp:
     """The Bolt app with every route registered; ``signing_secret`` None means Socket Mode."""
@@ -58,6 +63,12 @@ def build_app(
             log.info("ignored malformed %s event: %s", event.get("type"), exc)
             return
         await turns.answer(inbound)
+
+    async def stop(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        for action in body.get("actions") or ():
+            if action.get("action_id") == STOP_ACTION_ID and isinstance(action.get("value"), str):
+                await stops.request(action["value"])
 
     async def ignore() -> None:
         metrics.events.labels(outcome="ignored").inc()
@@ -97,6 +108,7 @@ def build_app(
     app.event("message", matchers=[from_person, names_bot])(answer)
     app.event("message", matchers=[from_person, in_known_thread])(answer)
     app.event("message")(ignore)
+    app.action(STOP_ACTION_ID)(stop)
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any]) -> None:

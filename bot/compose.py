@@ -23,9 +23,11 @@ from bot.config import Settings
 from bot.llm import ChatModel, connect_openai
 from bot.metrics import Metrics
 from bot.policy import Profile, load_policy
+from bot.recovery import InFlight, new_owner_id
 from bot.render.budget import EditBudget
 from bot.server import build_web_app, serve
 from bot.slack import SlackGateway, connect_slack
+from bot.stops import StopSignals
 from bot.store import Store, connect_redis, embedded_redis
 from bot.turn import Limits, TurnOptions, Turns
 
@@ -63,7 +65,6 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 "REDIS_URL is not set: using an embedded in-process store; thread context is "
                 "neither shared with other replicas nor kept across restarts"
             )
-        stack.push_async_callback(redis.aclose)
 
         llm_client = connect_openai(
             settings.openai_api_key.get_secret_value(), settings.openai_base_url
@@ -75,6 +76,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             history_ttl_s=settings.history_ttl_days * 86400,
             history_max_turns=settings.history_max_turns,
         )
+        stack.push_async_callback(store.aclose)
         if not await store.ping():
             log.warning("Redis is not reachable at start-up; continuing without thread history")
         budget = EditBudget(
@@ -95,7 +97,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 settings.system_prompt, settings.openai_model, settings.openai_temperature
             ),
         )
+        slack = SlackGateway(web, metrics)
+        stops = StopSignals(store)
+        inflight = InFlight(store, slack, owner=new_owner_id(), lease_s=settings.reply_lease)
         turns = Turns(
+            stops=stops,
+            tracker=inflight,
             policy=policy,
             limits=Limits(
                 user_requests=settings.user_rate_limit,
@@ -104,7 +111,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 workspace_daily_tokens=settings.workspace_daily_tokens,
             ),
             metrics=metrics,
-            slack=SlackGateway(web, metrics),
+            slack=slack,
             store=store,
             model=model,
             budget=budget,
@@ -123,6 +130,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             turns=turns,
             store=store,
             metrics=metrics,
+            stops=stops,
             signing_secret=(
                 settings.slack_signing_secret.get_secret_value()
                 if http_mode and settings.slack_signing_secret
@@ -160,6 +168,13 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         else:
             log.info("serving Slack events on port %d at /slack/events", http_port)
 
+        # Background duties: relaying Stop clicks between replicas, heartbeating this process's
+        # replies in flight and finishing those of replicas that died.
+        background = [
+            asyncio.create_task(stops.run(), name="stop-relay"),
+            asyncio.create_task(inflight.run(), name="in-flight"),
+        ]
+        stack.push_async_callback(_cancel, background)
         try:
             yield RunningBot(
                 app=app, turns=turns, store=store, metrics=metrics, http_port=http_port
@@ -171,3 +186,9 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             else:
                 await runner.cleanup()  # also closes the ops endpoints: the process is leaving
             await turns.drain(settings.shutdown_grace)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     edit_budget_burst: int = Field(3, ge=1)
     message_char_limit: int = Field(2900, ge=200, le=3000)
     final_edit_deadline: float = Field(120.0, gt=0)
+    reply_lease: float = Field(30.0, ge=1)
 
     # Per-channel behaviour and abuse limits
     channels_file: str | None = None

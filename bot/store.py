@@ -10,6 +10,9 @@ Key schema (``{p}`` is the key prefix, ``slackbot`` by default)::
     {p}:budget:{team}:{method}                hash {tokens, at} — token bucket shared by replicas
     {p}:pause:{team}:{method}                 "1", PX Retry-After — Slack said 429
     {p}:active:{team}                         zset reply id → lease expiry — replies streaming now
+    {p}:stop                                  pub/sub channel: reply ids whose Stop was pressed
+    {p}:owner:{owner}                         "1", PX lease — a bot process that is alive
+    {p}:inflight                              hash reply id → JSON {owner, team, channel, ts, text}
     {p}:rate:{team}:{user}:{window}           request count in a fixed window — per-user rate limit
     {p}:usage:{team}:{yyyymmdd}               hash {scope}:{prompt|completion|total}_tokens and
                                               {scope}:replies, scope = team | channel:C | user:U
@@ -21,6 +24,7 @@ logged as one warning, the recovery as one info line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -85,6 +89,7 @@ class Store:
         self._clock = clock
         self._down = False
         self._local_seen: OrderedDict[str, float] = OrderedDict()
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self._release = redis.register_script(_RELEASE_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._take = redis.register_script(_TAKE_LUA)
@@ -309,7 +314,100 @@ class Store:
         day = time.strftime("%Y%m%d", time.gmtime(self._clock()))
         return f"{self._p}:usage:{team}:{day}"
 
+    # -- Stop across replicas --------------------------------------------------------------
+
+    async def request_stop(self, reply_id: str) -> None:
+        """Tell every replica that ``reply_id`` should stop (the one streaming it will)."""
+        await self._guard(lambda r: r.publish(f"{self._p}:stop", reply_id), "stop")
+
+    async def stop_requests(self) -> AsyncIterator[str]:
+        """Reply ids whose Stop was pressed, from any replica; reconnects after an outage."""
+        channel = f"{self._p}:stop"
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await self._uncancellable(pubsub.get_message(timeout=1.0))
+                    if message and message.get("type") == "message":
+                        data = message["data"]
+                        yield data.decode() if isinstance(data, bytes) else str(data)
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)  # the store's other calls report the outage
+            finally:
+                await self._settle()  # a get_message abandoned by a cancellation uses pubsub
+                try:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except (RedisError, OSError):
+                    pass
+
+    # -- replies in flight (crash recovery) ------------------------------------------------
+
+    async def heartbeat(self, owner: str, lease_s: float) -> None:
+        """This process is alive for ``lease_s`` more seconds."""
+        name = f"{self._p}:owner:{owner}"
+        await self._guard(lambda r: r.set(name, "1", px=int(lease_s * 1000)), "heartbeat")
+
+    async def track_reply(self, reply_id: str, record: dict[str, Any]) -> None:
+        """Remember what a reply in flight shows now (``record`` names its ``owner``)."""
+        data = json.dumps(record, ensure_ascii=False)
+        await self._guard(lambda r: r.hset(f"{self._p}:inflight", reply_id, data), "track")
+
+    async def untrack_reply(self, reply_id: str) -> None:
+        await self._guard(lambda r: r.hdel(f"{self._p}:inflight", reply_id), "track")
+
+    async def orphaned_replies(self) -> list[dict[str, Any]]:
+        """Replies in flight whose owner stopped heartbeating, each claimed by this caller
+        (removed from the registry, so two replicas never finish the same one)."""
+        name = f"{self._p}:inflight"
+
+        async def claim(r: aioredis.Redis) -> list[dict[str, Any]]:
+            orphans = []
+            for reply_id, raw in (await r.hgetall(name)).items():
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = {}
+                owner = record.get("owner") if isinstance(record, dict) else None
+                if owner and await r.exists(f"{self._p}:owner:{owner}"):
+                    continue
+                if await r.hdel(name, reply_id) and isinstance(record, dict) and record:
+                    orphans.append(record)
+            return orphans
+
+        return await self._guard(claim, "orphans")
+
+    async def aclose(self) -> None:
+        """Let commands abandoned by cancelled callers finish, then close the client."""
+        await self._settle()
+        await self._redis.aclose()
+
     # -- internals -------------------------------------------------------------------------
+
+    async def _uncancellable(self, call: Awaitable[T]) -> T:
+        """Await a redis-py call that a cancellation cannot interrupt midway.
+
+        redis-py 8 can lose a cancellation that lands inside a command (the task then waits
+        forever, e.g. at shutdown) and leave the connection unusable. Shielded, the command
+        finishes by itself (bounded by the socket timeouts) while the caller is cancelled at
+        once; ``aclose`` waits for such commands.
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._abandoned.add(task)
+            task.add_done_callback(self._forget)
+            raise
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned command's failure is not worth a warning
+
+    async def _settle(self) -> None:
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=5.0)
 
     def _thread(self, key: ThreadKey) -> str:
         return f"{self._p}:thread:{key}"
@@ -319,7 +417,7 @@ class Store:
 
     async def _guard(self, op: Callable[[aioredis.Redis], Awaitable[T]], what: str) -> T:
         try:
-            result = await op(self._redis)
+            result = await self._uncancellable(op(self._redis))
         except (RedisError, OSError) as exc:
             if not self._down:
                 self._down = True

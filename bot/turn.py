@@ -18,14 +18,15 @@ from typing import Any, Literal
 from bot.conversation import ThreadKey, Turn, prompt_window
 from bot.errors import ModelInterrupted, ModelUnavailable, SlackError, StoreUnavailable
 from bot.events import USER_SUBTYPES, Inbound, mention_pattern
-from bot.llm import ChatModel
+from bot.llm import AnswerStream, ChatModel
 from bot.logs import correlation
 from bot.metrics import Metrics
 from bot.policy import Policy, Profile
 from bot.render.budget import EditBudget
-from bot.render.reply import Outcome, ReplyStream
+from bot.render.reply import Outcome, ReplyStream, ReplyTracker
 from bot.render.text import render, render_final, split
 from bot.slack import SlackGateway
+from bot.stops import StopSignals
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,11 @@ class Turns:
         policy: Policy | None = None,
         limits: Limits | None = None,
         metrics: Metrics | None = None,
+        stops: StopSignals | None = None,
+        tracker: ReplyTracker | None = None,
     ) -> None:
+        self._stops = stops
+        self._tracker = tracker
         self._slack = slack
         self._store = store
         self._model = model
@@ -192,6 +197,8 @@ class Turns:
             render_final=render_final,
             split=split,
             final_deadline=self._options.final_edit_deadline,
+            stop_button=self._stops is not None,
+            tracker=self._tracker,
         )
         # The placeholder goes up now; leaving the block any other way than through finish()
         # (an exception, a cancellation) still gives the reply its last form.
@@ -218,9 +225,8 @@ class Turns:
     ) -> Outcome:
         answer = self._model.stream(messages, model=profile.model, temperature=profile.temperature)
         try:
-            async with answer:
-                async for delta in answer:
-                    reply.append(delta)
+            if await self._read_unless_stopped(answer, reply):
+                return Outcome.STOPPED
         except ModelUnavailable as exc:
             log.warning("model unavailable: %s", exc)
             return Outcome.FAILED
@@ -231,6 +237,33 @@ class Turns:
             await self._record_usage(inbound, answer.usage)
         # Anything else (a cancellation, a bug) propagates: ``async with reply`` finishes it.
         return Outcome.COMPLETE
+
+    async def _read_unless_stopped(self, answer: AnswerStream, reply: ReplyStream) -> bool:
+        """Feed the answer into the reply; True if someone pressed Stop first."""
+
+        async def read() -> None:
+            async with answer:
+                async for delta in answer:
+                    reply.append(delta)
+
+        if self._stops is None:
+            await read()
+            return False
+        pressed = self._stops.register(reply.id)
+        reader = asyncio.create_task(read())
+        stop = asyncio.create_task(pressed.wait())
+        try:
+            await asyncio.wait((reader, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            self._stops.unregister(reply.id)
+            if not reader.done():
+                reader.cancel()  # closes the model stream (``async with answer``)
+                await asyncio.wait((reader,))
+        if reader.cancelled():
+            return True
+        reader.result()  # the model's error, if any
+        return False
 
     async def _record_usage(self, inbound: Inbound, usage: dict[str, int] | None) -> None:
         if not usage:

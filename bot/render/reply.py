@@ -38,7 +38,7 @@ import random
 import secrets
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
 from bot.render.budget import EditBudget, Priority
@@ -115,6 +115,15 @@ class ReplyStateError(RuntimeError):
     """A ReplyStream method was called in a state that does not allow it (a bug in the caller)."""
 
 
+class ReplyTracker(Protocol):
+    """Told what a reply's current message shows, so another process can finish it if this one
+    dies (see bot/recovery.py). Must not raise."""
+
+    async def shown(self, reply: ReplyStream, ts: str, rendered: str) -> None: ...
+
+    async def closed(self, reply: ReplyStream) -> None: ...
+
+
 Render = Callable[[str], str]
 Split = Callable[[str, int], "tuple[str, str]"]
 
@@ -144,8 +153,12 @@ class ReplyStream:
         final_deadline: float = 120.0,
         edit_timeout: float = 3.0,
         jitter: Callable[[], float] = random.random,
+        stop_button: bool = False,
+        tracker: ReplyTracker | None = None,
     ) -> None:
         self.id = secrets.token_hex(6)
+        self._stop_button = stop_button
+        self._tracker = tracker
         self._slack = slack
         self._budget = budget
         self._team = team
@@ -182,9 +195,10 @@ class ReplyStream:
         """Post the placeholder; raises ``SlackError`` when Slack will not take it."""
         self._require(State.NEW)
         deadline = asyncio.get_running_loop().time() + self._final_deadline
-        self.ts = await self._post(PLACEHOLDER, [_indicator(PLACEHOLDER)], deadline)
+        self.ts = await self._post(PLACEHOLDER, self._working_blocks(None), deadline)
         self.message_ts.append(self.ts)
         self.state = State.OPEN
+        await self._track(PLACEHOLDER)
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"reply-{self.id}")
 
     async def __aenter__(self) -> ReplyStream:
@@ -263,6 +277,8 @@ class ReplyStream:
         finally:
             self.state = State.CLOSED
             await self._budget.done(self._team, self.id)
+            if self._tracker is not None:
+                await self._tracker.closed(self)
 
     # -- interim edits -----------------------------------------------------------------------
 
@@ -345,6 +361,7 @@ class ReplyStream:
             self._sent = rendered
             self.edits += 1
             self._slow = 0
+            await self._track(rendered)
 
     async def _send_interim(self, rendered: str) -> None:
         assert self.ts is not None
@@ -353,7 +370,7 @@ class ReplyStream:
             seconds = min(_MAX_EDIT_TIMEOUT, self._edit_timeout * 2**self._slow)
             async with asyncio.timeout(seconds) as self._in_flight:
                 await self._slack.update(
-                    self._channel, self.ts, rendered, blocks=_interim_blocks(rendered)
+                    self._channel, self.ts, rendered, blocks=self._working_blocks(rendered)
                 )
         finally:
             self._in_flight = None  # at once: an exited Timeout cannot be rescheduled
@@ -361,7 +378,7 @@ class ReplyStream:
     async def _continue_in_new_message(self, rendered: str) -> None:
         deadline = asyncio.get_running_loop().time() + self._final_deadline
         try:
-            ts = await self._post(rendered, _interim_blocks(rendered), deadline)
+            ts = await self._post(rendered, self._working_blocks(rendered), deadline)
         except SlackError as exc:
             log.warning("could not continue the answer in thread %s: %s", self._where, exc)
             return  # tried again at the next flush, and by the final delivery
@@ -369,6 +386,7 @@ class ReplyStream:
         self.message_ts.append(ts)
         self._sent = rendered
         self._editable = True
+        await self._track(rendered)
 
     # -- long answers ------------------------------------------------------------------------
 
@@ -536,6 +554,34 @@ class ReplyStream:
                 raise SlackError("chat.postMessage", "not delivered before the deadline")
             await asyncio.sleep(wait)
 
+    def _working_blocks(self, rendered: str | None) -> list[dict[str, Any]]:
+        """How a message looks while the answer is still being written into it (``None``: the
+        placeholder): the text, the working indicator and, when enabled, the Stop button."""
+        blocks = (
+            [_indicator(PLACEHOLDER)]
+            if rendered is None
+            else [_section(rendered), _indicator(WRITING)]
+        )
+        if self._stop_button:
+            blocks.append(stop_controls(self.id))
+        return blocks
+
+    async def _track(self, rendered: str) -> None:
+        if self._tracker is not None and self.ts is not None:
+            await self._tracker.shown(self, self.ts, rendered)
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    @property
+    def team(self) -> str:
+        return self._team
+
+    @property
+    def thread_ts(self) -> str | None:
+        return self._thread_ts
+
     @property
     def _where(self) -> str:
         return f"{self._team}/{self._channel}/{self._thread_ts or 'top'}"
@@ -557,9 +603,28 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
-def _interim_blocks(rendered: str) -> list[dict[str, Any]]:
-    """How a message looks while the answer is still being written into it."""
-    return [_section(rendered), _indicator(WRITING)]
+STOP_ACTION_ID = "stop_reply"
+
+
+def stop_controls(reply_id: str) -> dict[str, Any]:
+    """The actions block with the Stop button; its value names the reply to stop."""
+    return {
+        "type": "actions",
+        "block_id": "reply_controls",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": STOP_ACTION_ID,
+                "text": {"type": "plain_text", "text": "Stop"},
+                "value": reply_id,
+            }
+        ],
+    }
+
+
+def final_blocks(rendered: str, note: str | None) -> list[dict[str, Any]]:
+    """A message's last form: its text and, for a cut-short answer, the note under it."""
+    return _final_blocks(rendered, note)
 
 
 def _final_blocks(rendered: str, note: str | None) -> list[dict[str, Any]]:

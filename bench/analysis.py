@@ -1,0 +1,377 @@
+"""What one benchmark run measured: per-reply timelines rebuilt from the fakes' records, and the
+run's figures (percentiles, visible lag against its lower bound, calls, correctness).
+
+    reply = analyse_reply(conversation, calls, emitted, expected=render(answer), bound=params)
+    summary = summarise(replies)
+
+Pure functions over plain records: no I/O, no clocks. Times are seconds on the benchmark
+process's monotonic clock, which the fake Slack and the fake model both stamp their records with.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.fakes.slack import Call
+
+
+@dataclass(frozen=True, slots=True)
+class BoundParams:
+    """What the lower bound on visible lag depends on (see ``lag_bound``)."""
+
+    round_trip: float  # seconds from sending a Slack call to its effect being visible
+    rate: float  # chat.update calls per second Slack allows one workspace
+    burst: int  # Slack's burst for chat.update (the bucket is full when the run starts)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One mention the benchmark sent, and the answer the model gives it."""
+
+    index: int
+    team: str
+    channel: str
+    ts: str
+    sent_at: float
+    answer: str  # the model's Markdown
+    expected: str  # ``render(answer)``: what the reply's messages must show when done
+    concurrent_in_workspace: int  # replies streaming at once in its workspace
+
+
+@dataclass
+class Reply:
+    """One reply as Slack showed it."""
+
+    conversation: Conversation
+    acked_at: float | None = None  # the bot acknowledged the event (Socket Mode)
+    model_request_at: float | None = None  # the model server received the request
+    placeholder_requested_at: float | None = None  # the placeholder's post reached Slack
+    placeholder_at: float | None = None
+    first_token_at: float | None = None
+    first_visible_at: float | None = None
+    done_at: float | None = None
+    stream_seconds: float = 0.0
+    events: int = 0  # SSE chunks with text
+    characters: int = 0
+    final_texts: list[str] = field(default_factory=list)
+    correct: bool = False
+    exact_join: bool = False
+    calls: Counter[str] = field(default_factory=Counter)
+    ratelimited: list[tuple[float, str]] = field(default_factory=list)
+    edits: list[float] = field(default_factory=list)
+    emitted: list[tuple[float, int]] = field(default_factory=list)
+    visible: list[tuple[float, int]] = field(default_factory=list)  # (time, model chars shown)
+    lags: list[float] = field(default_factory=list)  # per model character, seconds
+    unseen_chars: int = 0  # characters never shown (an incorrect final text)
+    bound_mean: float = 0.0
+    bound_p99: float = 0.0
+
+
+def lag_bound(duration: float, params: BoundParams, concurrent: int) -> tuple[float, float]:
+    """Lower bounds (mean, p99) on a reply's visible lag, for text emitted evenly over
+    ``duration`` seconds while ``concurrent`` such replies stream in the same workspace.
+
+    An ideal renderer with no CPU cost gets the workspace's whole chat.update budget (token
+    bucket: ``rate``/s, ``burst``, full at the start), shares it equally, keeps at most one
+    edit of a message in flight (so edits are at least one ``round_trip`` apart) and places
+    its ``e`` edits evenly; each becomes visible one ``round_trip`` after it is sent:
+
+        capacity = burst + rate × duration          edits the workspace can make meanwhile
+        e        = min(duration / round_trip, capacity / concurrent)
+        e ≥ 1:   mean = round_trip + duration / (2e),  p99 = round_trip + duration / e
+        e < 1:   one edit per reply, the j-th (j = 1..concurrent) at the earliest at
+                 duration + max(0, (j − capacity) / rate):
+                 mean = round_trip + duration / 2 + mean_j(wait_j),
+                 p99  = round_trip + duration + max_j(wait_j)
+    """
+    rt = params.round_trip
+    if duration <= 0:
+        return rt, rt
+    capacity = params.burst + params.rate * duration
+    edits = min(duration / rt if rt > 0 else math.inf, capacity / max(1, concurrent))
+    if edits >= 1:
+        return rt + duration / (2 * edits), rt + duration / edits
+    waits = [max(0.0, (j - capacity) / params.rate) for j in range(1, concurrent + 1)]
+    return rt + duration / 2 + sum(waits) / len(waits), rt + duration + max(waits)
+
+
+def analyse_reply(
+    conversation: Conversation,
+    calls: Sequence[Call],
+    emitted: Sequence[tuple[float, int]],
+    params: BoundParams,
+    *,
+    acked_at: float | None = None,
+    model_request_at: float | None = None,
+    placeholder_requested_at: float | None = None,
+) -> Reply:
+    """Rebuild what Slack showed for ``conversation`` from the calls on its channel (in order)
+    and what the model emitted, and derive its figures."""
+    reply = Reply(
+        conversation,
+        acked_at=acked_at,
+        model_request_at=model_request_at,
+        placeholder_requested_at=placeholder_requested_at,
+        emitted=list(emitted),
+    )
+    texts: dict[str, str] = {}  # message ts -> text, in posting order
+    order: list[str] = []
+    answer, expected = conversation.answer, conversation.expected
+    shown_max = 0
+    for call in calls:
+        reply.calls[call.method] += 1
+        if call.status == 429:
+            reply.ratelimited.append((call.at, call.method))
+        if not call.ok:
+            continue
+        if call.method == "chat.postMessage":
+            ts = str(call.response.get("ts"))
+            order.append(ts)
+            texts[ts] = str(call.args.get("text") or "")
+            if reply.placeholder_at is None:
+                reply.placeholder_at = call.at
+        elif call.method == "chat.update":
+            ts = str(call.args.get("ts"))
+            if ts not in texts:
+                continue
+            texts[ts] = str(call.args.get("text") or "")
+            reply.edits.append(call.at)
+        else:
+            continue
+        reply.done_at = call.at
+        rendered = _matched_prefix([texts[ts] for ts in order], expected)
+        model_chars = _to_model_chars(rendered, answer, expected)
+        if model_chars > shown_max:
+            shown_max = model_chars
+            reply.visible.append((call.at, model_chars))
+            if reply.first_visible_at is None:
+                reply.first_visible_at = call.at
+
+    reply.final_texts = [texts[ts] for ts in order]
+    reply.exact_join = "".join(reply.final_texts) == expected
+    reply.correct = reply.exact_join or _joins_to(reply.final_texts, expected)
+    if emitted:
+        reply.first_token_at = emitted[0][0]
+        reply.stream_seconds = emitted[-1][0] - emitted[0][0]
+        reply.events = len(emitted)
+        reply.characters = emitted[-1][1]
+    reply.lags, reply.unseen_chars = _char_lags(emitted, reply.visible, len(answer))
+    reply.bound_mean, reply.bound_p99 = lag_bound(
+        reply.stream_seconds, params, conversation.concurrent_in_workspace
+    )
+    return reply
+
+
+def _matched_prefix(texts: Sequence[str], expected: str) -> int:
+    """How much of ``expected`` the messages show, in order; whitespace at a message boundary
+    may be dropped (a continuation starts on a fresh line)."""
+    pos = 0
+    for index, text in enumerate(texts):
+        if index:
+            text = text.lstrip()
+            while pos < len(expected) and expected[pos].isspace():
+                pos += 1
+        matched = _common_prefix(text, expected, pos)
+        pos += matched
+        if matched < len(text.rstrip()):
+            break  # this message shows something else (a placeholder, a note): stop here
+    return pos
+
+
+def _common_prefix(text: str, expected: str, start: int) -> int:
+    limit = min(len(text), len(expected) - start)
+    if expected.startswith(text[:limit], start):
+        return limit
+    low, high = 0, limit  # binary search the longest matching prefix
+    while low < high:
+        mid = (low + high + 1) // 2
+        if expected.startswith(text[:mid], start):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _joins_to(texts: Sequence[str], expected: str) -> bool:
+    """The messages show exactly ``expected``, up to whitespace at message boundaries."""
+    pos = 0
+    for index, text in enumerate(texts):
+        if not text.strip():
+            return False
+        if index:
+            text = text.lstrip()
+            while pos < len(expected) and expected[pos].isspace():
+                pos += 1
+        if not expected.startswith(text, pos):
+            return False
+        pos += len(text)
+    return bool(texts) and not expected[pos:].strip()
+
+
+def _to_model_chars(rendered: int, answer: str, expected: str) -> int:
+    """Rendered characters shown → model characters shown (exact when rendering is the
+    identity, as for the benchmark's plain-prose answers; proportional otherwise)."""
+    if answer == expected or not expected:
+        return rendered
+    return min(len(answer), round(rendered * len(answer) / len(expected)))
+
+
+def _char_lags(
+    emitted: Sequence[tuple[float, int]], visible: Sequence[tuple[float, int]], chars: int
+) -> tuple[list[float], int]:
+    """For every model character: when it became visible minus when the model emitted it."""
+    lags: list[float] = []
+    shown_counts = [count for _, count in visible]
+    unseen = 0
+    done = 0
+    for at, total in emitted:
+        for char in range(done, min(total, chars)):
+            where = bisect.bisect_right(shown_counts, char)  # first step showing it
+            if where == len(visible):
+                unseen += 1
+            else:
+                lags.append(visible[where][0] - at)
+        done = max(done, total)
+    return lags, unseen
+
+
+# -- the run's figures -----------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (``q`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    items = list(values)
+    return sum(items) / len(items) if items else None
+
+
+def _since_sent(replies: Sequence[Reply], attribute: str) -> list[float]:
+    values = []
+    for reply in replies:
+        at = getattr(reply, attribute)
+        if at is not None:
+            values.append(at - reply.conversation.sent_at)
+    return values
+
+
+def _latency(values: Sequence[float]) -> dict[str, float | int | None]:
+    return {
+        "p50": ms(percentile(values, 50)),
+        "p99": ms(percentile(values, 99)),
+        "max": ms(max(values, default=None)),
+        "count": len(values),
+    }
+
+
+def peak_concurrency(intervals: Iterable[tuple[float, float]]) -> int:
+    """The most intervals open at one time."""
+    edges = sorted((at, step) for start, end in intervals for at, step in ((start, 1), (end, -1)))
+    peak = current = 0
+    for _, step in edges:  # ends sort before starts at the same time
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, Any]:
+    """The run's figures from its replies and every Slack call made during the run."""
+    placeholder = _since_sent(replies, "placeholder_at")
+    first_visible = [
+        r.first_visible_at - r.first_token_at
+        for r in replies
+        if r.first_visible_at is not None and r.first_token_at is not None
+    ]
+    lags = [lag for r in replies for lag in r.lags]
+    bound_mean = _mean(r.bound_mean for r in replies for _ in r.lags)
+    bound_p99 = _mean(r.bound_p99 for r in replies for _ in r.lags)
+    lag_mean = _mean(lags)
+    lag_p99 = percentile(lags, 99)
+    methods = Counter(call.method for call in all_calls)
+    limited = Counter(call.method for call in all_calls if call.status == 429)
+    n = len(replies)
+    return {
+        "replies": n,
+        "ack_ms": _latency(_since_sent(replies, "acked_at")),
+        "placeholder_requested_ms": _latency(_since_sent(replies, "placeholder_requested_at")),
+        "placeholder_ms": _latency(placeholder),
+        "model_request_ms": _latency(_since_sent(replies, "model_request_at")),
+        "first_visible_ms": _latency(first_visible),
+        "peak_concurrent_streams": peak_concurrency(
+            (r.model_request_at, r.emitted[-1][0])
+            for r in replies
+            if r.model_request_at is not None and r.emitted
+        ),
+        "visible_lag_s": {
+            "mean": round_or_none(lag_mean),
+            "p50": round_or_none(percentile(lags, 50)),
+            "p99": round_or_none(lag_p99),
+            "bound_mean": round_or_none(bound_mean),
+            "bound_p99": round_or_none(bound_p99),
+            "ratio_mean": round_or_none(lag_mean / bound_mean if lag_mean and bound_mean else None),
+            "ratio_p99": round_or_none(lag_p99 / bound_p99 if lag_p99 and bound_p99 else None),
+            "characters": len(lags),
+            "never_visible": sum(r.unseen_chars for r in replies),
+        },
+        "slack_calls_per_reply": {m: round(c / n, 2) for m, c in sorted(methods.items())} if n else {},
+        "slack_calls_total": dict(sorted(methods.items())),
+        "ratelimited_429": {"total": sum(limited.values()), "by_method": dict(sorted(limited.items()))},
+        "edits_per_reply": round_or_none(_mean(len(r.edits) for r in replies)),
+        "correct": {
+            "replies": sum(r.correct for r in replies),
+            "share": round_or_none(sum(r.correct for r in replies) / n if n else None),
+            "exact_join": sum(r.exact_join for r in replies),
+            "messages_per_reply": round_or_none(_mean(len(r.final_texts) for r in replies)),
+        },
+        "characters_streamed": sum(r.characters for r in replies),
+        "sse_events": sum(r.events for r in replies),
+        "reply_seconds": {
+            "p50": round_or_none(percentile([r.done_at - r.conversation.sent_at for r in replies if r.done_at], 50)),
+            "max": round_or_none(max((r.done_at - r.conversation.sent_at for r in replies if r.done_at), default=None)),
+        },
+    }  # fmt: skip
+
+
+def round_or_none(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def sample_timeline(reply: Reply) -> dict[str, Any]:
+    """One reply's curves for the chart, with times relative to the event being sent."""
+    t0 = reply.conversation.sent_at
+    return {
+        "index": reply.conversation.index,
+        "team": reply.conversation.team,
+        "concurrent_in_workspace": reply.conversation.concurrent_in_workspace,
+        "answer_chars": len(reply.conversation.answer),
+        "placeholder": _rel(reply.placeholder_at, t0),
+        "first_token": _rel(reply.first_token_at, t0),
+        "first_visible": _rel(reply.first_visible_at, t0),
+        "emitted": [[round(at - t0, 4), n] for at, n in reply.emitted],
+        "visible": [[round(at - t0, 4), n] for at, n in reply.visible],
+        "edits": [round(at - t0, 4) for at in reply.edits],
+        "ratelimited": [[round(at - t0, 4), method] for at, method in reply.ratelimited],
+        "lag_mean": round_or_none(_mean(reply.lags)),
+        "bound_mean": round_or_none(reply.bound_mean),
+    }
+
+
+def _rel(at: float | None, t0: float) -> float | None:
+    return None if at is None else round(at - t0, 4)

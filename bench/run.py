@@ -1,0 +1,818 @@
+"""``python -m bench.run``: stream N concurrent answers through the real bot and measure how soon
+and how closely Slack shows them, what that costs in Slack calls, CPU and memory.
+
+    python -m bench.run --n 20 --workspaces 1          # one point
+    python -m bench.run --sweep                        # N = 1, 20, 200, 1000 (20 per workspace)
+
+The bot runs as a child process (``python -m bot``: settings from the environment, then the
+composition root ``bot.compose.open_bot``) against a private redis-server and the fake Slack and
+fake model, which run in this process on 127.0.0.1. Writes ``bench/out/bench-*.json``, PNG
+charts (with matplotlib, the ``bench`` extra) and a table on stdout. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+
+from bench.analysis import (
+    BoundParams,
+    Conversation,
+    Reply,
+    analyse_reply,
+    lag_bound,
+    ms,
+    percentile,
+    round_or_none,
+    sample_timeline,
+    summarise,
+)
+from bench.harness import (
+    ROOT,
+    LoopLag,
+    ProcessMeter,
+    WorkspaceSlack,
+    bot_env,
+    bot_process,
+)
+from bench.profiling import Profiler, summarize_profile
+from bot.render.reply import INDICATOR_BLOCK_ID
+from bot.render.text import render
+from tests.fakes.openai import Answer, FakeOpenAI, Request
+from tests.fakes.slack import DEFAULT_BUDGETS, Call, mention_event
+from tests.redis_server import RedisServer
+
+OUT = Path(__file__).resolve().parent / "out"
+CHARS_PER_TOKEN = 4  # the usual rough size of a token of English text
+SWEEP = (1, 20, 200, 1000)
+_TAG = re.compile(r"bench-q(\d+|warmup)")
+_WORDS = (
+    "the reply grows as the model writes and slack shows it a little later while every "
+    "workspace shares one budget of edits so the renderer spaces them fairly between answers "
+    "that stream at the same time tokens arrive at a steady pace from a fake model server"
+).split()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark point: the load and the environment it runs in."""
+
+    n: int = 20
+    workspaces: int = 1
+    slack_latency: float = 0.1
+    slack_connection_latency: float = 0.1
+    ttft: float = 0.5
+    tokens_per_second: float = 50.0
+    answer_tokens: int = 200  # a token is CHARS_PER_TOKEN characters
+    tokens_per_event: int = 1  # tokens in one SSE chunk (servers send 1, some batch more)
+    bot_env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None  # None: derived from the load
+    profile: bool = False
+    seed: int = 7
+    bot_path: str | None = None  # another ``bot`` package to run (a patched copy)
+
+    @property
+    def per_workspace(self) -> int:
+        return math.ceil(self.n / self.workspaces)
+
+    def deadline(self) -> float:
+        """Seconds the run may take: the stream, the edit budget's queue, and a margin."""
+        if self.timeout is not None:
+            return self.timeout
+        stream = self.ttft + self.answer_tokens / self.tokens_per_second
+        queue = 2 * self.per_workspace * 60 / _slack_update_budget()[0]
+        return 60 + stream + queue + self.n * 0.02
+
+
+@dataclass
+class PointResult:
+    scenario: Scenario
+    replies: list[Reply]
+    summary: dict[str, Any]
+    bot: dict[str, Any]
+    load_generator: dict[str, Any]
+    profile: dict[str, Any] | None
+    targets: dict[str, Any]
+    sample: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        scenario = asdict(self.scenario)
+        scenario["per_workspace"] = self.scenario.per_workspace
+        return {
+            "scenario": scenario,
+            "summary": self.summary,
+            "bot": self.bot,
+            "load_generator": self.load_generator,
+            "targets": self.targets,
+            "profile": self.profile,
+            "sample_reply": self.sample,
+        }
+
+
+def _slack_update_budget() -> tuple[float, int]:
+    return DEFAULT_BUDGETS["chat.update"]
+
+
+def answer_text(index: int, chars: int, seed: int) -> str:
+    """Plain prose of exactly ``chars`` characters (paragraphs, no Markdown syntax), so that
+    its Slack rendering is the text itself and every character can be tracked."""
+    rng = random.Random(seed * 1_000_003 + index)
+    parts: list[str] = []
+    length = paragraph = 0
+    while length < chars:
+        word = rng.choice(_WORDS)
+        if paragraph > 300 and rng.random() < 0.1:
+            sep, paragraph = ".\n\n", 0
+        else:
+            sep = " " if parts else ""
+        piece = sep + word
+        parts.append(piece)
+        length += len(piece)
+        paragraph += len(piece)
+    text = "".join(parts)[:chars].rstrip()
+    return (text[:-1] + ".") if len(text) == chars else text + "." * (chars - len(text))
+
+
+# -- one point ---------------------------------------------------------------------------------
+
+
+class _Tracker:
+    """Follows the fakes' records as they grow: which Slack messages belong to which reply,
+    which model request serves which conversation, and which replies are finished."""
+
+    def __init__(self, slack: WorkspaceSlack, llm: FakeOpenAI) -> None:
+        self._slack = slack
+        self._llm = llm
+        self._calls_seen = 0
+        self._requests_seen = 0
+        self.messages: defaultdict[str, list[str]] = defaultdict(list)  # channel -> ts
+        self.requests: dict[str, Request] = {}  # tag -> model request
+
+    def poll(self) -> None:
+        calls = self._slack.calls
+        for call in calls[self._calls_seen :]:
+            if call.method == "chat.postMessage" and call.ok:
+                self.messages[str(call.args.get("channel"))].append(str(call.response["ts"]))
+        self._calls_seen = len(calls)
+        requests = self._llm.requests
+        for request in requests[self._requests_seen :]:
+            tag = _tag_of(request)
+            if tag is not None:
+                self.requests[tag] = request
+        self._requests_seen = len(requests)
+
+    def finished(self, tag: str, channel: str) -> bool:
+        request = self.requests.get(tag)
+        if request is None or not request.finished.is_set():
+            return False
+        timestamps = self.messages.get(channel)
+        if not timestamps:
+            return False
+        for ts in timestamps:
+            message = self._slack.message(channel, ts)
+            if message is None:
+                return False
+            if any(block.get("block_id") == INDICATOR_BLOCK_ID for block in message.blocks or ()):
+                return False  # still shows the working indicator
+        return True
+
+
+def _tag_of(request: Request) -> str | None:
+    for message in reversed(request.messages):
+        if message.get("role") == "user":
+            found = _TAG.search(str(message.get("content")))
+            return found.group(1) if found else None
+    return None
+
+
+async def _wait_until(
+    predicate: Any, seconds: float, poll: float = 0.05, proc: Any = None, what: str = ""
+) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        if proc is not None and proc.returncode is not None:
+            raise RuntimeError(f"the bot exited ({proc.returncode}) while waiting for {what}")
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(poll)
+    return True
+
+
+async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointResult:
+    """Start the fakes and the bot, warm it up, send ``n`` mentions at once, wait for every
+    reply's final form (or the deadline), and measure."""
+    redis.flush()
+    chars = scenario.answer_tokens * CHARS_PER_TOKEN
+    answers = {
+        str(i): answer_text(i, chars, scenario.seed) for i in range(scenario.n)
+    }  # the model's answer to each conversation, by tag
+    answers["warmup"] = "Warming up."
+
+    def responder(body: dict[str, Any]) -> Answer:
+        request = Request(path="", body=body, headers={}, at=0.0)
+        tag = _tag_of(request) or "warmup"
+        return Answer(
+            text=answers.get(tag, answers["warmup"]),
+            ttft=scenario.ttft,
+            tokens_per_second=scenario.tokens_per_second / scenario.tokens_per_event,
+            chunk_size=CHARS_PER_TOKEN * scenario.tokens_per_event,
+        )
+
+    slack = WorkspaceSlack(
+        latency=scenario.slack_latency, connection_latency=scenario.slack_connection_latency
+    )
+    llm = FakeOpenAI(default=responder)
+    log_path = out / f"bot-N{scenario.n}-M{scenario.workspaces}.log"
+    async with slack, llm:
+        bot_path = Path(scenario.bot_path) if scenario.bot_path else None
+        env = bot_env(slack, llm, redis.url, scenario.bot_env, bot_path)
+        async with bot_process(env, log_path) as proc:
+            connected = await _wait_until(
+                lambda: slack.connected >= 1, 60, proc=proc, what="Socket Mode"
+            )
+            if not connected:
+                raise RuntimeError(f"the bot did not connect within 60 s; see {log_path}")
+            tracker = _Tracker(slack, llm)
+            meter = ProcessMeter(proc.pid)
+
+            # Warm-up: Bolt's one-time auth.test, first connections, imports on first use.
+            await slack.send_event(
+                mention_event("bench-qwarmup", channel="CWARMUP", team="TWARMUP"),
+                team_id="TWARMUP",
+            )
+
+            def warm() -> bool:
+                tracker.poll()
+                return tracker.finished("warmup", "CWARMUP")
+
+            if not await _wait_until(warm, 30, proc=proc, what="the warm-up reply"):
+                raise RuntimeError(f"the warm-up reply did not finish in 30 s; see {log_path}")
+
+            calls_from = len(slack.calls)
+            requests_from = len(llm.requests)
+            commands_before = _redis_commands(redis.url)
+            cpu_before = meter.cpu_seconds()
+            rss_before = meter.rss_kib()
+            load_cpu_before = time.process_time()
+            profiler = None
+            if scenario.profile:
+                profiler = Profiler(proc.pid, out / f"profile-N{scenario.n}.txt")
+                await profiler.start()
+            sampler = asyncio.create_task(_sample(meter))
+            loop_lag = LoopLag()
+            loop_lag.start()
+
+            started = time.monotonic()
+            sent = await _send_all(slack, scenario)
+            conversations = [
+                Conversation(
+                    index=i,
+                    team=team,
+                    channel=channel,
+                    ts=ts,
+                    sent_at=at,
+                    answer=answers[str(i)],
+                    expected=render(answers[str(i)]),
+                    concurrent_in_workspace=0,
+                )
+                for i, (team, channel, ts, at, _) in enumerate(sent)
+            ]
+            per_team = Counter(c.team for c in conversations)
+            conversations = [_with_concurrency(c, per_team[c.team]) for c in conversations]
+            pending = {str(c.index): c.channel for c in conversations}
+
+            def all_done() -> bool:
+                tracker.poll()
+                for tag in [t for t, ch in pending.items() if tracker.finished(t, ch)]:
+                    del pending[tag]
+                return not pending
+
+            await _wait_until(all_done, scenario.deadline(), poll=0.1, proc=proc, what="replies")
+            finished = time.monotonic()
+            cpu = meter.cpu_seconds() - cpu_before
+            peak = meter.peak_rss_kib()
+            load_cpu = time.process_time() - load_cpu_before
+            commands_after = _redis_commands(redis.url)
+            await loop_lag.stop()
+            sampler.cancel()
+            samples = await asyncio.gather(sampler, return_exceptions=True)
+            if profiler is not None:
+                await profiler.stop()
+
+        calls = slack.calls[calls_from:]
+        requests = llm.requests[requests_from:]
+
+    acked = {i: slack.acked_at.get(envelope) for i, (*_, envelope) in enumerate(sent)}
+    posted: dict[str, float] = {}  # channel -> when the first chat.postMessage reached Slack
+    for at, method, args in slack.arrivals:
+        if method == "chat.postMessage":
+            posted.setdefault(str(args.get("channel")), at)
+    return _measure(
+        scenario,
+        conversations,
+        acked,
+        posted,
+        calls,
+        requests,
+        loop_lags=loop_lag.lags,
+        redis_commands=_command_delta(commands_before, commands_after),
+        timed_out=len(pending),
+        wall=finished - started,
+        cpu=cpu,
+        rss_before=rss_before,
+        peak=peak,
+        load_cpu=load_cpu,
+        samples=samples[0] if samples and isinstance(samples[0], list) else [],
+        profiler=profiler,
+    )
+
+
+def _redis_commands(url: str) -> dict[str, int]:
+    """Redis's own count of each command run so far (INFO commandstats)."""
+    client = redis_sync.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in stats.items()
+        if isinstance(value, dict)
+    }
+
+
+def _command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = {name: count - before.get(name, 0) for name, count in after.items()}
+    return {name: count for name, count in delta.items() if count > 0 and name != "info"}
+
+
+def _with_concurrency(c: Conversation, k: int) -> Conversation:
+    return Conversation(
+        c.index, c.team, c.channel, c.ts, c.sent_at, c.answer, c.expected, concurrent_in_workspace=k
+    )
+
+
+async def _send_all(
+    slack: WorkspaceSlack, scenario: Scenario
+) -> list[tuple[str, str, str, float, str]]:
+    """Deliver every mention at once; (team, channel, ts, sent at, envelope id) each."""
+
+    async def send(i: int) -> tuple[str, str, str, float, str]:
+        team = f"TB{i % scenario.workspaces:05d}"
+        channel = f"CB{i:06d}"
+        event = mention_event(
+            f"bench-q{i}: tell me something", user=f"UB{i:06d}", channel=channel, team=team
+        )
+        at = time.monotonic()
+        envelope = await slack.send_event(event, team_id=team)
+        return team, channel, str(event["ts"]), at, envelope
+
+    return list(await asyncio.gather(*(send(i) for i in range(scenario.n))))
+
+
+async def _sample(meter: ProcessMeter, every: float = 0.5) -> list[tuple[float, float, int]]:
+    """(time, CPU seconds, RSS KiB) of the bot every ``every`` seconds, until cancelled."""
+    samples: list[tuple[float, float, int]] = []
+    try:
+        while True:
+            samples.append((time.monotonic(), meter.cpu_seconds(), meter.rss_kib()))
+            await asyncio.sleep(every)
+    except asyncio.CancelledError:
+        return samples
+
+
+def _measure(
+    scenario: Scenario,
+    conversations: Sequence[Conversation],
+    acked: dict[int, float | None],
+    posted: dict[str, float],
+    calls: Sequence[Call],
+    requests: Sequence[Request],
+    *,
+    loop_lags: Sequence[float],
+    redis_commands: dict[str, int],
+    timed_out: int,
+    wall: float,
+    cpu: float,
+    rss_before: int,
+    peak: int,
+    load_cpu: float,
+    samples: Sequence[tuple[float, float, int]],
+    profiler: Profiler | None,
+) -> PointResult:
+    per_minute, burst = _slack_update_budget()
+    params = BoundParams(scenario.slack_latency, per_minute / 60.0, burst)
+    by_channel: defaultdict[str, list[Call]] = defaultdict(list)
+    for call in calls:
+        by_channel[str(call.args.get("channel", call.args.get("channel_id")))].append(call)
+    served = {tag: r for r in requests if (tag := _tag_of(r)) is not None}
+    replies = []
+    for c in conversations:
+        request = served.get(str(c.index))
+        replies.append(
+            analyse_reply(
+                c,
+                by_channel.get(c.channel, []),
+                request.emitted if request is not None else [],
+                params,
+                acked_at=acked.get(c.index),
+                placeholder_requested_at=posted.get(c.channel),
+                model_request_at=request.at if request is not None else None,
+            )
+        )
+    summary = summarise(replies, calls)
+    n = max(1, len(conversations))
+    summary["redis_commands_per_reply"] = {
+        name: round(count / n, 2)
+        for name, count in sorted(redis_commands.items(), key=lambda kv: -kv[1])
+    }
+    summary["timed_out"] = timed_out
+    summary["wall_seconds"] = round(wall, 3)
+    summary["tokens_streamed"] = tokens = round(summary["characters_streamed"] / CHARS_PER_TOKEN)
+    events = math.ceil(scenario.answer_tokens / scenario.tokens_per_event)
+    nominal = (events - 1) * scenario.tokens_per_event / scenario.tokens_per_second
+    stretched = [r.stream_seconds / nominal - 1 for r in replies if r.emitted and nominal > 0]
+    # The fake model writes on a fixed schedule; when it slips, either the bot does not read
+    # fast enough (TCP backpressure) or this process could not keep up: either way, say so.
+    summary["model_stream_slip"] = {
+        "p50": round_or_none(percentile(stretched, 50)),
+        "p99": round_or_none(percentile(stretched, 99)),
+    }
+    busiest = max(
+        ((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[2:], strict=False)),
+        default=None,
+    )  # CPU cores used over ~1 s windows
+    bot = {
+        "cpu_seconds": round(cpu, 3),
+        "cpu_seconds_per_1k_tokens": round(cpu / tokens * 1000, 4) if tokens else None,
+        "cpu_us_per_sse_event": (
+            round(cpu / summary["sse_events"] * 1e6, 1) if summary["sse_events"] else None
+        ),
+        "cpu_cores_mean": round(cpu / wall, 3) if wall > 0 else None,
+        "cpu_cores_peak_1s": round(busiest, 3) if busiest is not None else None,
+        "rss_before_mib": round(rss_before / 1024, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "rss_per_stream_kib": round((peak - rss_before) / scenario.n, 1) if scenario.n else None,
+    }
+    load_generator = {
+        "cpu_seconds": round(load_cpu, 3),
+        "cpu_cores_mean": round(load_cpu / wall, 3) if wall > 0 else None,
+        "loop_lag_ms": {
+            "p50": ms(percentile(loop_lags, 50)),
+            "p99": ms(percentile(loop_lags, 99)),
+            "max": ms(max(loop_lags, default=None)),
+        },
+        "note": "fake Slack + fake model + analysis polling, in the benchmark process",
+    }
+    profile = None
+    if profiler is not None:
+        if profiler.error is None and profiler.out.exists():
+            profile = {"file": str(profiler.out), **summarize_profile(profiler.out)}
+        else:
+            profile = {"error": profiler.error}
+    sample = _pick_sample(replies)
+    return PointResult(
+        scenario=scenario,
+        replies=replies,
+        summary=summary,
+        bot=bot,
+        load_generator=load_generator,
+        profile=profile,
+        targets=_targets(scenario, summary),
+        sample=sample_timeline(sample) if sample is not None else None,
+    )
+
+
+def _pick_sample(replies: Sequence[Reply]) -> Reply | None:
+    """The reply with the median mean lag (a typical one) for the single-reply chart."""
+    scored = [r for r in replies if r.lags]
+    if not scored:
+        return replies[0] if replies else None
+    scored.sort(key=lambda r: sum(r.lags) / len(r.lags))
+    return scored[len(scored) // 2]
+
+
+def _targets(scenario: Scenario, summary: dict[str, Any]) -> dict[str, Any]:
+    """Issue 7's targets, where this point can tell."""
+    fv = summary["first_visible_ms"]
+    lag = summary["visible_lag_s"]
+    limit_ms = scenario.slack_latency * 1000 + 20
+    targets: dict[str, Any] = {
+        "first_visible_p50_le_rtt_plus_20ms": {
+            "limit_ms": limit_ms,
+            "value_ms": fv["p50"],
+            "met": fv["p50"] is not None and fv["p50"] <= limit_ms,
+        },
+        "mean_lag_le_1.25x_bound": {
+            "limit": 1.25,
+            "value": lag["ratio_mean"],
+            "met": lag["ratio_mean"] is not None and lag["ratio_mean"] <= 1.25,
+        },
+        "final_text_correct_100pct": {
+            "value": summary["correct"]["share"],
+            "met": summary["correct"]["share"] == 1.0,
+        },
+    }
+    if scenario.per_workspace <= 20:
+        count = summary["ratelimited_429"]["total"]
+        targets["zero_429_at_le_20_per_workspace"] = {"value": count, "met": count == 0}
+    if scenario.n >= 1000:
+        targets["first_visible_p99_le_250ms_at_1000"] = {
+            "limit_ms": 250,
+            "value_ms": fv["p99"],
+            "met": fv["p99"] is not None and fv["p99"] <= 250,
+        }
+    return targets
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "note": "2 cores, shared and noisy: compare ratios and percentiles within one run",
+    }
+
+
+def code_version(bot_path: str | None = None) -> dict[str, Any]:
+    """Which bot was measured: the commit, the files under bot/ changed since, and a hash
+    of the content of the ``bot`` package that ran (it changes between runs)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip()
+
+    digest = hashlib.sha256()
+    base = Path(bot_path) if bot_path else ROOT
+    for path in sorted((base / "bot").rglob("*.py")):
+        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes())
+    return {
+        "bot_path": str(base / "bot"),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "changed": git("status", "--porcelain", "--", "bot").splitlines(),
+        "bot_sha256": digest.hexdigest()[:16],
+    }
+
+
+BOUND_DEFINITION = lag_bound.__doc__ or ""
+
+_COLUMNS = (
+    ("N", 5, lambda p: p.scenario.n),
+    ("M", 4, lambda p: p.scenario.workspaces),
+    ("ph p50", 7, lambda p: p.summary["placeholder_ms"]["p50"]),
+    ("ph p99", 7, lambda p: p.summary["placeholder_ms"]["p99"]),
+    ("1st p50", 8, lambda p: p.summary["first_visible_ms"]["p50"]),
+    ("1st p99", 8, lambda p: p.summary["first_visible_ms"]["p99"]),
+    ("lag mean", 8, lambda p: p.summary["visible_lag_s"]["mean"]),
+    ("lag p99", 8, lambda p: p.summary["visible_lag_s"]["p99"]),
+    ("bound", 7, lambda p: p.summary["visible_lag_s"]["bound_mean"]),
+    ("ratio", 6, lambda p: p.summary["visible_lag_s"]["ratio_mean"]),
+    ("upd/rep", 7, lambda p: p.summary["slack_calls_per_reply"].get("chat.update")),
+    ("post/rep", 8, lambda p: p.summary["slack_calls_per_reply"].get("chat.postMessage")),
+    ("429", 5, lambda p: p.summary["ratelimited_429"]["total"]),
+    ("ok %", 6, lambda p: _pct(p.summary["correct"]["share"])),
+    ("cpu/1k", 7, lambda p: p.bot["cpu_seconds_per_1k_tokens"]),
+    ("cores", 6, lambda p: p.bot["cpu_cores_mean"]),
+    ("peak", 6, lambda p: p.bot["peak_rss_mib"]),
+    ("KiB/str", 8, lambda p: p.bot["rss_per_stream_kib"]),
+)
+
+
+def _pair(figures: dict[str, Any], pct: bool = False) -> str:
+    if pct:
+        return "/".join("–" if figures[k] is None else f"{figures[k]:.0%}" for k in ("p50", "p99"))
+    return f"{figures['p50']}/{figures['p99']}"
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else round(share * 100, 1)
+
+
+def table(points: Sequence[PointResult]) -> str:
+    """The readable table: one row per point."""
+
+    def cell(value: Any, width: int) -> str:
+        if value is None:
+            text = "–"
+        elif isinstance(value, float):
+            text = f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        else:
+            text = str(value)
+        return text.rjust(width)
+
+    header = " ".join(name.rjust(width) for name, width, _ in _COLUMNS)
+    rows = [" ".join(cell(get(p), width) for _, width, get in _COLUMNS) for p in points]
+    legend = (
+        "ph = event sent → placeholder visible (ms); 1st = model's first token → first text "
+        "visible (ms);\nlag = per character, visible in Slack − emitted by the model (s); bound "
+        "= lower bound of the mean lag (s);\nratio = lag mean / bound; upd/rep, post/rep = "
+        "chat.update / chat.postMessage calls per reply;\nok % = final text correct; cpu/1k = "
+        "bot CPU s per 1,000 streamed tokens; cores = bot CPU s / wall s;\npeak = bot peak RSS "
+        "(MiB); KiB/str = (peak RSS − RSS before the load) / N"
+    )
+    lines = [header, *rows, "", legend]
+    for p in points:
+        s = p.summary
+        lines.append(
+            f"N={p.scenario.n}: p50/p99 ms after the event: ack {_pair(s['ack_ms'])}, "
+            f"placeholder requested {_pair(s['placeholder_requested_ms'])}, "
+            f"visible {_pair(s['placeholder_ms'])}, model request "
+            f"{_pair(s['model_request_ms'])}; peak concurrent model streams "
+            f"{s['peak_concurrent_streams']}; bot peak {p.bot['cpu_cores_peak_1s']} cores;\n"
+            f"  model stream slip p50/p99 {_pair(s['model_stream_slip'], pct=True)}; this "
+            f"process's loop lag p99/max {p.load_generator['loop_lag_ms']['p99']}/"
+            f"{p.load_generator['loop_lag_ms']['max']} ms; bot "
+            f"{p.bot['cpu_us_per_sse_event']} µs CPU per SSE event"
+        )
+        missed = [name for name, t in p.targets.items() if not t["met"]]
+        lines.append(
+            f"N={p.scenario.n}: targets missed: {', '.join(missed) or 'none'}"
+            + (f"; {p.summary['timed_out']} replies unfinished" if p.summary["timed_out"] else "")
+        )
+        if p.profile and p.profile.get("self"):
+            packages = ", ".join(
+                f"{name} {share:.0%}" for name, share in list(p.profile["by_owner"].items())[:6]
+            )
+            top = ", ".join(
+                f"{row['function']} {row['share']:.0%}" for row in p.profile["self"][:4]
+            )
+            lines.append(f"  bot CPU by owner: {packages}")
+            lines.append(f"  hottest functions (own time): {top}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, points: Sequence[PointResult], argv: Sequence[str]) -> None:
+    document = {
+        "command": "python -m bench.run " + " ".join(argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "code": code_version(points[0].scenario.bot_path if points else None),
+        "slack_budgets": {k: list(v) for k, v in DEFAULT_BUDGETS.items()},
+        "visible_lag_bound": BOUND_DEFINITION.strip(),
+        "points": [p.to_json() for p in points],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20, help="concurrent mentions (default 20)")
+    parser.add_argument("--workspaces", type=int, default=1, help="workspaces M (default 1)")
+    parser.add_argument(
+        "--per-workspace",
+        type=int,
+        default=None,
+        help="replies per workspace: M = ceil(N / this); --sweep defaults to 20",
+    )
+    parser.add_argument("--sweep", action="store_true", help="run N = 1, 20, 200, 1000")
+    parser.add_argument(
+        "--sweep-points", type=str, default=None, help="comma-separated N for --sweep"
+    )
+    parser.add_argument("--slack-latency", type=float, default=0.1, help="Slack round trip, s")
+    parser.add_argument(
+        "--slack-connection-latency",
+        type=float,
+        default=0.1,
+        help="extra delay on each new connection to Slack (TLS handshake), s",
+    )
+    parser.add_argument("--ttft", type=float, default=0.5, help="model time to first token, s")
+    parser.add_argument("--tps", type=float, default=50.0, help="model tokens per second")
+    parser.add_argument("--tokens", type=int, default=200, help="answer length in tokens")
+    parser.add_argument(
+        "--tokens-per-event", type=int, default=1, help="tokens per SSE chunk (default 1)"
+    )
+    parser.add_argument(
+        "--bot-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra bot setting (environment variable), repeatable",
+    )
+    parser.add_argument(
+        "--bot-path",
+        default=None,
+        help="folder with another `bot` package to run instead of ./bot (e.g. a patched copy)",
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per point")
+    parser.add_argument("--profile", action="store_true", help="sample the bot with py-spy")
+    parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    parser.add_argument("--out", type=Path, default=OUT, help="output folder (bench/out)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    for item in args.bot_env:
+        if "=" not in item:
+            parser.error(f"--bot-env wants KEY=VALUE, got {item!r}")
+    return args
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    env = dict(item.split("=", 1) for item in args.bot_env)
+    if args.sweep:
+        sizes = [int(x) for x in args.sweep_points.split(",")] if args.sweep_points else list(SWEEP)
+        per = args.per_workspace or 20
+    else:
+        sizes, per = [args.n], args.per_workspace
+    result = []
+    for n in sizes:
+        workspaces = math.ceil(n / per) if per else args.workspaces
+        result.append(
+            Scenario(
+                n=n,
+                workspaces=max(1, min(workspaces, n)),
+                slack_latency=args.slack_latency,
+                slack_connection_latency=args.slack_connection_latency,
+                ttft=args.ttft,
+                tokens_per_second=args.tps,
+                answer_tokens=args.tokens,
+                tokens_per_event=args.tokens_per_event,
+                bot_env=env,
+                timeout=args.timeout,
+                profile=args.profile,
+                seed=args.seed,
+                bot_path=str(Path(args.bot_path).resolve()) if args.bot_path else None,
+            )
+        )
+    return result
+
+
+async def run(points: Sequence[Scenario], out: Path, progress: bool = True) -> list[PointResult]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
+        redis = RedisServer.start_new(Path(workdir))
+        try:
+            for scenario in points:
+                if progress:
+                    print(
+                        f"running N={scenario.n} across {scenario.workspaces} workspace(s)…",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                results.append(await run_point(scenario, redis, out))
+        finally:
+            redis.stop()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    points = asyncio.run(run(scenarios(args), args.out))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.out / f"bench-{stamp}.json"
+    write_json(path, points, argv)
+    print(table(points))
+    print(f"\nwrote {path}")
+    if not args.no_charts:
+        try:
+            from bench.charts import draw_all
+        except ImportError:
+            print("charts skipped: matplotlib is not installed (pip install -e '.[bench]')")
+        else:
+            for chart in draw_all(json.loads(path.read_text()), args.out, stamp):
+                print(f"wrote {chart}")
+    return 0 if all(p.summary["correct"]["share"] == 1.0 for p in points) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Stop (one process and across replicas) and crash recovery (``kill -9`` mid-answer): no
+message is left "writing…", and what the user saw stays."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from bot.compose import RunningBot
+from bot.render.reply import STOP_ACTION_ID
+from tests.bot_process import bot_env, spawn_bot, stop_bot
+from tests.fakes.openai import Answer, FakeOpenAI
+from tests.fakes.slack import FakeSlack, Message, block_actions_payload, mention_event
+
+SLOW = Answer(text="word " * 400, chunk_size=5, token_delay=0.05)  # ~20 s unless stopped
+
+
+def stop_value(message: Message) -> str | None:
+    for block in message.blocks or ():
+        for element in block.get("elements") or ():
+            if element.get("action_id") == STOP_ACTION_ID:
+                return str(element["value"])
+    return None
+
+
+def writing(message: Message) -> bool:
+    return "writing" in str(message.blocks)
+
+
+async def streaming_reply(slack: FakeSlack) -> Message:
+    """The bot's message once it shows text and its Stop button."""
+    await slack.wait_for(
+        lambda: any(m.text.startswith("word") and stop_value(m) for m in slack.bot_messages()),
+        timeout=15,
+        what="a streaming reply with a Stop button",
+    )
+    return next(m for m in slack.bot_messages() if m.text.startswith("word"))
+
+
+async def test_stop_ends_the_answer_within_a_second_and_keeps_the_text(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(SLOW)
+    event = mention_event("write a lot")
+    await slack.send_event(event)
+    reply = await streaming_reply(slack)
+    value = stop_value(reply)
+    assert value is not None
+
+    ack = await slack.send_interactive(
+        block_actions_payload(
+            STOP_ACTION_ID, value=value, message_ts=reply.ts, thread_ts=event["ts"]
+        )
+    )
+    await slack.wait_ack(ack)
+    await slack.wait_for(
+        lambda: "Stopped" in str(slack.message("C0CHAN", reply.ts).blocks), timeout=1.5
+    )
+    final = slack.message("C0CHAN", reply.ts)
+    assert not writing(final) and stop_value(final) is None  # the button went away
+    assert final.text.startswith("word") and len(final.text) < len(SLOW.text.strip())
+    await slack.wait_for(lambda: llm.open_streams == 0, timeout=2)
+
+
+async def test_stop_reaches_the_replica_that_streams(
+    slack: FakeSlack, llm: FakeOpenAI, redis_url: str, tmp_path: Path
+) -> None:
+    llm.script(SLOW)
+    env = bot_env(slack, llm, redis_url)
+    procs = [await spawn_bot(tmp_path / f"bot{n}.log", env) for n in range(2)]
+    try:
+        await slack.wait_connected(count=2, timeout=30)
+        event = mention_event("write a lot")
+        await slack.send_event(event, socket=0)
+        reply = await streaming_reply(slack)
+        value = stop_value(reply)
+        assert value is not None
+        await slack.send_interactive(
+            block_actions_payload(STOP_ACTION_ID, value=value, message_ts=reply.ts), socket=1
+        )
+        await slack.wait_for(
+            lambda: "Stopped" in str(slack.message("C0CHAN", reply.ts).blocks), timeout=1.5
+        )
+        assert not writing(slack.message("C0CHAN", reply.ts))
+    finally:
+        codes = [await stop_bot(p) for p in procs]
+    assert codes == [0, 0]
+
+
+async def test_a_killed_process_leaves_no_message_writing(
+    slack: FakeSlack, llm: FakeOpenAI, redis_url: str, tmp_path: Path
+) -> None:
+    llm.script(SLOW)
+    env = bot_env(slack, llm, redis_url, REPLY_LEASE="2")
+    doomed = await spawn_bot(tmp_path / "doomed.log", env)
+    await slack.wait_connected(timeout=30)
+    await slack.send_event(mention_event("write a lot"))
+    reply = await streaming_reply(slack)
+    await stop_bot(doomed, signal.SIGKILL)
+    shown = slack.message("C0CHAN", reply.ts).text
+    assert writing(slack.message("C0CHAN", reply.ts))  # what kill -9 leaves behind
+
+    survivor = await spawn_bot(tmp_path / "survivor.log", env)
+    try:
+        await slack.wait_for(lambda: not writing(slack.message("C0CHAN", reply.ts)), timeout=15)
+    finally:
+        assert await stop_bot(survivor) == 0
+    final = slack.message("C0CHAN", reply.ts)
+    assert final.text == shown  # the text the user saw stays…
+    assert "please ask again" in str(final.blocks)  # …with a note under it
+
+
+async def test_an_orphaned_placeholder_becomes_the_note(
+    bot: RunningBot, slack: FakeSlack, redis_client: Any
+) -> None:
+    ts = slack.add_message(
+        "C0CHAN", ":hourglass_flowing_sand: _Thinking…_", user="U0BOT", bot_id="B0BOT"
+    )
+    record = '{"owner": "gone-1", "team": "T0001", "channel": "C0CHAN", "thread_ts": null, "ts": "%s", "text": ""}'
+    await redis_client.hset("slackbot:inflight", "r1", record % ts)
+    inflight = bot.turns._tracker  # the same object the composition root wired
+    assert inflight is not None
+    assert await inflight.sweep() == 1  # type: ignore[attr-defined]
+    assert "please ask again" in slack.message("C0CHAN", ts).text
+    assert await redis_client.hlen("slackbot:inflight") == 0
