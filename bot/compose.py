@@ -51,7 +51,11 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
     """Open every client, wire the bot, connect to Slack; on exit stop taking events, let answers
     in flight finish (``SHUTDOWN_GRACE``), then close everything."""
     async with AsyncExitStack() as stack:
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        # One long-lived session: Slack calls reuse connections. aiohttp's default of 100
+        # connections would queue a burst of replies behind each other.
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        )
         web = connect_slack(
             settings.slack_bot_token.get_secret_value(), settings.slack_api_url, session
         )

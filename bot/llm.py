@@ -117,8 +117,9 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         try:
             async with asyncio.timeout(self._idle):
                 # The idle clock covers the time to first byte too.
+                # The transport's read timeout ends a silent stream without a timer per line.
                 self._response_cm = self._client.chat.completions.with_streaming_response.create(
-                    **self._body
+                    **self._body, timeout=httpx2.Timeout(self._idle, connect=min(10.0, self._idle))
                 )
                 response = await self._response_cm.__aenter__()
         except TimeoutError:
@@ -133,10 +134,11 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        line = await lines.__anext__()
+                    line = await lines.__anext__()
                 except StopAsyncIteration:
                     break
+                if loop.time() > deadline:
+                    raise TimeoutError  # bytes, but no token (keep-alive comments, empty deltas)
                 if not line.startswith("data:"):
                     continue  # blank separators, ': keep-alive' comments, 'event:' names
                 payload = line[5:].strip()
@@ -147,7 +149,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
                     self.chars += len(text)
                     deadline = loop.time() + self._idle
                     yield text
-        except TimeoutError:
+        except (TimeoutError, httpx2.ReadTimeout):
             raise self._broken(ModelIdle, "no token within the idle timeout") from None
         except json.JSONDecodeError as exc:
             raise self._broken(ModelInterrupted, "corrupt chunk") from exc

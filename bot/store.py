@@ -49,13 +49,18 @@ DEDUPE_TTL_S = 15 * 60
 
 def connect_redis(url: str) -> aioredis.Redis:
     """A client that fails fast while Redis is down instead of stalling every command."""
-    return aioredis.Redis.from_url(
+    # A pool that waits for a free connection instead of failing: a burst of replies must not
+    # look like an outage (redis-py's default pool raises past 100 connections).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=1024,
+        timeout=2.0,
         socket_connect_timeout=1.0,
         socket_timeout=2.0,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
         health_check_interval=15,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def embedded_redis() -> aioredis.Redis:
