@@ -21,14 +21,12 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tests.bot_process import bot_env as test_bot_env
 from tests.bot_process import stop_bot
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
 
 ROOT = Path(__file__).resolve().parent.parent
-
-_LEAKY_PREFIXES = ("SLACK_", "OPENAI_", "REDIS_")
-_LEAKY_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SYSTEM_PROMPT"}
 
 
 class WorkspaceSlack(FakeSlack):
@@ -80,30 +78,20 @@ def bot_env(
     overrides: Mapping[str, str],
     bot_path: Path | None = None,
 ) -> dict[str, str]:
-    """The child's environment: nothing leaks in from ours; every remote is a local fake.
+    """The child's environment with the bot's production defaults (see tests/bot_process.py).
 
     ``bot_path``: a folder holding another ``bot`` package to run instead of this checkout's
     (a patched copy, to measure a proposed change before and after).
     """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.upper().startswith(_LEAKY_PREFIXES) and key.upper() not in _LEAKY_NAMES
-    }
-    env.update(
-        SLACK_BOT_TOKEN=slack.bot_token,
-        SLACK_APP_TOKEN=slack.app_token,
-        SLACK_API_URL=slack.api_url,
-        OPENAI_API_KEY=llm.api_key,
-        OPENAI_BASE_URL=llm.base_url,
-        REDIS_URL=redis_url,
-        HTTP_HOST="127.0.0.1",
-        HTTP_PORT="0",
+    return test_bot_env(
+        slack,
+        llm,
+        redis_url,
+        production_defaults=True,
         PYTHONPATH=str(ROOT) if bot_path is None else f"{bot_path}{os.pathsep}{ROOT}",
         PYTHONUNBUFFERED="1",
+        **overrides,
     )
-    env.update(overrides)
-    return env
 
 
 @contextlib.asynccontextmanager

@@ -18,21 +18,39 @@ from tests.fakes.slack import FakeSlack
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_LEAKY_PREFIXES = ("SLACK_", "OPENAI_", "REDIS_")
+_LEAKY_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SYSTEM_PROMPT"}
+
+
 def bot_env(
-    slack: FakeSlack, llm: FakeOpenAI, redis_url: str | None, **extra: str
+    slack: FakeSlack,
+    llm: FakeOpenAI,
+    redis_url: str | None,
+    *,
+    production_defaults: bool = False,
+    **extra: str,
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "REDIS_"))}
+    """The child's environment: nothing leaks in from ours, every remote is a local fake.
+
+    Tests get fast edits (``EDIT_INTERVAL=0.1``); the benchmark asks for ``production_defaults``.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.upper().startswith(_LEAKY_PREFIXES) and key.upper() not in _LEAKY_NAMES
+    }
     env.update(
         SLACK_BOT_TOKEN=slack.bot_token,
         SLACK_APP_TOKEN=slack.app_token,
         SLACK_API_URL=slack.api_url,
         OPENAI_API_KEY=llm.api_key,
         OPENAI_BASE_URL=llm.base_url,
-        EDIT_INTERVAL="0.1",
         HTTP_HOST="127.0.0.1",
         HTTP_PORT="0",
         PYTHONPATH=str(ROOT),
     )
+    if not production_defaults:
+        env["EDIT_INTERVAL"] = "0.1"
     if redis_url:
         env["REDIS_URL"] = redis_url
     env.update(extra)
