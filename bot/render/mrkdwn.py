@@ -16,27 +16,34 @@ Choices (each is pinned by a test):
 
 * **Escaping.** Only ``&``, ``<`` and ``>`` are escaped, everywhere, including inside code, so
   text from the model can never form ``<!here>``, ``<@U…>``, ``<#C…>`` or ``<!subteam^…>``.
-  The only ``<`` in the output opens a link this module writes, and only ``http(s)://`` and
-  ``mailto:`` destinations become links; any other destination is shown as
-  ``label (destination)``. mrkdwn has no escape for ``*``, ``_``, ``~`` and `````, so
-  literal ones are left as written; runs of three or more backticks (which would open or close
-  a Slack code block) get a zero-width space between the backticks.
+  The only ``<`` in the output opens a link this module writes: ``<url|label>`` for links,
+  ``<url>`` for autolinks and bare URLs, ``<url|alt>`` for images. Only ``http(s)://`` and
+  ``mailto:`` destinations become links (percent-encoded, so no ``|``, ``<`` or ``>``); any
+  other destination shows as ``label (destination)``. Labels are plain text.
+* **Literal markers.** mrkdwn has no escape for ``*``, ``_``, ``~`` and `````, so literal ones
+  are left as written; runs of three or more backticks (which would open or close a Slack code
+  block) get a zero-width space between the backticks, and a backtick inside a code span
+  becomes ``ˋ`` (U+02CB).
 * **Emphasis at word boundaries.** Slack only honours ``*bold*`` next to non-word characters, so
-  when an emphasis touches a letter or digit (``foo**bar**baz``) or starts/ends with a space it is
-  rendered as its plain text, without markers (``foobarbaz``). Emphasis nested in the same style
-  is flattened (``*a *b* c*`` → ``_a b c_``) and ``***x***`` becomes ``*_x_*``. Soft line breaks
-  inside emphasis become spaces, because Slack's markers do not span lines.
-* **Blocks.** Headings become a bold line; lists use ``•``/``◦``/``▪`` (``☐``/``☑`` for task
-  items) and keep ordered start numbers, nested lists are indented by four spaces; quotes are
-  ``> `` lines; code blocks and tables become `````` fences without a language (Slack has none);
-  tables are aligned as plain text inside the fence; a thematic break is ``———``; HTML is shown
-  as escaped text. Soft line breaks are kept as line breaks (how models use them).
-* **Partial Markdown.** Prefixes of an answer render sensibly: an unclosed fence is closed, an
-  opened-but-empty code block is omitted, and in the block being written (the last one), an
-  emphasis opener without its closer (``**bold`` or a trailing ``*``) is dropped instead of
-  showing stray markers, and an unfinished link ``[text](htt`` shows just ``text``. Pass
-  ``final=True`` for text known to be complete: then those markers and brackets are literal,
-  exactly as CommonMark reads them.
+  when an emphasis touches a letter or digit (``foo**bar**baz``) or starts/ends with a space it
+  is rendered as its plain text, without markers (``foobarbaz``). Emphasis nested in the same
+  style is flattened (``*a *b* c*`` → ``_a b c_``), and ``***x***`` becomes ``*_x_*``. Line
+  breaks inside emphasis, headings, link labels and table cells become spaces, because Slack's
+  markers do not span lines; elsewhere they stay line breaks (how models use them).
+* **Blocks.** Headings become a bold line (bold inside them is flattened); lists use
+  ``•``/``◦``/``▪`` (``☐``/``☑`` for task items) and keep ordered start numbers, nested lists
+  are indented by four spaces; quotes are ``> `` lines, nested content included; code blocks
+  and tables become `````` fences without a language (Slack has none), at the margin even
+  inside a list; table cells are plain text, aligned; a thematic break is ``———``; HTML is shown
+  as escaped text; an empty code block is omitted.
+* **Partial Markdown.** Prefixes of an answer render sensibly. An unclosed fence is closed, and
+  one just opened (still empty) is omitted. In the text being written — the last inline text,
+  when nothing follows it — an emphasis opener without its closer (``**bold``, ``~~gone``) or a
+  marker after the last word (``text *``) is dropped instead of showing as a stray marker, and
+  an unfinished link or image (``[text``, ``[text]``, ``[text](htt``) shows just its text.
+  Pass ``final=True`` for text known to be complete: then those markers and brackets are
+  literal, exactly as CommonMark reads them (``Use **kwargs`` keeps its ``**``).
+* Content nested deeper than 100 levels is dropped by the parser.
 """
 
 from __future__ import annotations
@@ -419,9 +426,9 @@ class _Renderer:
     def document(self, root: SyntaxTreeNode) -> str:
         return self._blocks(root.children, depth=0)
 
-    def _blocks(self, nodes: list[SyntaxTreeNode], depth: int, separator: str = "\n\n") -> str:
+    def _blocks(self, nodes: list[SyntaxTreeNode], depth: int) -> str:
         rendered = (self._block(node, depth) for node in nodes)
-        return separator.join(text for text in rendered if text)
+        return "\n\n".join(text for text in rendered if text)
 
     def _block(self, node: SyntaxTreeNode, depth: int) -> str:
         kind = node.type
@@ -475,8 +482,8 @@ class _Renderer:
                 else:
                     parts.append(_indent(self._block(child, depth + 1), " " * len(lead)))
             body = separator.join(part for part in parts if part)
-            if body.startswith(" " * len(lead)):
-                items.append(lead + body[len(lead) :])
+            if body.startswith(" " * len(lead)):  # text, or a list nested right away
+                items.append(lead + body.lstrip(" "))
             else:
                 items.append(lead.rstrip() + ("\n" + body if body else ""))
         return separator.join(items)

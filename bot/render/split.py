@@ -20,19 +20,26 @@ full while the block it would push to the next message does not fit there either
 2. between nested blocks: list items, paragraphs inside a list item or quote;
 3. at a line end inside a block: between lines of a code block, between table rows, or at a
    line break of a paragraph that is not inside emphasis or a link;
-4. for one enormous line: at a space, else anywhere; and, only if the limit is too small for
-   any of that (deeply nested quotes), a piece of the source shown as literal text.
+4. for one enormous line: at a space, else anywhere, preferring a cut that splits no link or
+   emphasis; and, only if the limit is too small for any of that (deeply nested quotes), a
+   piece of the source shown as literal text.
 
-Inside a fenced code block the head gets a closing fence and the tail reopens the fence with the
-same info string (``python`` stays ``python``); a table cut between rows repeats its header in
-the tail. Nested list and quote context may be lost across a cut: the tail sheds the list
-indentation it no longer sits in (so it does not turn into an indented code block) and starts
-as a top-level list or paragraph. Reference-style link definitions seen so far are repeated at
-the top of the tail, so ``[text][ref]`` keeps working in later parts.
+How both sides are repaired:
+
+* Inside a fenced code block the head gets a closing fence and the tail reopens the fence with
+  the same info string (``python`` stays ``python``).
+* A table cut between rows repeats its header row in the tail.
+* A tail that starts inside list items or quotes opens with their markers again (``10. ``,
+  ``- ``, ``> ``), so nesting, numbering and code inside an item carry on, also for text
+  streamed into the tail later; the item's bullet or number shows again at the top of the new
+  message. One corner loses context: a lazily numbered list (``1.`` on every item) restarts at
+  the written number where the right one would be wider (``10.`` for ``1.``).
+* Reference-style link definitions seen so far are repeated at the top of the tail, so
+  ``[text][ref]`` keeps working in later parts; :func:`split_all` gives every part all of them.
+  While streaming, a definition that arrives after a part was frozen cannot reach it: that part
+  shows ``[text][ref]`` literally.
 
 Sizes are measured with ``to_mrkdwn(part, final=True)``: render frozen parts that way.
-While streaming, a reference definition that arrives after a part was frozen cannot reach it;
-that part shows ``[text][ref]`` literally.
 """
 
 from __future__ import annotations
@@ -53,8 +60,9 @@ MIN_LIMIT = 64
 
 Render = Callable[[str], str]
 
-# A container around a cut: a list item's content column (>= 0) or a block quote.
-_QUOTE = -1
+# A container around a cut: a block quote, or a list item as its marker padded to its
+# content column ("- ", "10. ").
+_QUOTE = ">"
 _BLOCK_STARTS = frozenset(
     {
         "paragraph_open",
@@ -74,7 +82,6 @@ _BLOCK_STARTS = frozenset(
 _BETWEEN_TOP_BLOCKS, _BETWEEN_NESTED_BLOCKS, _INSIDE_BLOCK, _MID_LINE = 1, 2, 3, 4
 _FILL = 0.5
 _MARKER_CHARS = " \t>-+*.)0123456789"
-_BLOCK_OPENERS = frozenset(" \t\n>-+*#=|`~0123456789")
 _MARGIN_LINES = 2  # parsed past the window so a setext underline or table delimiter is seen
 _CLEAN_TRIES = 24  # mid-line cuts checked for splitting a link or emphasis before giving up
 
@@ -180,9 +187,8 @@ def _line_end(text: str, start: int, cap: int) -> int:
     return min(len(text), cap) if newline < 0 else newline + 1
 
 
-def _dedent(line: str, containers: tuple[int, ...], *, strip: bool = False) -> str:
-    """``line`` without the list indentation of ``containers``; quote markers are kept."""
-    kept: list[str] = []
+def _unwrap(line: str, containers: tuple[str, ...]) -> str:
+    """``line`` without the quote markers and list indentation of ``containers``."""
     pos, size = 0, len(line)
     for container in containers:
         start = pos
@@ -190,73 +196,97 @@ def _dedent(line: str, containers: tuple[int, ...], *, strip: bool = False) -> s
             while pos < size and pos - start < 3 and line[pos] == " ":
                 pos += 1
             if pos >= size or line[pos] != ">":
-                pos = start
-                break  # a lazy continuation line: it has no marker to keep
-            pos += 1
-            if pos < size and line[pos] == " ":
-                pos += 1
-            kept.append(line[start:pos])
-        else:
-            while pos < size and pos - start < container and line[pos] == " ":
-                pos += 1
-    rest = line[pos:]
-    return "".join(kept) + (rest.lstrip(" \t") if strip else rest)
-
-
-def _continues(line: str, containers: tuple[int, ...]) -> bool:
-    """Whether a non-blank ``line`` still lies inside ``containers`` (lazy lines do not)."""
-    pos, size = 0, len(line)
-    for container in containers:
-        start = pos
-        if container == _QUOTE:
-            while pos < size and pos - start < 3 and line[pos] == " ":
-                pos += 1
-            if pos >= size or line[pos] != ">":
-                return False
+                return line[start:]  # a lazy continuation line: no more markers to remove
             pos += 1
             if pos < size and line[pos] == " ":
                 pos += 1
         else:
-            while pos < size and pos - start < container and line[pos] == " ":
+            while pos < size and pos - start < len(container) and line[pos] == " ":
                 pos += 1
-            if pos - start < container and line[pos:].strip():
-                return False
-    return True
+    return line[pos:]
 
 
-def _visible(rendered: str) -> str:
-    """Rendered text without whitespace and quote markers: what must survive a cut."""
-    return "".join("".join(line.lstrip("> ").split()) for line in rendered.split("\n"))
+def _markers(containers: tuple[str, ...]) -> str:
+    """What opens a tail's first line inside ``containers``: quote markers and item markers."""
+    return "".join("> " if c == _QUOTE else c for c in containers)
+
+
+def _continuation(containers: tuple[str, ...]) -> str:
+    """What opens a further line inside ``containers``: quote markers and indentation."""
+    return "".join("> " if c == _QUOTE else " " * len(c) for c in containers)
+
+
+def _opens_block(line: str) -> bool:
+    """Whether ``line`` at the start of a tail would open a block instead of continuing text."""
+    stripped = line.lstrip(" ")
+    if not stripped or len(line) - len(stripped) >= 4:
+        return True
+    first, rest = stripped[0], stripped.rstrip()
+    if first in ">\t|" or (first in "`~" and stripped.startswith(first * 3)):
+        return True
+    if first in "-+*=_" and len(set(rest.replace(" ", ""))) == 1:
+        return True  # a thematic break or a setext underline
+    if first in "-+*":
+        return len(stripped) == 1 or stripped[1] in " \t"
+    if first == "#":
+        hashes = len(stripped) - len(stripped.lstrip("#"))
+        return hashes <= 6 and (hashes == len(stripped) or stripped[hashes] in " \t")
+    digits = len(stripped) - len(stripped.lstrip(string.digits))
+    if 0 < digits <= 9 and digits < len(stripped) and stripped[digits] in ".)":
+        return digits + 1 == len(stripped) or stripped[digits + 1] in " \t"
+    return False
+
+
+def _item_marker(line: str, number: int | None) -> str:
+    """A list item's marker from its first line, padded to its content column.
+
+    An ordered item shows ``number`` (its place in the list) if that fits the same width: a
+    wider marker would move the content column and push the item's other lines out of it.
+    """
+    lead = len(line) - len(line.lstrip(" "))
+    end = lead
+    if end < len(line) and line[end] in "-+*":
+        end += 1
+    else:
+        while end < len(line) and line[end] in string.digits:
+            end += 1
+        end += 1  # `.` or `)`
+    gap = len(line[end:]) - len(line[end:].lstrip(" "))
+    if gap == 0 or gap > 4 or end + gap >= len(line):
+        gap = 1
+    column = end + gap
+    marker = line[lead:end]
+    if number is not None and lead + len(str(number)) + 2 <= column:
+        marker = f"{number}{marker[-1:]}"
+    return (" " * lead + marker).ljust(column)
 
 
 def _renumbered(line: str, number: int) -> str:
-    """``line`` with the number of its ordered-list marker (``3.``/``3)``) set to ``number``."""
-    start = len(line) - len(line.lstrip(" >"))
-    digits = start
-    while digits < len(line) and line[digits] in string.digits:
-        digits += 1
-    if digits == start or digits >= len(line) or line[digits] not in ".)":
+    """An ordered item's first line showing ``number``, if that keeps its content column."""
+    lead = len(line) - len(line.lstrip(" "))
+    digits = len(line) - len(line[lead:].lstrip(string.digits))
+    if digits == lead or digits >= len(line) or line[digits] not in ".)":
         return line
-    return f"{line[:start]}{number}{line[digits:]}"
+    marker = _item_marker(line, number)
+    return marker + line[len(marker) :]
 
 
-def _item_column(line: str) -> int:
-    """Content column of a list item from its first line (already without outer containers)."""
-    pos = len(line) - len(line.lstrip(" "))
-    if pos < len(line) and line[pos] in "-+*":
-        pos += 1
-    else:
-        while pos < len(line) and line[pos] in string.digits:
-            pos += 1
-        pos += 1  # `.` or `)`
-    gap = len(line[pos:]) - len(line[pos:].lstrip(" "))
-    if gap == 0 or gap > 4 or pos + gap >= len(line):
-        gap = 1
-    return pos + gap
+def _visible(rendered: str) -> str:
+    """Rendered text without whitespace, quote markers and list markers (which a tail may
+    repeat): what a cut must keep."""
+    return "".join("".join(_strip_markers(line).split()) for line in rendered.split("\n"))
 
 
-def _container_prefix(containers: tuple[int, ...], *, quotes_only: bool) -> str:
-    return "".join("> " if c == _QUOTE else ("" if quotes_only else " " * c) for c in containers)
+def _strip_markers(line: str) -> str:
+    body = line.lstrip("> ").lstrip()
+    while True:
+        digits = len(body) - len(body.lstrip(string.digits))
+        if body[:1] in ("•", "◦", "▪", "☐", "☑"):
+            body = body[1:].lstrip()
+        elif 0 < digits and body[digits : digits + 1] == ".":
+            body = body[digits + 1 :].lstrip()
+        else:
+            return body
 
 
 def _as_literal(markdown: str) -> str:
@@ -302,28 +332,29 @@ def _largest(count: int, fits: Callable[[int], bool], guess: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    """Where to cut and how to repair both sides."""
+    """Where to cut, and how to repair both sides."""
 
     offset: int  # the tail starts here in the source
     rank: int
     line: int  # the line the tail starts in
     skip: int = 0  # source characters dropped at the cut (a space)
     close: str = ""  # appended to the head (closes a fence)
-    reopen: str = ""  # prepended to the tail (reopens a fence, repeats a table header)
-    containers: tuple[int, ...] = ()  # containers the tail leaves: it sheds their indentation
-    strip_until: int = 0  # tail lines before this line are paragraph text: no indentation
+    prefix: str = ""  # opens the tail: container markers, a reopened fence, a table header
+    unwrap: tuple[str, ...] = ()  # containers whose markers the tail's first line gives up
+    strip: bool = False  # the first line continues a paragraph: no indentation
     number: int | None = None  # the tail starts with an ordered item: the number it shows
-    next_number: int | None = None  # the next item of the ordered item cut: the number it shows
 
 
 @dataclass(frozen=True, slots=True)
-class _CodeLines:
-    """How to cut inside the content of one code block."""
+class _Leaf:
+    """The block a line belongs to, for cutting inside that line."""
 
-    close: str
-    reopen: str
-    line_prefix: str  # continues a code line cut in the middle (indented code blocks)
-    containers: tuple[int, ...]
+    code: bool
+    first: int  # the block's first line (for fenced code: its first content line)
+    end: int  # the line after the block
+    containers: tuple[str, ...]
+    close: str = ""  # closes a fenced code block in the head
+    reopen: str = ""  # after the container markers: a fence line, a heading marker
 
 
 class _Window:
@@ -348,12 +379,15 @@ class _Window:
         self._parsed_end = parsed_end
         self._env: dict[str, object] = {}
         self._cuts: dict[int, _Cut] = {}
-        self._code: dict[int, _CodeLines] = {}
-        self._paragraphs: dict[int, tuple[int, int, str]] = {}  # line -> first, end, quotes
-        self._headings: dict[int, str] = {}  # line -> what reopens the heading after a cut
+        self._leaves: dict[int, _Leaf] = {}  # line -> the code block, paragraph or heading
         self._rendered: dict[str, str] = {}
-        self._next_number: int | None = None  # of the ordered item after the one being read
         self._collect(parse(source, self._env))
+        references = self._env.get("references")
+        self._definition_lines = {
+            line
+            for reference in (references.values() if isinstance(references, dict) else ())
+            for line in range(*(reference.get("map") or (0, 0)))
+        }
 
     # reading the source
 
@@ -365,36 +399,39 @@ class _Window:
     def _line_start(self, index: int) -> int:
         return self._starts[index] if index < len(self._starts) else self._parsed_end
 
-    def _add(
+    def _add(self, line: int, cut: _Cut) -> None:
+        if not 0 < line < len(self._starts) or self._starts[line] > self.end:
+            return
+        if line not in self._cuts or self._cuts[line].rank > cut.rank:
+            self._cuts[line] = cut
+
+    def _line_cut(
         self,
         line: int,
         rank: int,
+        containers: tuple[str, ...] = (),
         *,
-        close: str = "",
-        reopen: str = "",
-        containers: tuple[int, ...] = (),
-        strip_until: int = 0,
+        strip: bool = False,
         number: int | None = None,
     ) -> None:
-        if not 0 < line < len(self._starts) or self._starts[line] > self.end:
-            return
-        if line in self._cuts and self._cuts[line].rank <= rank:
-            return
-        self._cuts[line] = _Cut(
-            self._starts[line],
-            rank,
-            line,
-            close=close,
-            reopen=reopen,
-            containers=containers,
-            strip_until=strip_until,
-            number=number,
-            next_number=self._next_number if containers else None,
-        )
+        """A cut before ``line``, which opens the tail inside the same containers."""
+        if 0 < line < len(self._starts):
+            offset = self._starts[line]
+            self._add(
+                line,
+                _Cut(
+                    offset,
+                    rank,
+                    line,
+                    prefix=_markers(containers),
+                    unwrap=containers,
+                    strip=strip,
+                    number=number,
+                ),
+            )
 
     def _collect(self, tokens: list[Token]) -> None:
-        # Per open container token: its dedent value, if any, and an ordered item's number.
-        stack: list[tuple[int | None, int | None]] = []
+        stack: list[str | None] = []  # per open container token: the container, if any
         numbers: list[int] = []  # per open list: the number of its next item
         for index, token in enumerate(tokens):
             if token.nesting < 0:
@@ -402,22 +439,16 @@ class _Window:
                 if token.type in ("bullet_list_close", "ordered_list_close"):
                     numbers.pop()
                 continue
-            containers = tuple(value for value, _ in stack if value is not None)
-            innermost = next(
-                (number for value, number in reversed(stack) if value is not None), None
-            )
-            self._next_number = None if innermost is None else innermost + 1
+            containers = tuple(c for c in stack if c is not None)
             span = token.map
             number: int | None = None
             if token.type == "list_item_open" and numbers:
-                if token.info:  # an ordered item; it shows its place in the list, not token.info
+                if token.info:  # ordered: shown with its place in the list, not as written
                     number = numbers[-1]
                 numbers[-1] += 1
             if span is not None and token.type in _BLOCK_STARTS:
-                if token.level == 0:
-                    self._add(span[0], _BETWEEN_TOP_BLOCKS)
-                else:
-                    self._add(span[0], _BETWEEN_NESTED_BLOCKS, containers=containers, number=number)
+                rank = _BETWEEN_TOP_BLOCKS if token.level == 0 else _BETWEEN_NESTED_BLOCKS
+                self._line_cut(span[0], rank, containers, number=number)
             if span is not None and token.type == "fence":
                 self._collect_fence(token, span[0], containers)
             elif span is not None and token.type == "code_block":
@@ -426,21 +457,22 @@ class _Window:
                 self._collect_paragraph(tokens[index + 1], span[0], span[1], containers)
             elif span is not None and token.type == "table_open" and token.level == 0:
                 self._collect_table(tokens, index, span[0])
-            elif span is not None and token.type == "heading_open" and token.markup[:1] == "#":
-                quotes = _container_prefix(containers, quotes_only=True)
-                self._headings[span[0]] = f"{quotes}{token.markup} "
+            elif span is not None and token.type == "heading_open":
+                marker = f"{token.markup} " if token.markup.startswith("#") else ""
+                leaf = _Leaf(False, span[0], span[0] + 1, containers, reopen=marker)
+                self._leaves[span[0]] = leaf
             if token.type in ("bullet_list_open", "ordered_list_open"):
                 start = token.attrGet("start")
                 numbers.append(start if isinstance(start, int) else 1)
             if token.nesting > 0:
-                value: int | None = None
+                container: str | None = None
                 if token.type in ("blockquote_open", "alert_open"):
-                    value = _QUOTE
+                    container = _QUOTE
                 elif token.type == "list_item_open" and span is not None:
-                    value = _item_column(_dedent(self._line(span[0]), containers))
-                stack.append((value, number))
+                    container = _item_marker(_unwrap(self._line(span[0]), containers), number)
+                stack.append(container)
 
-    def _collect_fence(self, token: Token, first: int, containers: tuple[int, ...]) -> None:
+    def _collect_fence(self, token: Token, first: int, containers: tuple[str, ...]) -> None:
         content = token.content.split("\n")[:-1]
         while content and not content[-1].strip():
             content.pop()  # a tail of blank lines would render as an empty message
@@ -450,35 +482,37 @@ class _Window:
         at = opening.find(token.markup)
         info = opening[at + len(token.markup) :] if at >= 0 else token.info
         indent = "" if containers else " " * (len(opening) - len(opening.lstrip(" ")))
-        quotes = _container_prefix(containers, quotes_only=True)
-        code = _CodeLines(
-            close=_container_prefix(containers, quotes_only=False) + token.markup + "\n",
-            reopen=f"{quotes}{indent}{token.markup}{info}\n",
-            line_prefix="",
-            containers=containers,
-        )
         last = first + len(content)
+        code = _Leaf(
+            code=True,
+            first=first + 1,
+            end=last + 1,
+            containers=containers,
+            close=_continuation(containers) + token.markup + "\n",
+            reopen=f"{indent}{token.markup}{info}\n",
+        )
         for line in range(first + 1, last + 1):
-            self._code[line] = code
+            self._leaves[line] = code
+        # Code lines stay as written: the reopened fence sits inside the same containers.
+        prefix = _markers(containers) + code.reopen
         for line in range(first + 2, last + 1):
             self._add(
-                line, _INSIDE_BLOCK, close=code.close, reopen=code.reopen, containers=containers
+                line, _Cut(self._starts[line], _INSIDE_BLOCK, line, close=code.close, prefix=prefix)
             )
 
-    def _collect_code_block(self, first: int, end: int, containers: tuple[int, ...]) -> None:
-        quotes = _container_prefix(containers, quotes_only=True)
-        code = _CodeLines("", "", quotes + "    ", containers)
+    def _collect_code_block(self, first: int, end: int, containers: tuple[str, ...]) -> None:
+        code = _Leaf(True, first, end, containers, reopen="    ")
         for line in range(first, end):
-            self._code[line] = code
-        for line in range(first + 1, end):
-            self._add(line, _INSIDE_BLOCK, containers=containers)
+            self._leaves[line] = code
+            if line > first:
+                self._line_cut(line, _INSIDE_BLOCK, containers)
 
     def _collect_paragraph(
-        self, inline: Token, first: int, end: int, containers: tuple[int, ...]
+        self, inline: Token, first: int, end: int, containers: tuple[str, ...]
     ) -> None:
-        quotes = _container_prefix(containers, quotes_only=True)
+        leaf = _Leaf(False, first, end, containers)
         for line in range(first, end):
-            self._paragraphs[line] = (first, end, quotes)
+            self._leaves[line] = leaf
         depth = newlines = counted_to = 0
         for child in inline.children or []:
             depth += child.nesting
@@ -487,8 +521,7 @@ class _Window:
                 continue  # inside emphasis or a link, or a break the source does not show
             newlines += inline.content.count("\n", counted_to, position)
             counted_to = position
-            line = first + newlines + 1
-            self._add(line, _INSIDE_BLOCK, containers=containers, strip_until=end)
+            self._line_cut(first + newlines + 1, _INSIDE_BLOCK, containers, strip=True)
 
     def _collect_table(self, tokens: list[Token], index: int, first: int) -> None:
         header = f"{self._line(first)}\n{self._line(first + 1)}\n"
@@ -496,7 +529,8 @@ class _Window:
             if token.type == "table_close":
                 break
             if token.type == "tr_open" and token.map and token.map[0] >= first + 3:
-                self._add(token.map[0], _INSIDE_BLOCK, reopen=header)
+                line = token.map[0]
+                self._add(line, _Cut(self._starts[line], _INSIDE_BLOCK, line, prefix=header))
 
     # measuring
 
@@ -556,7 +590,7 @@ class _Window:
     def _split_line(self, stop: int) -> Split:
         """No line boundary fits: cut inside a line, at a space if possible."""
         text = self.text
-        first = len(text) - len(text.lstrip())
+        first = self._content_start()
         last = len(text.rstrip())
         inside = [p for p in range(first + 1, min(stop, last)) if self._keeps_structure(p)]
         spaces = [p for p in inside if text[p] in " \n"]
@@ -565,6 +599,16 @@ class _Window:
             if cut is not None:
                 return self._cut(cut)
         return self._literal(first, last)
+
+    def _content_start(self) -> int:
+        """Where the text proper starts: after blank lines and leading link definitions."""
+        line = 0
+        while line + 1 < len(self._starts) and (
+            line in self._definition_lines or not self._line(line).strip()
+        ):
+            line += 1
+        start = self._starts[line]
+        return start + len(self.text[start:]) - len(self.text[start:].lstrip())
 
     def _keeps_structure(self, position: int) -> bool:
         """Whether a cut here leaves the line's markers, code blocks and the tail's start intact.
@@ -575,15 +619,21 @@ class _Window:
         """
         text = self.text
         line = bisect.bisect_right(self._starts, position) - 1
+        if line in self._definition_lines:
+            return False
+        here, after = self._leaves.get(line), self._leaves.get(line + 1)
         if text[position] == "\n":
-            if line in self._code or line + 1 in self._code:
-                return line in self._code and line + 1 in self._code
+            if (here and here.code) or (after and after.code):
+                return here is after
         elif not text[self._starts[line] : position].strip(_MARKER_CHARS):
             return False
-        elif line in self._code:
+        elif here and here.code:
             return True
         following = position + 1 if text[position] in " \n" else position
-        return following < len(text) and text[following] not in _BLOCK_OPENERS
+        end = text.find("\n", following)
+        return following < len(text) and not _opens_block(
+            text[following : end if end >= 0 else None]
+        )
 
     def _largest_mid_line(self, positions: Sequence[int]) -> _Cut | None:
         """The largest fitting cut, preferring one that splits no link or emphasis."""
@@ -601,36 +651,50 @@ class _Window:
 
     def _is_clean(self, cut: _Cut) -> bool:
         """Whether the paragraph cut by ``cut`` shows the same text in two pieces as in one."""
-        line = bisect.bisect_right(self._starts, cut.offset) - 1
-        if line not in self._paragraphs:
+        leaf = self._leaves.get(bisect.bisect_right(self._starts, cut.offset) - 1)
+        if leaf is None or leaf.code:
             return True
-        first, end, _ = self._paragraphs[line]
-        start, stop = self._starts[first], self._line_start(end)
+        start, stop = self._starts[leaf.first], self._line_start(leaf.end)
         definitions = _definitions(self.text, before_line=None, env=self._env)
         whole = self._measure(definitions + self.text[start:stop])
         head = self._measure(definitions + self.text[start : cut.offset])
-        rest = definitions + cut.reopen + self.text[cut.offset + cut.skip : stop]
-        return _visible(head) + _visible(self._measure(rest)) == _visible(whole)
+        rest = self._measure(definitions + self._tail(cut, stop))
+        return _visible(head) + _visible(rest) == _visible(whole)
 
     def _mid_line(self, position: int) -> _Cut:
         text = self.text
         line = bisect.bisect_right(self._starts, position) - 1
-        if text[position] == "\n":
-            code = self._code.get(line + 1)
-            if code is None:
-                return _Cut(position, _MID_LINE, line + 1, skip=1)
-            close = "\n" + code.close if code.close else ""
-            return _Cut(position, _MID_LINE, line + 1, skip=1, close=close, reopen=code.reopen)
-        code = self._code.get(line)
-        if code is None:
-            if line in self._headings:
-                reopen = self._headings[line]
-            else:
-                reopen = self._paragraphs[line][2] if line in self._paragraphs else ""
-            skip = 1 if text[position] == " " else 0
-            return _Cut(position, _MID_LINE, line, skip=skip, reopen=reopen)
-        close = "\n" + code.close if code.close else ""
-        return _Cut(position, _MID_LINE, line, close=close, reopen=code.reopen + code.line_prefix)
+        if text[position] == "\n":  # a line end the parse gives no cut: inside emphasis…
+            leaf = self._leaves.get(line + 1)
+            containers = leaf.containers if leaf else ()
+            if leaf is None or not leaf.code or not leaf.close:
+                strip = leaf is not None and not leaf.code
+                prefix = _markers(containers)
+                return _Cut(
+                    position,
+                    _MID_LINE,
+                    line + 1,
+                    skip=1,
+                    prefix=prefix,
+                    unwrap=containers,
+                    strip=strip,
+                )
+            prefix = _markers(containers) + leaf.reopen
+            return _Cut(
+                position, _MID_LINE, line + 1, skip=1, close="\n" + leaf.close, prefix=prefix
+            )
+        leaf = self._leaves.get(line)
+        if leaf is None:
+            return _Cut(position, _MID_LINE, line, skip=1 if text[position] == " " else 0)
+        prefix = _markers(leaf.containers) + leaf.reopen
+        if not leaf.code:
+            return _Cut(
+                position, _MID_LINE, line, skip=1 if text[position] == " " else 0, prefix=prefix
+            )
+        if not leaf.close:  # an indented code block: the line goes on, indented as code
+            return _Cut(position, _MID_LINE, line, prefix=prefix)
+        prefix += _continuation(leaf.containers)
+        return _Cut(position, _MID_LINE, line, close="\n" + leaf.close, prefix=prefix)
 
     def _literal(self, first: int, last: int) -> Split:
         """Show a piece of the source as plain text: nothing structural fits in the limit."""
@@ -643,37 +707,19 @@ class _Window:
 
     # cutting
 
-    def _cut(self, cut: _Cut) -> Split:
+    def _tail(self, cut: _Cut, stop: int | None = None) -> str:
+        """The tail's Markdown (up to ``stop``): repaired first line, then the source as it is."""
         text = self.text
         position = cut.offset + cut.skip
-        line = cut.line
-        pieces: list[str] = []
+        end = text.find("\n", position)
+        end = len(text) if end < 0 else end
+        first = _unwrap(text[position:end], cut.unwrap) if cut.unwrap else text[position:end]
+        if cut.strip:
+            first = first.lstrip(" \t")
         if cut.number is not None:
-            end = text.find("\n", position)
-            end = len(text) if end < 0 else end
-            pieces.append(_renumbered(_dedent(text[position:end], cut.containers), cut.number))
-            position, line = end, line + 1
-            pieces.append(text[position : position + 1])
-            position += 1
-        # The tail sheds the indentation of the containers it has left, for as long as its
-        # lines still sit in them; lines of a paragraph cut in two lose their indentation.
-        while position < len(text) and (cut.containers or line < cut.strip_until):
-            newline = text.find("\n", position)
-            end = len(text) if newline < 0 else newline + 1
-            body = text[position:end].rstrip("\n")
-            strip = line < cut.strip_until
-            if not strip and body.strip() and not _continues(body, cut.containers):
-                if cut.next_number is not None and _continues(body, cut.containers[:-1]):
-                    # The next item of the list the cut was in: it keeps counting.
-                    pieces.append(_renumbered(body, cut.next_number))
-                    position += len(body)
-                break
-            pieces.append(
-                _dedent(body, cut.containers, strip=strip) + text[position + len(body) : end]
-            )
-            position, line = end, line + 1
-            if not cut.containers and line >= cut.strip_until:
-                break
-        definitions = _definitions(text, before_line=cut.line, env=self._env)
-        tail = definitions + cut.reopen + "".join(pieces) + text[position:]
-        return Split(self._head(cut), tail)
+            first = _renumbered(first, cut.number)
+        return cut.prefix + first + text[end:stop]
+
+    def _cut(self, cut: _Cut) -> Split:
+        definitions = _definitions(self.text, before_line=cut.line, env=self._env)
+        return Split(self._head(cut), definitions + self._tail(cut))
