@@ -16,6 +16,7 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,7 +59,9 @@ def build_app(
         body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
     ) -> None:
         try:
-            inbound = Inbound.from_event(body, event, bot_user_id=context.bot_user_id)
+            inbound = Inbound.from_event(
+                body, event, bot_user_id=context.bot_user_id, received_at=time.monotonic()
+            )
         except MalformedEvent as exc:
             log.info("ignored malformed %s event: %s", event.get("type"), exc)
             return

@@ -35,6 +35,7 @@ class Inbound:
     event_id: str | None
     mentioned: bool  # arrived as app_mention, or names the bot
     bot_user_id: str | None = None  # the bot's own user id in this workspace
+    received_at: float = 0.0  # time.monotonic() when the event reached the bot
 
     @property
     def key(self) -> ThreadKey:
@@ -51,7 +52,12 @@ class Inbound:
 
     @classmethod
     def from_event(
-        cls, body: dict[str, Any], event: dict[str, Any], *, bot_user_id: str | None
+        cls,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        *,
+        bot_user_id: str | None,
+        received_at: float = 0.0,
     ) -> Inbound:
         channel, ts, user = event.get("channel"), event.get("ts"), event.get("user")
         if not (isinstance(channel, str) and isinstance(ts, str) and isinstance(user, str)):
@@ -76,6 +82,7 @@ class Inbound:
             event_id=body.get("event_id") if isinstance(body.get("event_id"), str) else None,
             mentioned=mentioned,
             bot_user_id=bot_user_id,
+            received_at=received_at,
         )
 
 

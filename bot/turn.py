@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -199,10 +202,11 @@ class Turns:
             final_deadline=self._options.final_edit_deadline,
             stop_button=self._stops is not None,
             tracker=self._tracker,
+            metrics=self._metrics,
         )
         # The placeholder goes up now; leaving the block any other way than through finish()
         # (an exception, a cancellation) still gives the reply its last form.
-        async with reply:
+        async with reply, self._counted(inbound, reply):
             await self._engage(key)
             async with self._store.thread_lock(key):
                 history = await self._history(key, inbound, reply)
@@ -277,6 +281,24 @@ class Turns:
             await self._store.record_usage(inbound.team, inbound.channel, inbound.user, usage)
         except StoreUnavailable:
             pass
+
+    @asynccontextmanager
+    async def _counted(self, inbound: Inbound, reply: ReplyStream) -> AsyncIterator[None]:
+        """Reply metrics: started, streaming now, how it ended, placeholder latency."""
+        metrics = self._metrics
+        if metrics is None:
+            yield
+            return
+        metrics.event_to_placeholder.observe(time.monotonic() - inbound.received_at)
+        metrics.replies.labels(outcome="started").inc()
+        metrics.active_streams.inc()
+        try:
+            yield
+        finally:
+            metrics.active_streams.dec()
+            metrics.streamed_chars.inc(len(reply.text))
+            outcome = reply.outcome.value if reply.outcome is not None else "failed"
+            metrics.replies.labels(outcome=outcome).inc()
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -110,6 +110,13 @@ async def test_ops_endpoints_report_health_readiness_and_metrics(
         assert 'slackbot_events_total{outcome="received"} 1.0' in text
         assert 'slackbot_slack_calls_total{method="chat.postMessage",outcome="ok"} 1.0' in text
         assert 'slackbot_slack_calls_total{method="chat.update",outcome="ok"}' in text
+        assert 'slackbot_replies_total{outcome="started"} 1.0' in text
+        assert 'slackbot_replies_total{outcome="complete"} 1.0' in text
+        assert "slackbot_active_streams 0.0" in text
+        assert "slackbot_event_to_placeholder_seconds_count 1.0" in text
+        assert "slackbot_first_token_to_visible_seconds_count 1.0" in text
+        assert f"slackbot_streamed_characters_total {float(len('count me'))}" in text
+        assert 'slackbot_model_tokens_total{kind="completion"}' in text
 
         own_redis.stop()
         status, text = await get(port, "/readyz")

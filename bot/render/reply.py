@@ -36,11 +36,13 @@ import enum
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
+from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
 from bot.slack import SlackGateway
 
@@ -155,8 +157,12 @@ class ReplyStream:
         jitter: Callable[[], float] = random.random,
         stop_button: bool = False,
         tracker: ReplyTracker | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = secrets.token_hex(6)
+        self._metrics = metrics
+        self.outcome: Outcome | None = None  # how the answer ended, once finishing started
+        self._first_token_at: float | None = None  # monotonic; None until visible text
         self._stop_button = stop_button
         self._tracker = tracker
         self._slack = slack
@@ -228,6 +234,8 @@ class ReplyStream:
         if self.state is not State.OPEN:
             raise ReplyStateError(f"append() while {self.state.value}")
         if delta:
+            if not self._chunks and self._metrics is not None:
+                self._first_token_at = time.monotonic()
             self._chunks.append(delta)
             self._wake.set()
 
@@ -252,6 +260,7 @@ class ReplyStream:
         return self.text
 
     def _start_closing(self, outcome: Outcome) -> None:
+        self.outcome = outcome
         self.state = State.CLOSING
         self._closing.set()
         self._wake.set()
@@ -299,8 +308,11 @@ class ReplyStream:
             if await self._latest() is None:
                 continue
             priority = Priority.PROGRESS if self.edits else Priority.FIRST
+            waited = loop.time()
             if not await self._budget.acquire(self._team, priority, give_up=self._closing):
                 return
+            if self._metrics is not None:
+                self._metrics.budget_wait.observe(loop.time() - waited)
             # The newest text, not the one that asked for the edit (the wait may have been long).
             rendered = await self._latest()
             if self._closing.is_set():
@@ -361,6 +373,7 @@ class ReplyStream:
             self._sent = rendered
             self.edits += 1
             self._slow = 0
+            self._text_visible()
             await self._track(rendered)
 
     async def _send_interim(self, rendered: str) -> None:
@@ -520,6 +533,7 @@ class ReplyStream:
             else:
                 self._sent = rendered
                 self.edits += 1
+                self._text_visible()
                 return True
             if loop.time() + wait >= deadline:
                 log.error("final edit of thread %s not delivered before the deadline", self._where)
@@ -553,6 +567,12 @@ class ReplyStream:
             if loop.time() + wait >= deadline:
                 raise SlackError("chat.postMessage", "not delivered before the deadline")
             await asyncio.sleep(wait)
+
+    def _text_visible(self) -> None:
+        """The first model text is on screen: record how long that took after the first token."""
+        if self._first_token_at is not None and self._metrics is not None:
+            self._metrics.first_token_to_visible.observe(time.monotonic() - self._first_token_at)
+            self._first_token_at = None
 
     def _working_blocks(self, rendered: str | None) -> list[dict[str, Any]]:
         """How a message looks while the answer is still being written into it (``None``: the
