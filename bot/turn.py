@@ -75,9 +75,9 @@ class Limits:
             if self.user_daily_tokens or self.workspace_daily_tokens:
                 team_used, user_used = await store.tokens_today(inbound.team, inbound.user)
                 if self.workspace_daily_tokens and team_used >= self.workspace_daily_tokens:
-                    return QUOTA_TEXT.format(whose="this workspace's")
+                    return QUOTA_TEXT.format(whose="This workspace's")
                 if self.user_daily_tokens and user_used >= self.user_daily_tokens:
-                    return QUOTA_TEXT.format(whose="your")
+                    return QUOTA_TEXT.format(whose="Your")
             if self.user_requests:
                 wait = await store.hit_rate(
                     inbound.team,

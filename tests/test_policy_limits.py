@@ -100,7 +100,7 @@ async def test_daily_token_quota_and_usage_counters(
         )
         await answered(slack, "a question long enough to use tokens")
         await slack.send_event(mention_event("another", channel="C0GEN"))
-        await answered(slack, QUOTA_TEXT.format(whose="your"))
+        await answered(slack, QUOTA_TEXT.format(whose="Your"))
     assert len(llm.requests) == 1
     (key,) = await redis_client.keys("slackbot:usage:T0001:*")
     counters = {k.decode(): int(v) for k, v in (await redis_client.hgetall(key)).items()}
