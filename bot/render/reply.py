@@ -347,6 +347,9 @@ class ReplyStream:
         return rendered
 
     async def _edit_interim(self, rendered: str) -> None:
+        # Registered before it is sent: if this process dies right after Slack applies the edit,
+        # whoever finishes the reply keeps at least the text the user saw.
+        await self._track(rendered)
         try:
             await self._send_interim(rendered)
         except SlackRateLimited as exc:
@@ -374,7 +377,6 @@ class ReplyStream:
             self.edits += 1
             self._slow = 0
             self._text_visible()
-            await self._track(rendered)
 
     async def _send_interim(self, rendered: str) -> None:
         assert self.ts is not None
