@@ -9,42 +9,26 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.render.reply import FAILED_TEXT, INDICATOR_BLOCK_ID, Outcome
+from bot.render.reply import FAILED_TEXT, Outcome
 from bot.render.text import render_final
 from tests.fakes.openai import Answer, FakeOpenAI
 from tests.fakes.slack import FakeSlack, Message, mention_event
+from tests.views import bot_replies, notes, working
 
 CHANNEL = "C0CHAN"
 # Plain words: the formatted text equals the model's text, whatever the Markdown converter does.
 ANSWER = "Paris is the capital of France and it sits on the river Seine in the north"
 
 
-def working(message: Message) -> bool:
-    return any(b.get("block_id") == INDICATOR_BLOCK_ID for b in message.blocks or [])
-
-
-def notes(message: Message) -> list[str]:
-    return [
-        element["text"]
-        for block in message.blocks or []
-        if block.get("type") == "context" and block.get("block_id") != INDICATOR_BLOCK_ID
-        for element in block["elements"]
-    ]
-
-
-def replies(slack: FakeSlack, thread_ts: str) -> list[Message]:
-    return [m for m in slack.thread(CHANNEL, thread_ts) if m.bot_id == slack.bot_id]
-
-
 async def final_reply(slack: FakeSlack, thread_ts: str, timeout: float = 10) -> Message:
     """The bot's one reply in the thread, once it no longer shows the working indicator."""
 
     def done() -> bool:
-        found = replies(slack, thread_ts)
+        found = bot_replies(slack, CHANNEL, thread_ts)
         return len(found) == 1 and not working(found[0])
 
     await slack.wait_for(done, timeout, what=f"a finished reply in thread {thread_ts}")
-    return replies(slack, thread_ts)[0]
+    return bot_replies(slack, CHANNEL, thread_ts)[0]
 
 
 async def ask(slack: FakeSlack, text: str = "What is the capital of France?") -> str:

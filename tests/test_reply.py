@@ -20,14 +20,14 @@ from bot.render.budget import EditBudget
 from bot.render.reply import (
     EMPTY_TEXT,
     FAILED_TEXT,
-    INDICATOR_BLOCK_ID,
     Outcome,
     ReplyStateError,
     ReplyStream,
 )
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis
-from tests.fakes.slack import Call, FakeSlack, Message
+from tests.fakes.slack import Call, FakeSlack
+from tests.views import bot_replies, notes, working
 
 CHANNEL = "C0CHAN"
 TEAM = "T0001"
@@ -120,25 +120,8 @@ def without_fences(markdown: str) -> str:
     return "".join(line for line in markdown.splitlines(True) if not FENCE.match(line))
 
 
-def working(message: Message) -> bool:
-    return any(b.get("block_id") == INDICATOR_BLOCK_ID for b in message.blocks or [])
-
-
 def updates(slack: FakeSlack, ts: str) -> list[Call]:
     return [c for c in slack.calls_to("chat.update") if c.args.get("ts") == ts]
-
-
-def notes(message: Message) -> list[str]:
-    return [
-        element["text"]
-        for block in message.blocks or []
-        if block.get("type") == "context" and block.get("block_id") != INDICATOR_BLOCK_ID
-        for element in block["elements"]
-    ]
-
-
-def reply_messages(slack: FakeSlack, thread_ts: str) -> list[Message]:
-    return [m for m in slack.thread(CHANNEL, thread_ts) if m.bot_id == slack.bot_id]
 
 
 async def feed(reply: ReplyStream, pieces: Sequence[str], per_second: float) -> float:
@@ -189,7 +172,7 @@ async def test_placeholder_then_the_first_text_in_one_edit_at_once(
     thread = question(slack)
     reply = new_reply(gateway, edit_budget(store, min_interval=5.0), thread)
     async with reply:
-        (placeholder,) = reply_messages(slack, thread)
+        (placeholder,) = bot_replies(slack, CHANNEL, thread)
         assert placeholder.thread_ts == thread and working(placeholder)
         assert not slack.calls_to("chat.update")
 
@@ -204,7 +187,7 @@ async def test_placeholder_then_the_first_text_in_one_edit_at_once(
         await reply.finish(Outcome.COMPLETE)
 
     assert [c.args["text"] for c in updates(slack, placeholder.ts)] == ["Hello", "Hello world"]
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not working(message) and not notes(message)
 
 
@@ -236,7 +219,7 @@ async def test_edits_are_throttled_coalesced_and_never_overlap(
         duration = await feed(reply, answer, per_second=100)
         await reply.finish(Outcome.COMPLETE)
 
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     calls = updates(slack, message.ts)
     interim, final = calls[:-1], calls[-1]
     assert final.args["text"] == "".join(answer) == message.text and not working(message)
@@ -315,7 +298,7 @@ async def test_a_429_holds_every_reply_in_the_workspace_then_edits_resume(
     assert during == []
     assert sum(1 for c in calls if c.ok and c.at >= limited.at + 0.95) > 2
     for thread in threads:
-        (message,) = reply_messages(slack, thread)
+        (message,) = bot_replies(slack, CHANNEL, thread)
         assert message.text == "".join(answer) and not working(message)
 
 
@@ -338,7 +321,7 @@ async def test_the_final_edit_is_retried_until_it_lands(
         await reply.finish(Outcome.COMPLETE)
         took = loop.time() - started
 
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not working(message)
     failed = [c for c in slack.calls_to("chat.update") if not c.ok]
     assert len(failed) == 2
@@ -378,7 +361,7 @@ async def test_a_hung_interim_edit_does_not_hold_up_the_final_one(
         started = loop.time()
         await reply.finish(Outcome.COMPLETE)
         assert loop.time() - started < 1.5  # not the client's 15 s
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not working(message)
     assert gateway.most_in_flight == 1
 
@@ -397,7 +380,7 @@ async def test_a_hung_interim_edit_is_abandoned_while_the_answer_streams(
         later = await slack.wait_call("chat.update", ok=True, timeout=2)
         assert later.args["text"] == "Hello world" and later.at - hung.at < 1.0
         await reply.finish(Outcome.COMPLETE)
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not working(message)
 
 
@@ -415,7 +398,7 @@ async def test_a_deleted_message_is_continued_in_a_new_one(
         reply.append(" world")
         await slack.wait_call("chat.update", lambda c: c.error == "message_not_found")
         await reply.finish(Outcome.COMPLETE)
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not working(message)
     assert message.ts == reply.message_ts[-1] != first.args["ts"]
 
@@ -431,7 +414,7 @@ async def test_msg_too_long_shrinks_the_message_and_continues_in_the_next(
         await slack.wait_call("chat.update", ok=True)
         slack.fail_next("chat.update", "msg_too_long")
         await reply.finish(Outcome.COMPLETE)
-    messages = reply_messages(slack, thread)
+    messages = bot_replies(slack, CHANNEL, thread)
     assert len(messages) == 2
     assert "".join(m.text for m in messages) == answer
     assert all(len(m.text) <= 200 and not working(m) for m in messages)
@@ -456,7 +439,7 @@ async def test_no_text_becomes_a_short_fixed_message(
     async with new_reply(gateway, edit_budget(store), thread) as reply:
         reply.append("  ")
         assert await reply.finish(outcome) == "  "
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == shown and not working(message)
 
 
@@ -467,7 +450,7 @@ async def test_partial_text_stays_with_an_interrupted_note(
     async with new_reply(gateway, edit_budget(store), thread) as reply:
         reply.append("Half an ans")
         await reply.finish(Outcome.INTERRUPTED)
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Half an ans" and not working(message)
     assert notes(message) == [Outcome.INTERRUPTED.note]
 
@@ -480,7 +463,7 @@ async def test_an_exception_in_the_block_finishes_the_reply(
         async with new_reply(gateway, edit_budget(store), thread) as reply:
             reply.append("Some text")
             raise KeyError("a bug in the turn")
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Some text" and not working(message)
     assert notes(message) == [Outcome.INTERRUPTED.note]
 
@@ -502,7 +485,7 @@ async def test_cancellation_finishes_the_reply_with_a_shutdown_note(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    (message,) = reply_messages(slack, thread)
+    (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Partial" and not working(message)
     assert notes(message) == [Outcome.SHUTDOWN.note]
 
@@ -538,7 +521,7 @@ async def test_a_long_answer_rolls_over_into_new_messages_in_the_thread(
         await feed(reply, lines, per_second=200)
         await reply.finish(Outcome.COMPLETE)
 
-    messages = reply_messages(slack, thread)
+    messages = bot_replies(slack, CHANNEL, thread)
     assert len(messages) >= 12  # 2,400 characters, at most 200 a message
     assert [m.ts for m in messages] == reply.message_ts
     assert "".join(m.text for m in messages) == "".join(lines)
@@ -562,7 +545,7 @@ async def test_a_reopened_code_fence_is_carried_into_the_next_message(
         await feed(reply, [answer[i : i + 7] for i in range(0, len(answer), 7)], 500)
         await reply.finish(Outcome.COMPLETE)
 
-    messages = reply_messages(slack, thread)
+    messages = bot_replies(slack, CHANNEL, thread)
     assert len(messages) >= 5
     assert all(fence_lines(m.text) % 2 == 0 for m in messages)  # every fence balanced
     assert all(len(m.text) <= 200 and not working(m) for m in messages)
@@ -607,7 +590,7 @@ async def test_a_twelve_thousand_line_answer_costs_linear_time(
         await reply.finish(Outcome.COMPLETE)
     took = loop.time() - started
 
-    messages = reply_messages(slack, thread)
+    messages = bot_replies(slack, CHANNEL, thread)
     assert len(messages) >= len(answer) // 2900
     assert all(len(m.text) <= 2900 and fence_lines(m.text) % 2 == 0 for m in messages)
     assert not any(working(m) for m in messages)
@@ -638,7 +621,7 @@ async def test_the_real_split_keeps_fences_balanced(
     async with reply:
         await feed(reply, [answer[i : i + 9] for i in range(0, len(answer), 9)], 2000)
         await reply.finish(Outcome.COMPLETE)
-    messages = reply_messages(slack, thread)
+    messages = bot_replies(slack, CHANNEL, thread)
     assert len(messages) > 3
     assert all(len(m.text) <= 400 and not working(m) for m in messages)
     assert all(m.text.count("```") % 2 == 0 for m in messages)
@@ -675,7 +658,7 @@ async def test_twenty_replies_in_two_processes_share_the_budget_without_a_429(
 
     assert [c for c in slack.calls if c.status == 429] == []
     for thread, answer, duration in zip(threads, answers, durations, strict=True):
-        (message,) = reply_messages(slack, thread)
+        (message,) = bot_replies(slack, CHANNEL, thread)
         assert message.text == "".join(answer) and not working(message)
         assert len(updates(slack, message.ts)) <= duration / 1.0 + 2
     assert gateway.most_in_flight == 1

@@ -12,6 +12,7 @@ from bot.render.reply import STOP_ACTION_ID
 from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI
 from tests.fakes.slack import FakeSlack, Message, block_actions_payload, mention_event
+from tests.views import working
 
 SLOW = Answer(text="word " * 400, chunk_size=5, token_delay=0.05)  # ~20 s unless stopped
 
@@ -22,10 +23,6 @@ def stop_value(message: Message) -> str | None:
             if element.get("action_id") == STOP_ACTION_ID:
                 return str(element["value"])
     return None
-
-
-def writing(message: Message) -> bool:
-    return "writing" in str(message.blocks)
 
 
 async def streaming_reply(slack: FakeSlack) -> Message:
@@ -58,7 +55,7 @@ async def test_stop_ends_the_answer_within_a_second_and_keeps_the_text(
         lambda: "Stopped" in str(slack.message("C0CHAN", reply.ts).blocks), timeout=1.5
     )
     final = slack.message("C0CHAN", reply.ts)
-    assert not writing(final) and stop_value(final) is None  # the button went away
+    assert not working(final) and stop_value(final) is None  # the button went away
     assert final.text.startswith("word") and len(final.text) < len(SLOW.text.strip())
     await slack.wait_for(lambda: llm.open_streams == 0, timeout=2)
 
@@ -82,7 +79,7 @@ async def test_stop_reaches_the_replica_that_streams(
         await slack.wait_for(
             lambda: "Stopped" in str(slack.message("C0CHAN", reply.ts).blocks), timeout=1.5
         )
-        assert not writing(slack.message("C0CHAN", reply.ts))
+        assert not working(slack.message("C0CHAN", reply.ts))
     finally:
         codes = [await stop_bot(p) for p in procs]
     assert codes == [0, 0]
@@ -99,11 +96,11 @@ async def test_a_killed_process_leaves_no_message_writing(
     reply = await streaming_reply(slack)
     await stop_bot(doomed, signal.SIGKILL)
     shown = slack.message("C0CHAN", reply.ts).text
-    assert writing(slack.message("C0CHAN", reply.ts))  # what kill -9 leaves behind
+    assert working(slack.message("C0CHAN", reply.ts))  # what kill -9 leaves behind
 
     survivor = await spawn_bot(tmp_path / "survivor.log", env)
     try:
-        await slack.wait_for(lambda: not writing(slack.message("C0CHAN", reply.ts)), timeout=15)
+        await slack.wait_for(lambda: not working(slack.message("C0CHAN", reply.ts)), timeout=15)
     finally:
         assert await stop_bot(survivor) == 0
     final = slack.message("C0CHAN", reply.ts)
