@@ -5,7 +5,8 @@ and the one global error hook.
 
 The order below is the spec (Bolt stops at the first listener whose constraints match):
 
-    app_mention                                  → answer in the mention's thread
+    app_mention · a person                       → answer in the mention's thread
+    app_mention · anything else (another bot)    → acknowledge and ignore
     message  · a person · DM                     → answer (DM rules in README)
     message  · a person · names the bot          → answer (deduped with its app_mention twin)
     message  · a person · thread the bot is in   → answer, no mention needed
@@ -106,7 +107,8 @@ def build_app(
 
     # -- the table --------------------------------------------------------------------------
 
-    app.event("app_mention")(answer)
+    app.event("app_mention", matchers=[from_person])(answer)
+    app.event("app_mention")(ignore)  # another bot mentioning us: no bot-to-bot loops
     app.event("message", matchers=[from_person, in_dm])(answer)
     app.event("message", matchers=[from_person, names_bot])(answer)
     app.event("message", matchers=[from_person, in_known_thread])(answer)

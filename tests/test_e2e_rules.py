@@ -202,6 +202,7 @@ async def test_bots_edits_deletions_and_joins_are_ignored_but_acknowledged(
         message_event("joined", subtype="channel_join"),
         message_event("topic", subtype="channel_topic"),
         message_event("*waves*", thread_ts=thread, subtype="me_message"),
+        mention_event("hey bot, says another bot", user="U0OTHER", bot_id="B0OTHER"),
     ]
     envelopes = [await slack.send_event(e, record=False) for e in ignored]
     await settle(slack, llm, envelopes)
