@@ -155,7 +155,10 @@ class EditBudget:
             active = await self._store.active_replies(team, reply_id, lease_s=lease)
         except StoreUnavailable:
             active = len(local)
-        seconds = max(self._min_interval, active * 60.0 / self._per_minute)
+        # Alone, a reply may use the burst: the bucket itself holds it to the sustained rate.
+        # Shared, each reply's spacing is its fair share of that rate.
+        share = active * 60.0 / self._per_minute if active > 1 else 0.0
+        seconds = max(self._min_interval, share)
         self._intervals[reply_id] = seconds
         return seconds
 
