@@ -105,11 +105,36 @@ def load_settings(
     try:
         settings = Settings(_env_file=env_file, **dict(overrides or {}))  # type: ignore[call-arg,arg-type]
     except ValidationError as exc:
-        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+        problems = [_describe(err) for err in exc.errors()]
+        # Name the transport's missing token too, so one run lists every problem.
+        problems += _transport_problems(overrides, env_file)
+        raise ConfigError(problems) from None
     problems = settings.cross_field_problems()
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+class _Transport(BaseSettings):
+    """Just the transport fields, read leniently when the full settings failed to validate."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    slack_mode: str = "socket"
+    slack_app_token: str | None = None
+    slack_signing_secret: str | None = None
+
+
+def _transport_problems(overrides: Mapping[str, object] | None, env_file: str | None) -> list[str]:
+    known = {k: v for k, v in (overrides or {}).items() if k in _Transport.model_fields}
+    try:
+        transport = _Transport(_env_file=env_file, **known)  # type: ignore[call-arg,arg-type]
+    except ValidationError:
+        return []
+    if transport.slack_mode == "socket" and not transport.slack_app_token:
+        return ["SLACK_APP_TOKEN: required in Socket Mode (SLACK_MODE=socket)"]
+    if transport.slack_mode == "http" and not transport.slack_signing_secret:
+        return ["SLACK_SIGNING_SECRET: required in HTTP mode (SLACK_MODE=http)"]
+    return []
 
 
 def _describe(err: Mapping[str, object]) -> str:

@@ -34,6 +34,7 @@ def test_python_m_bot_without_tokens_exits_with_one_readable_message(tmp_path: P
     assert "Traceback" not in result.stderr
     assert "SLACK_BOT_TOKEN: missing" in result.stderr
     assert "OPENAI_API_KEY: missing" in result.stderr
+    assert "SLACK_APP_TOKEN: required in Socket Mode" in result.stderr  # every problem at once
 
 
 def test_malformed_values_are_named_without_echoing_them() -> None:
