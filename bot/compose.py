@@ -94,6 +94,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             model=settings.openai_model,
             temperature=settings.openai_temperature,
             idle_timeout=settings.model_idle_timeout,
+            api=settings.openai_api_mode,
         )
         policy = load_policy(
             settings.channels_file,

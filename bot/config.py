@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_temperature: float | None = Field(None, ge=0, le=2)
+    openai_api_mode: Literal["chat", "responses"] = "chat"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     model_idle_timeout: float = Field(60.0, gt=0)
 

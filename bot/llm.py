@@ -1,4 +1,5 @@
-"""The model boundary: stream an answer from any OpenAI-compatible Chat Completions server.
+"""The model boundary: stream an answer from any OpenAI-compatible server (Chat Completions, or
+the Responses API with ``OPENAI_API_MODE=responses``).
 
     async with model.stream(messages) as answer:
         async for delta in answer:
@@ -20,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 import openai
@@ -48,8 +49,10 @@ class ChatModel:
         model: str,
         temperature: float | None = None,
         idle_timeout: float = 60.0,
+        api: Literal["chat", "responses"] = "chat",
     ) -> None:
         self._client = client
+        self._api = api
         self._model = model
         self._temperature = temperature
         self._idle_timeout = idle_timeout
@@ -69,25 +72,38 @@ class ChatModel:
         model: str | None = None,
         temperature: float | None = None,
     ) -> AnswerStream:
-        body: dict[str, Any] = {
-            "model": model or self._model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict[str, Any] = {"model": model or self._model, "stream": True}
+        if self._api == "responses":
+            body["input"] = messages  # role/content messages are valid Responses input
+        else:
+            body["messages"] = messages
+            body["stream_options"] = {"include_usage": True}
         temperature = temperature if temperature is not None else self._temperature
         if temperature is not None:
             body["temperature"] = temperature
-        return AnswerStream(self._client, body, self._idle_timeout)
+        return AnswerStream(self._client, body, self._idle_timeout, api=self._api)
 
 
 class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
     """One streamed answer; always closes its HTTP response, also when the reader stops early."""
 
-    def __init__(self, client: openai.AsyncOpenAI, body: dict[str, Any], idle: float) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        body: dict[str, Any],
+        idle: float,
+        *,
+        api: Literal["chat", "responses"] = "chat",
+    ) -> None:
         self._client = client
         self._body = body
         self._idle = idle
+        self._absorb = self._absorb_response_event if api == "responses" else self._absorb_chunk
+        self._endpoint = (
+            client.responses.with_streaming_response
+            if api == "responses"
+            else client.chat.completions.with_streaming_response
+        )
         self._response_cm: Any = None
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
@@ -118,7 +134,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
             async with asyncio.timeout(self._idle):
                 # The idle clock covers the time to first byte too.
                 # The transport's read timeout ends a silent stream without a timer per line.
-                self._response_cm = self._client.chat.completions.with_streaming_response.create(
+                self._response_cm = self._endpoint.create(
                     **self._body, timeout=httpx2.Timeout(self._idle, connect=min(10.0, self._idle))
                 )
                 response = await self._response_cm.__aenter__()
@@ -160,7 +176,31 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         if self.finish_reason is None:
             raise self._broken(ModelInterrupted, "stream ended without finish_reason")
 
-    def _absorb(self, chunk: Any) -> str:
+    def _absorb_response_event(self, event: Any) -> str:
+        """Text of one Responses API event; records the end and usage; raises on failures."""
+        if not isinstance(event, dict):
+            return ""
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            delta = event.get("delta")
+            return delta if isinstance(delta, str) else ""
+        if kind in ("response.completed", "response.incomplete"):
+            response = event.get("response") or {}
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):
+                self.usage = {
+                    "prompt_tokens": int(usage.get("input_tokens") or 0),
+                    "completion_tokens": int(usage.get("output_tokens") or 0),
+                    "total_tokens": int(usage.get("total_tokens") or 0),
+                }
+            # An incomplete response (max tokens, content filter) is an answer cut by the
+            # server on purpose, like finish_reason "length": shown as it is.
+            self.finish_reason = "stop" if kind == "response.completed" else "length"
+        elif kind in ("response.failed", "error"):
+            raise self._broken(ModelInterrupted, f"{kind} event in stream")
+        return ""
+
+    def _absorb_chunk(self, chunk: Any) -> str:
         """Text of one decoded chunk; records finish_reason and usage; raises on error events."""
         if not isinstance(chunk, dict):
             return ""
