@@ -88,12 +88,7 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     def cross_field_problems(self) -> list[str]:
-        problems = []
-        if self.slack_mode == "socket" and self.slack_app_token is None:
-            problems.append("SLACK_APP_TOKEN: required in Socket Mode (SLACK_MODE=socket)")
-        if self.slack_mode == "http" and self.slack_signing_secret is None:
-            problems.append("SLACK_SIGNING_SECRET: required in HTTP mode (SLACK_MODE=http)")
-        return problems
+        return _transport_problems(self.slack_mode, self.slack_app_token, self.slack_signing_secret)
 
 
 def load_settings(
@@ -108,7 +103,7 @@ def load_settings(
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
         # Name the transport's missing token too, so one run lists every problem.
-        problems += _transport_problems(overrides, env_file)
+        problems += _lenient_transport_problems(overrides, env_file)
         raise ConfigError(problems) from None
     problems = settings.cross_field_problems()
     if problems:
@@ -125,15 +120,23 @@ class _Transport(BaseSettings):
     slack_signing_secret: str | None = None
 
 
-def _transport_problems(overrides: Mapping[str, object] | None, env_file: str | None) -> list[str]:
+def _lenient_transport_problems(
+    overrides: Mapping[str, object] | None, env_file: str | None
+) -> list[str]:
     known = {k: v for k, v in (overrides or {}).items() if k in _Transport.model_fields}
     try:
         transport = _Transport(_env_file=env_file, **known)  # type: ignore[call-arg,arg-type]
     except ValidationError:
         return []
-    if transport.slack_mode == "socket" and not transport.slack_app_token:
+    return _transport_problems(
+        transport.slack_mode, transport.slack_app_token, transport.slack_signing_secret
+    )
+
+
+def _transport_problems(mode: str, app_token: object, signing_secret: object) -> list[str]:
+    if mode == "socket" and not app_token:
         return ["SLACK_APP_TOKEN: required in Socket Mode (SLACK_MODE=socket)"]
-    if transport.slack_mode == "http" and not transport.slack_signing_secret:
+    if mode == "http" and not signing_secret:
         return ["SLACK_SIGNING_SECRET: required in HTTP mode (SLACK_MODE=http)"]
     return []
 

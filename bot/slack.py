@@ -1,4 +1,4 @@
-"""The outbound Slack Web API boundary: post, update, delete, read a thread.
+"""The outbound Slack Web API boundary: post, update, read a thread.
 
     slack = SlackGateway(web_client)
     ts = await slack.post("C1", "_Thinking…_", thread_ts="1700000000.000100")
@@ -47,11 +47,6 @@ class SlackGateway:
         self._timeout = timeout
         self._calls = metrics.slack_calls if metrics is not None else None
 
-    async def identity(self) -> tuple[str, str]:
-        """(team id, bot user id) of the token."""
-        data = await self._call("auth.test", {})
-        return str(data.get("team_id", "")), str(data.get("user_id", ""))
-
     async def post(
         self,
         channel: str,
@@ -75,9 +70,6 @@ class SlackGateway:
         # An explicit empty list clears earlier blocks (e.g. the Stop button).
         args["blocks"] = blocks if blocks is not None else []
         await self._call("chat.update", args)
-
-    async def delete(self, channel: str, ts: str) -> None:
-        await self._call("chat.delete", {"channel": channel, "ts": ts})
 
     async def thread_messages(
         self, channel: str, thread_ts: str, *, limit: int = 200

@@ -473,8 +473,3 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', math.max(now, at))
 redis.call('PEXPIRE', KEYS[1], ttl)
 return math.ceil((1 + reserve - tokens) / rate * 1000)
 """
-
-
-def redis_client_kind(redis: Any) -> str:
-    """'embedded' for the in-process store, else 'redis' (for the start-up log line)."""
-    return "embedded" if type(redis).__module__.startswith("fakeredis") else "redis"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -105,6 +106,11 @@ async def test_ops_endpoints_report_health_readiness_and_metrics(
 
         await slack.send_event(mention_event("count me"))
         await answered(slack, "count me")
+        # The turn counts its reply after the final edit lands and the turn is saved.
+        for _ in range(250):  # up to 5 s
+            if "slackbot_active_streams 0.0" in (await get(port, "/metrics"))[1]:
+                break
+            await asyncio.sleep(0.02)
         status, text = await get(port, "/metrics")
         assert status == 200
         assert 'slackbot_events_total{outcome="received"} 1.0' in text
