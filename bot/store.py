@@ -9,7 +9,7 @@ Key schema (``{p}`` is the key prefix, ``slackbot`` by default)::
     {p}:lock:{team}:{channel}:{thread_ts}     holder token, PX lease — one answer at a time
     {p}:budget:{team}:{method}                hash {tokens, at} — token bucket shared by replicas
     {p}:pause:{team}:{method}                 "1", PX Retry-After — Slack said 429
-    {p}:active:{team}                         zset reply id → lease expiry — replies streaming now
+    {p}:active:{team}:{method}                zset reply id → lease expiry — replies streaming now
     {p}:stop                                  pub/sub channel: reply ids whose Stop was pressed
     {p}:owner:{owner}                         "1", PX lease — a bot process that is alive
     {p}:inflight                              hash reply id → JSON {owner, team, channel, ts, text}
@@ -253,9 +253,12 @@ class Store:
         name = f"{self._p}:pause:{team}:{method}"
         await self._guard(lambda r: r.set(name, "1", px=max(1, int(seconds * 1000))), "pause")
 
-    async def active_replies(self, team: str, reply_id: str, *, lease_s: float = 30.0) -> int:
-        """Register ``reply_id`` as streaming in ``team`` and return how many are streaming now."""
-        name = f"{self._p}:active:{team}"
+    async def active_replies(
+        self, team: str, method: str, reply_id: str, *, lease_s: float = 30.0
+    ) -> int:
+        """Register ``reply_id`` as streaming in ``team`` through ``method`` (edits or native
+        appends) and return how many are streaming that way now."""
+        name = f"{self._p}:active:{team}:{method}"
         now = self._clock()
 
         async def beat(r: aioredis.Redis) -> int:
@@ -269,8 +272,9 @@ class Store:
 
         return await self._guard(beat, "active")
 
-    async def finished_reply(self, team: str, reply_id: str) -> None:
-        await self._guard(lambda r: r.zrem(f"{self._p}:active:{team}", reply_id), "active")
+    async def finished_reply(self, team: str, method: str, reply_id: str) -> None:
+        name = f"{self._p}:active:{team}:{method}"
+        await self._guard(lambda r: r.zrem(name, reply_id), "active")
 
     # -- abuse limits and usage ------------------------------------------------------------
 

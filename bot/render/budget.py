@@ -1,5 +1,6 @@
-"""The workspace's chat.update budget: one token bucket per workspace, shared by every reply and
-every replica (in Redis), with a local bucket standing in while Redis is unavailable.
+"""A workspace's budget for one rate-limited Slack method (chat.update by default; native streams
+pace chat.appendStream the same way): one token bucket per workspace and method, shared by every
+reply and every replica (in Redis), with a local bucket standing in while Redis is unavailable.
 
     budget = EditBudget(store, per_minute=45, burst=3, min_interval=1.0)
     if await budget.acquire("T1", Priority.PROGRESS, give_up=closing):   # waits for a token
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from bot.errors import StoreUnavailable
 from bot.store import Store
 
-METHOD = "chat.update"
+METHOD = "chat.update"  # the default method a budget paces
 
 
 class Priority(enum.IntEnum):
@@ -80,14 +81,16 @@ class EditBudget:
         per_minute: float,
         burst: int,
         min_interval: float,
+        method: str = METHOD,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.method = method
         self._store = store
         self._per_minute = per_minute
         self._burst = burst
         self._min_interval = min_interval
         self._clock = clock  # only the local stand-in buckets read it; Redis uses the store's
-        self._local: dict[str, TokenBucket] = {}
+        self._local: dict[str, TokenBucket] = {}  # by team
         self._active_local: dict[str, set[str]] = {}
         self._intervals: dict[str, float] = {}
 
@@ -97,7 +100,7 @@ class EditBudget:
         reserve = max(0, min(int(priority), self._burst - 1))
         try:
             return await self._store.take_token(
-                team, METHOD, per_minute=self._per_minute, burst=self._burst, reserve=reserve
+                team, self.method, per_minute=self._per_minute, burst=self._burst, reserve=reserve
             )
         except StoreUnavailable:
             # Each replica then spends the whole budget on its own: tolerable for an outage.
@@ -138,7 +141,7 @@ class EditBudget:
         """Slack said 429: every reply in the workspace holds its edits for ``retry_after``."""
         self._bucket(team).pause(retry_after)
         try:
-            await self._store.pause(team, METHOD, retry_after)
+            await self._store.pause(team, self.method, retry_after)
         except StoreUnavailable:
             pass
 
@@ -152,7 +155,7 @@ class EditBudget:
         local = self._active_local.setdefault(team, set())
         local.add(reply_id)  # kept in step, so an outage starts from a fair count
         try:
-            active = await self._store.active_replies(team, reply_id, lease_s=lease)
+            active = await self._store.active_replies(team, self.method, reply_id, lease_s=lease)
         except StoreUnavailable:
             active = len(local)
         # Alone, a reply may use the burst: the bucket itself holds it to the sustained rate.
@@ -167,7 +170,7 @@ class EditBudget:
         self._active_local.get(team, set()).discard(reply_id)
         self._intervals.pop(reply_id, None)
         try:
-            await self._store.finished_reply(team, reply_id)
+            await self._store.finished_reply(team, self.method, reply_id)
         except StoreUnavailable:
             pass
 
