@@ -1,8 +1,13 @@
-"""The outbound Slack Web API boundary: post, update, read a thread.
+"""The outbound Slack Web API boundary: post, update, read a thread, native streams, and the
+assistant thread's status, title and suggested prompts.
 
     slack = SlackGateway(web_client)
     ts = await slack.post("C1", "_Thinking…_", thread_ts="1700000000.000100")
     await slack.update("C1", ts, "The answer.")
+
+    ts = await slack.start_stream("C1", "1700000000.000100", recipient=("U1", "T1"))
+    await slack.append_stream("C1", ts, "More **Markdown**")
+    await slack.stop_stream("C1", ts, blocks=[...])
 
 Every failure leaves as ``SlackRateLimited`` (429, with ``retry_after``), ``SlackTransient``
 (5xx, connection trouble, timeouts: worth retrying) or ``SlackRejected`` (``ok: false``).
@@ -70,6 +75,88 @@ class SlackGateway:
         # An explicit empty list clears earlier blocks (e.g. the Stop button).
         args["blocks"] = blocks if blocks is not None else []
         await self._call("chat.update", args)
+
+    async def post_ephemeral(
+        self, channel: str, user: str, text: str, *, thread_ts: str | None = None
+    ) -> None:
+        args: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if thread_ts:
+            args["thread_ts"] = thread_ts
+        await self._call("chat.postEphemeral", args)
+
+    # -- native streams (chat.startStream / appendStream / stopStream) -----------------------
+
+    async def start_stream(
+        self,
+        channel: str,
+        thread_ts: str,
+        *,
+        markdown: str = "",
+        recipient: tuple[str, str] | None = None,
+    ) -> str:
+        """Open a native stream in the thread; its message's ``ts``. ``recipient`` is
+        (user id, team id), required by Slack outside DMs."""
+        args: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
+        if markdown:
+            args["markdown_text"] = markdown
+        if recipient is not None:
+            args["recipient_user_id"], args["recipient_team_id"] = recipient
+        data = await self._call("chat.startStream", args)
+        return str(data["ts"])
+
+    async def append_stream(self, channel: str, ts: str, markdown: str) -> None:
+        await self._call(
+            "chat.appendStream", {"channel": channel, "ts": ts, "markdown_text": markdown}
+        )
+
+    async def stop_stream(
+        self,
+        channel: str,
+        ts: str,
+        *,
+        markdown: str = "",
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> None:
+        args: dict[str, Any] = {"channel": channel, "ts": ts}
+        if markdown:
+            args["markdown_text"] = markdown
+        if blocks:
+            args["blocks"] = blocks
+        await self._call("chat.stopStream", args)
+
+    # -- assistant threads -------------------------------------------------------------------
+
+    async def set_status(
+        self,
+        channel: str,
+        thread_ts: str,
+        status: str,
+        *,
+        loading_messages: list[str] | None = None,
+    ) -> None:
+        """Show (``status`` non-empty) or clear ("") the "is thinking…" line of a thread."""
+        args: dict[str, Any] = {"channel_id": channel, "thread_ts": thread_ts, "status": status}
+        if loading_messages:
+            args["loading_messages"] = loading_messages
+        await self._call("assistant.threads.setStatus", args)
+
+    async def set_title(self, channel: str, thread_ts: str, title: str) -> None:
+        args = {"channel_id": channel, "thread_ts": thread_ts, "title": title}
+        await self._call("assistant.threads.setTitle", args)
+
+    async def set_suggested_prompts(
+        self,
+        channel: str,
+        thread_ts: str,
+        prompts: list[dict[str, str]],
+        *,
+        title: str | None = None,
+    ) -> None:
+        """``prompts``: ``[{"title": shown, "message": sent when clicked}, …]`` (at most 4)."""
+        args: dict[str, Any] = {"channel_id": channel, "thread_ts": thread_ts, "prompts": prompts}
+        if title:
+            args["title"] = title
+        await self._call("assistant.threads.setSuggestedPrompts", args)
 
     async def thread_messages(
         self, channel: str, thread_ts: str, *, limit: int = 200
