@@ -1,7 +1,7 @@
 """The routing table: which Slack events reach which handler, in Bolt's first-match order,
 and the one global error hook.
 
-    app = build_app(client=web_client, turns=turns, signing_secret=None)
+    app = build_app(client=web_client, turns=turns, assistant=assistant, signing_secret=None)
 
 The order below is the spec (Bolt stops at the first listener whose constraints match):
 
@@ -11,7 +11,10 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
     message  · a person · names the bot          → answer (deduped with its app_mention twin)
     message  · a person · thread the bot is in   → answer, no mention needed
     message  · anything else                     → acknowledge and ignore (no 404, no retries)
+    assistant_thread_started                     → greeting + suggested prompts in the thread
+    assistant_thread_context_changed             → acknowledge quietly
     action   · stop_reply                        → stop the reply it names, on any replica
+    action   · reply_feedback                    → store and count the vote, thank the clicker
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.assistant import AssistantThreads
 from bot.conversation import ThreadKey
 from bot.errors import StoreUnavailable
 from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern
 from bot.metrics import Metrics
+from bot.render.feedback import FEEDBACK_ACTION_ID
 from bot.render.reply import STOP_ACTION_ID
 from bot.stops import StopSignals
 from bot.store import Store
@@ -45,6 +50,7 @@ def build_app(
     store: Store,
     metrics: Metrics,
     stops: StopSignals,
+    assistant: AssistantThreads,
     signing_secret: str | None,
 ) -> AsyncApp:
     """The Bolt app with every route registered; ``signing_secret`` None means Socket Mode."""
@@ -73,6 +79,13 @@ def build_app(
         for action in body.get("actions") or ():
             if action.get("action_id") == STOP_ACTION_ID and isinstance(action.get("value"), str):
                 await stops.request(action["value"])
+
+    async def thread_started(event: dict[str, Any]) -> None:
+        await assistant.started(event)
+
+    async def feedback(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        await assistant.feedback(body)
 
     async def ignore() -> None:
         metrics.events.labels(outcome="ignored").inc()
@@ -113,7 +126,10 @@ def build_app(
     app.event("message", matchers=[from_person, names_bot])(answer)
     app.event("message", matchers=[from_person, in_known_thread])(answer)
     app.event("message")(ignore)
+    app.event("assistant_thread_started")(thread_started)
+    app.event("assistant_thread_context_changed")(ignore)
     app.action(STOP_ACTION_ID)(stop)
+    app.action(FEEDBACK_ACTION_ID)(feedback)
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 
 from bot.app import build_app
+from bot.assistant import AssistantThreads
 from bot.config import Settings
 from bot.llm import ChatModel, connect_openai
 from bot.metrics import Metrics
@@ -136,6 +137,14 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             store=store,
             metrics=metrics,
             stops=stops,
+            assistant=AssistantThreads(
+                slack=slack,
+                store=store,
+                metrics=metrics,
+                greeting=settings.assistant_greeting,
+                prompts=settings.assistant_prompts,
+                prompts_title=settings.assistant_prompts_title,
+            ),
             signing_secret=(
                 settings.slack_signing_secret.get_secret_value()
                 if http_mode and settings.slack_signing_secret

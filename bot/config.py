@@ -8,17 +8,43 @@ This is the only module that reads the environment; everything else receives val
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant in a Slack workspace. Answer clearly and concisely. "
     "Messages from people are prefixed with their Slack user id in brackets."
+)
+
+
+class SuggestedPrompt(BaseModel):
+    """A suggested prompt of an assistant thread: ``title`` is shown, ``message`` is sent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    title: str
+    message: str
+
+
+MAX_SUGGESTED_PROMPTS = 4  # Slack shows no more
+DEFAULT_ASSISTANT_GREETING = "Hi! How can I help? Ask me anything and I'll answer in this thread."
+DEFAULT_ASSISTANT_PROMPTS = (
+    SuggestedPrompt(
+        title="Explain a concept",
+        message="Explain how public-key cryptography works, in simple terms.",
+    ),
+    SuggestedPrompt(
+        title="Brainstorm ideas", message="Help me brainstorm five ideas for a team offsite."
+    ),
+    SuggestedPrompt(
+        title="Draft a message",
+        message="Help me write a friendly reminder to my team about tomorrow's deadline.",
+    ),
 )
 
 
@@ -73,6 +99,12 @@ class Settings(BaseSettings):
     user_daily_tokens: int = Field(0, ge=0)
     workspace_daily_tokens: int = Field(0, ge=0)
 
+    # Assistant threads (agent view): what a new thread shows; empty disables that part.
+    # ASSISTANT_PROMPTS is a JSON list of strings and/or {"title": …, "message": …} objects.
+    assistant_greeting: str = DEFAULT_ASSISTANT_GREETING
+    assistant_prompts: Annotated[tuple[SuggestedPrompt, ...], NoDecode] = DEFAULT_ASSISTANT_PROMPTS
+    assistant_prompts_title: str = "Try asking"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -86,6 +118,11 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("assistant_prompts", mode="before")
+    @classmethod
+    def _prompt_list(cls, value: object) -> object:
+        return _parse_prompts(value)
 
     def cross_field_problems(self) -> list[str]:
         return _transport_problems(self.slack_mode, self.slack_app_token, self.slack_signing_secret)
@@ -139,6 +176,43 @@ def _transport_problems(mode: str, app_token: object, signing_secret: object) ->
     if mode == "http" and not signing_secret:
         return ["SLACK_SIGNING_SECRET: required in HTTP mode (SLACK_MODE=http)"]
     return []
+
+
+def _parse_prompts(value: object) -> object:
+    """ASSISTANT_PROMPTS from JSON text (the environment) or a list (overrides): a string is a
+    prompt whose title is its message; problems are named in words, never as pydantic paths."""
+    if isinstance(value, str):
+        if not value.strip():
+            return ()
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(
+                'not valid JSON; expected a list like ["Question?", {"title": "…", "message": "…"}]'
+            ) from None
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a JSON list of prompts")
+    if len(value) > MAX_SUGGESTED_PROMPTS:
+        raise ValueError(
+            f"at most {MAX_SUGGESTED_PROMPTS} prompts (Slack shows no more), got {len(value)}"
+        )
+    prompts: list[object] = []
+    for n, item in enumerate(value, 1):
+        if isinstance(item, SuggestedPrompt):
+            prompts.append(item)
+        elif isinstance(item, str) and item.strip():
+            prompts.append({"title": item, "message": item})
+        elif (
+            isinstance(item, Mapping)
+            and set(item) == {"title", "message"}
+            and all(isinstance(v, str) and v.strip() for v in item.values())
+        ):
+            prompts.append(dict(item))
+        else:
+            raise ValueError(
+                f'prompt {n}: expected a non-empty string or {{"title": …, "message": …}}'
+            )
+    return tuple(prompts)
 
 
 def _describe(err: Mapping[str, object]) -> str:

@@ -66,6 +66,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.feedback = Counter(
+            "slackbot_feedback",
+            "Feedback button clicks under answers, by vote (good, bad).",
+            ["vote"],
+            registry=r,
+        )
         self.active_streams = Gauge(
             "slackbot_active_streams", "Replies streaming in this process now.", registry=r
         )

@@ -15,7 +15,10 @@ Key schema (``{p}`` is the key prefix, ``slackbot`` by default)::
     {p}:inflight                              hash reply id → JSON {owner, team, channel, ts, text}
     {p}:rate:{team}:{user}:{window}           request count in a fixed window — per-user rate limit
     {p}:usage:{team}:{yyyymmdd}               hash {scope}:{prompt|completion|total}_tokens and
-                                              {scope}:replies, scope = team | channel:C | user:U
+                                              {scope}:replies, scope = team | channel:C | user:U;
+                                              team:feedback_{good|bad}: votes cast that day
+    {p}:feedback:{team}:{channel}:{message_ts} hash user → good | bad — feedback on one answer,
+                                              a changed vote replaces the earlier one; history TTL
 
 Every Redis failure leaves this module as ``StoreUnavailable``; the first one of an outage is
 logged as one warning, the recovery as one info line.
@@ -98,6 +101,7 @@ class Store:
         self._release = redis.register_script(_RELEASE_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._take = redis.register_script(_TAKE_LUA)
+        self._vote = redis.register_script(_VOTE_LUA)
 
     @property
     def healthy(self) -> bool:
@@ -323,6 +327,23 @@ class Store:
         day = time.strftime("%Y%m%d", time.gmtime(self._clock()))
         return f"{self._p}:usage:{team}:{day}"
 
+    # -- feedback on answers ---------------------------------------------------------------
+
+    async def record_feedback(
+        self, team: str, channel: str, message_ts: str, user: str, vote: str
+    ) -> str | None:
+        """Store ``user``'s vote on the answer at (``channel``, ``message_ts``), replacing their
+        earlier one, and count it in today's usage hash unless it repeats that earlier vote.
+        Returns the earlier vote (None: the first)."""
+        keys = [f"{self._p}:feedback:{team}:{channel}:{message_ts}", self._usage_key(team)]
+        args: list[str | int] = [user, vote, self._ttl_ms, 40 * 86400]
+        earlier = await self._guard(
+            lambda r: self._vote(keys=keys, args=args, client=r), "feedback"
+        )
+        if isinstance(earlier, bytes):
+            earlier = earlier.decode()
+        return str(earlier) if earlier else None
+
     # -- Stop across replicas --------------------------------------------------------------
 
     async def request_stop(self, reply_id: str) -> None:
@@ -451,6 +472,19 @@ return 0
 _RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
+"""
+
+# KEYS: the answer's votes, today's usage.  ARGV: user, vote, votes TTL (ms), usage TTL (s).
+# Returns the user's earlier vote, '' when none.
+_VOTE_LUA = """
+local earlier = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if earlier ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[2], 'team:feedback_' .. ARGV[2], 1)
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return earlier
 """
 
 # KEYS: bucket, pause.  ARGV: rate (tokens/s), burst, now (ms), reserve.

@@ -22,6 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.fakes.slack import (
     FakeSlack,
+    assistant_thread_started_event,
     block_actions_payload,
     mention_event,
     message_event,
@@ -583,3 +584,62 @@ def test_event_helpers_look_like_slack() -> None:
     bot = message_event("beep", user=None, bot_id="B0OTHER", subtype="bot_message")
     assert (bot["bot_id"], bot["subtype"], "user" in bot) == ("B0OTHER", "bot_message", False)
     assert float(new_ts()) < float(new_ts())
+
+
+def test_assistant_thread_started_event_looks_like_slack() -> None:
+    event = assistant_thread_started_event(user="U1", channel="D1", context_channel="C1")
+    thread = event["assistant_thread"]
+    assert event["type"] == "assistant_thread_started"
+    assert (thread["user_id"], thread["channel_id"]) == ("U1", "D1")
+    assert thread["context"] == {"channel_id": "C1", "team_id": "T0001", "enterprise_id": None}
+    assert float(thread["thread_ts"]) > 0
+
+
+# ----------------------------------------------------------------------------- assistant threads
+
+
+async def test_suggested_prompts_and_title_are_recorded_per_thread(slack: FakeSlack) -> None:
+    client = web(slack)
+    prompts = [{"title": "Ask", "message": "What can you do?"}]
+    await client.assistant_threads_setSuggestedPrompts(
+        channel_id="D1", thread_ts="1.000100", prompts=prompts, title="Try"
+    )
+    await client.assistant_threads_setTitle(channel_id="D1", thread_ts="1.000100", title="Trip")
+    shown = slack.prompts("D1", "1.000100")
+    assert shown is not None and (shown.prompts, shown.title) == (prompts, "Try")
+    assert slack.titles[("D1", "1.000100")] == "Trip"
+    assert slack.prompts("D1", "2.000100") is None
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        [],
+        [{"title": str(n), "message": str(n)} for n in range(5)],
+        [{"title": "no message"}],
+        [{"title": "", "message": "empty title"}],
+    ],
+    ids=["none", "five", "no-message", "empty-title"],
+)
+async def test_suggested_prompts_are_validated_like_slack(
+    slack: FakeSlack, prompts: list[dict[str, str]]
+) -> None:
+    call = web(slack).assistant_threads_setSuggestedPrompts(
+        channel_id="D1", thread_ts="1.000100", prompts=prompts
+    )
+    assert (await api_error(call)).response["error"] == "invalid_arguments"
+    assert slack.prompts("D1", "1.000100") is None
+
+
+async def test_ephemeral_messages_are_seen_only_by_their_user(slack: FakeSlack) -> None:
+    client = web(slack)
+    response = await client.chat_postEphemeral(
+        channel=CHANNEL, user="U0USER", text="only you", thread_ts="1.000100"
+    )
+    assert response["message_ts"]
+    (shown,) = slack.ephemerals_for("U0USER")
+    assert (shown.channel, shown.text, shown.thread_ts) == (CHANNEL, "only you", "1.000100")
+    assert slack.ephemerals_for("U0OTHER") == [] and slack.bot_messages() == []
+    no_user = {"channel": CHANNEL, "text": "to nobody"}
+    error = await api_error(client.api_call("chat.postEphemeral", json=no_user))
+    assert error.response["error"] == "user_not_found"

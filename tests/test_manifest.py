@@ -19,6 +19,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "chat.postMessage": {"chat:write"},
     "chat.update": {"chat:write"},
     "chat.delete": {"chat:write"},
+    "chat.postEphemeral": {"chat:write"},
     "chat.startStream": {"chat:write"},
     "chat.appendStream": {"chat:write"},
     "chat.stopStream": {"chat:write"},
@@ -26,6 +27,8 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "reactions.add": {"reactions:write"},
     "reactions.remove": {"reactions:write"},
     "assistant.threads.setStatus": {"assistant:write"},
+    "assistant.threads.setTitle": {"assistant:write"},
+    "assistant.threads.setSuggestedPrompts": {"assistant:write"},
     "users.info": {"users:read"},
 }
 EVENT_SUBSCRIPTIONS: dict[str, tuple[set[str], set[str]]] = {
@@ -35,6 +38,8 @@ EVENT_SUBSCRIPTIONS: dict[str, tuple[set[str], set[str]]] = {
         {"message.channels", "message.groups", "message.im", "message.mpim"},
         {"channels:history", "groups:history", "im:history", "mpim:history"},
     ),
+    "assistant_thread_started": ({"assistant_thread_started"}, {"assistant:write"}),
+    "assistant_thread_context_changed": ({"assistant_thread_context_changed"}, {"assistant:write"}),
 }
 
 
@@ -59,6 +64,8 @@ def test_manifest_covers_listeners_and_methods(manifest: str) -> None:
         needed_events, needed_scopes = EVENT_SUBSCRIPTIONS[event_type]
         assert needed_events <= events, (event_type, needed_events - events)
         assert needed_scopes <= scopes, (event_type, needed_scopes - scopes)
+    if "assistant_thread_started" in listened:  # Slack sends it only to apps with the agent view
+        assert data["features"]["assistant_view"]["assistant_description"]
     if re.search(r"app\.action\(", source):
         assert data["settings"]["interactivity"]["is_enabled"] is True
 

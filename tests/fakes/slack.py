@@ -43,8 +43,12 @@ from aiohttp import WSMsgType, web
 __all__ = [
     "DEFAULT_BUDGETS",
     "Call",
+    "Ephemeral",
     "FakeSlack",
     "Message",
+    "SuggestedPrompts",
+    "assistant_thread_context_changed_event",
+    "assistant_thread_started_event",
     "block_actions_payload",
     "mention_event",
     "message_event",
@@ -66,6 +70,7 @@ POST_TEXT_LIMIT = 40_000
 UPDATE_TEXT_LIMIT = 4_000
 MARKDOWN_TEXT_LIMIT = 12_000
 MAX_BLOCKS = 50
+MAX_SUGGESTED_PROMPTS = 4
 
 # --------------------------------------------------------------------------- timestamps
 
@@ -190,8 +195,12 @@ def block_actions_payload(
     block_id: str = "actions",
     team: str = "T0001",
     api_app_id: str = "A0001",
+    action_type: str = "button",
 ) -> dict[str, Any]:
-    """A ``block_actions`` payload (a button click) for :meth:`FakeSlack.send_interactive`."""
+    """A ``block_actions`` payload (a button click) for :meth:`FakeSlack.send_interactive`.
+
+    ``action_type="feedback_buttons"`` makes it a click on a 👍 / 👎 feedback button.
+    """
     message_ts = message_ts or new_ts()
     container: dict[str, Any] = {
         "type": "message",
@@ -216,11 +225,69 @@ def block_actions_payload(
                 "action_id": action_id,
                 "block_id": block_id,
                 "value": value,
-                "type": "button",
+                "type": action_type,
                 "action_ts": f"{time.time():.6f}",
             }
         ],
     }
+
+
+def assistant_thread_started_event(
+    *,
+    user: str = "U0USER",
+    channel: str = "D0ASSIST",
+    thread_ts: str | None = None,
+    context_channel: str | None = "C0CHAN",
+    team: str = "T0001",
+    enterprise: str | None = None,
+) -> dict[str, Any]:
+    """An ``assistant_thread_started`` event (a person opened the app's agent view) for
+    :meth:`FakeSlack.send_event`; ``context_channel`` is the channel they were looking at.
+
+    >>> assistant_thread_started_event(channel="D9")["assistant_thread"]["channel_id"]
+    'D9'
+    """
+    return {
+        "type": "assistant_thread_started",
+        "assistant_thread": _assistant_thread(
+            user, channel, thread_ts or new_ts(), context_channel, team, enterprise
+        ),
+        "event_ts": new_ts(),
+    }
+
+
+def assistant_thread_context_changed_event(
+    *,
+    thread_ts: str,
+    user: str = "U0USER",
+    channel: str = "D0ASSIST",
+    context_channel: str | None = "C0OTHER",
+    team: str = "T0001",
+    enterprise: str | None = None,
+) -> dict[str, Any]:
+    """An ``assistant_thread_context_changed`` event: the person switched channels while the
+    thread ``thread_ts`` stayed open."""
+    return {
+        "type": "assistant_thread_context_changed",
+        "assistant_thread": _assistant_thread(
+            user, channel, thread_ts, context_channel, team, enterprise
+        ),
+        "event_ts": new_ts(),
+    }
+
+
+def _assistant_thread(
+    user: str,
+    channel: str,
+    thread_ts: str,
+    context_channel: str | None,
+    team: str,
+    enterprise: str | None,
+) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    if context_channel is not None:
+        context = {"channel_id": context_channel, "team_id": team, "enterprise_id": enterprise}
+    return {"user_id": user, "context": context, "channel_id": channel, "thread_ts": thread_ts}
 
 
 # --------------------------------------------------------------------------- records
@@ -303,6 +370,25 @@ class Message:
         return body
 
 
+@dataclass(frozen=True)
+class SuggestedPrompts:
+    """The suggested prompts an assistant thread shows (``prompts``: ``{title, message}``)."""
+
+    prompts: list[dict[str, str]]
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class Ephemeral:
+    """A message only ``user`` sees (chat.postEphemeral); never stored in the channel."""
+
+    channel: str
+    user: str
+    text: str
+    thread_ts: str | None = None
+    blocks: list[dict[str, Any]] | None = None
+
+
 @dataclass
 class _Fault:
     kind: str
@@ -356,7 +442,8 @@ class FakeSlack:
 
     Tests seed and inspect it directly: ``missing_channels``, ``users`` (id -> name),
     ``budgets`` (``{}`` disables rate limits), ``latency``, ``stream_lifetime``, and read
-    ``calls``, ``acks``, ``statuses``, ``socket_messages``, ``responses``, ``connections``.
+    ``calls``, ``acks``, ``statuses``, ``socket_messages``, ``responses``, ``connections``,
+    and what assistant threads show: ``titles``, ``suggested_prompts``, ``ephemerals``.
 
     ``latency`` is added to every Web API call; ``connection_latency`` only to the first call
     on each new TCP connection, the handshake cost a client without a shared session pays on
@@ -405,6 +492,9 @@ class FakeSlack:
         self.socket_messages: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []
         self.statuses: dict[tuple[str, str], str] = {}
+        self.titles: dict[tuple[str, str], str] = {}
+        self.suggested_prompts: dict[tuple[str, str], SuggestedPrompts] = {}
+        self.ephemerals: list[Ephemeral] = []
 
         self._messages: dict[tuple[str, str], Message] = {}
         self._max_ts = (0, 0)
@@ -427,6 +517,9 @@ class FakeSlack:
             "reactions.add": self._api_reactions_add,
             "reactions.remove": self._api_reactions_remove,
             "assistant.threads.setStatus": self._api_set_status,
+            "assistant.threads.setTitle": self._api_set_title,
+            "assistant.threads.setSuggestedPrompts": self._api_set_suggested_prompts,
+            "chat.postEphemeral": self._api_post_ephemeral,
             "chat.startStream": self._api_start_stream,
             "chat.appendStream": self._api_append_stream,
             "chat.stopStream": self._api_stop_stream,
@@ -548,6 +641,18 @@ class FakeSlack:
         if at is not None and self.status_ttl is not None and self.clock() - at > self.status_ttl:
             return ""
         return self.statuses.get(key, "")
+
+    def prompts(self, channel: str, thread_ts: str) -> SuggestedPrompts | None:
+        """The suggested prompts shown in an assistant thread now (None: never set)."""
+        return self.suggested_prompts.get((channel, thread_ts))
+
+    def ephemerals_for(self, user: str, channel: str | None = None) -> list[Ephemeral]:
+        """Ephemeral messages shown to ``user`` (optionally in one channel), oldest first."""
+        return [
+            e
+            for e in self.ephemerals
+            if e.user == user and (channel is None or e.channel == channel)
+        ]
 
     def press_stop(self, channel: str, ts: str) -> None:
         """Simulate the user pressing stop on a native stream: later calls get stopped_by_user."""
@@ -1167,6 +1272,47 @@ class FakeSlack:
         self.statuses[key] = str(args["status"])
         self._status_at[key] = self.clock()
         return {}
+
+    def _api_set_title(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        key = (_need(args, "channel_id", "channel_not_found"), _need(args, "thread_ts"))
+        self.titles[key] = _need(args, "title")
+        return {}
+
+    def _api_set_suggested_prompts(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        key = (_need(args, "channel_id", "channel_not_found"), _need(args, "thread_ts"))
+        prompts = args.get("prompts")
+        if isinstance(prompts, str):  # form-encoded: a JSON string
+            try:
+                prompts = json.loads(prompts)
+            except json.JSONDecodeError as exc:
+                raise _ApiError("invalid_arguments") from exc
+        if not isinstance(prompts, list) or not 1 <= len(prompts) <= MAX_SUGGESTED_PROMPTS:
+            raise _ApiError("invalid_arguments")
+        for prompt in prompts:
+            if not isinstance(prompt, dict) or not all(
+                isinstance(prompt.get(k), str) and prompt[k] for k in ("title", "message")
+            ):
+                raise _ApiError("invalid_arguments")
+        title = args.get("title")
+        self.suggested_prompts[key] = SuggestedPrompts(
+            [{"title": p["title"], "message": p["message"]} for p in prompts],
+            str(title) if title else None,
+        )
+        return {}
+
+    def _api_post_ephemeral(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        channel = _need(args, "channel", "channel_not_found")
+        user = _need(args, "user", "user_not_found")
+        text, blocks = self._text_args(args, POST_TEXT_LIMIT)
+        if not text and not blocks:
+            raise _ApiError("no_text")
+        thread_ts = args.get("thread_ts") or None
+        self.ephemerals.append(
+            Ephemeral(
+                channel, user, text or "", None if thread_ts is None else str(thread_ts), blocks
+            )
+        )
+        return {"message_ts": self._claim_ts(None)}
 
     def _api_start_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         channel = _need(args, "channel", "channel_not_found")
