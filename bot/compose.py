@@ -30,7 +30,7 @@ from bot.server import build_web_app, serve
 from bot.slack import SlackGateway, connect_slack
 from bot.stops import StopSignals
 from bot.store import Store, connect_redis, embedded_redis
-from bot.turn import Limits, TurnOptions, Turns
+from bot.turn import Limits, NativeStreaming, TurnOptions, Turns
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,27 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             burst=settings.edit_budget_burst,
             min_interval=settings.edit_interval,
         )
+        native = None
+        if settings.stream_mode != "edit":
+            native = NativeStreaming(
+                mode=settings.stream_mode,
+                appends=EditBudget(
+                    store,
+                    method="chat.appendStream",
+                    per_minute=settings.native_append_budget_per_minute,
+                    burst=5,
+                    min_interval=settings.native_flush_interval,
+                ),
+                starts=EditBudget(
+                    store,
+                    method="chat.startStream",
+                    per_minute=settings.native_start_budget_per_minute,
+                    burst=3,
+                    min_interval=0.0,
+                ),
+                status=settings.assistant_status,
+                status_refresh=settings.status_refresh,
+            )
         model = ChatModel(
             llm_client,
             model=settings.openai_model,
@@ -109,6 +130,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         turns = Turns(
             stops=stops,
             tracker=inflight,
+            native=native,
             policy=policy,
             limits=Limits(
                 user_requests=settings.user_rate_limit,
@@ -128,6 +150,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 final_edit_deadline=settings.final_edit_deadline,
                 backfill_limit=settings.backfill_limit,
                 dm_reply_mode=settings.dm_reply_mode,
+                feedback_buttons=settings.feedback_buttons,
             ),
         )
         http_mode = settings.slack_mode == "http"

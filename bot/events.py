@@ -36,6 +36,7 @@ class Inbound:
     mentioned: bool  # arrived as app_mention, or names the bot
     bot_user_id: str | None = None  # the bot's own user id in this workspace
     received_at: float = 0.0  # time.monotonic() when the event reached the bot
+    user_team: str = ""  # the person's own workspace ('' : same as ``team``), shared channels
 
     @property
     def key(self) -> ThreadKey:
@@ -83,6 +84,7 @@ class Inbound:
             mentioned=mentioned,
             bot_user_id=bot_user_id,
             received_at=received_at,
+            user_team=str(event.get("user_team") or ""),
         )
 
 

@@ -16,11 +16,15 @@ import socket
 from typing import Any
 
 from bot.errors import SlackError, StoreUnavailable
-from bot.render.reply import FAILED_TEXT, PLACEHOLDER, Outcome, ReplyStream, final_blocks
+from bot.render.reply import FAILED_TEXT, PLACEHOLDER, Outcome, TrackedReply, final_blocks
+from bot.render.text import render_final, split
 from bot.slack import SlackGateway
 from bot.store import Store
 
 log = logging.getLogger(__name__)
+
+# A native message holds more than chat.update takes: what fits is kept, marked as cut.
+_RECOVERED_LIMIT = 2900
 
 
 def new_owner_id() -> str:
@@ -37,8 +41,9 @@ class InFlight:
         self.owner = owner
         self._lease = lease_s
 
-    async def shown(self, reply: ReplyStream, ts: str, rendered: str) -> None:
+    async def shown(self, reply: TrackedReply, ts: str, rendered: str) -> None:
         record: dict[str, Any] = {
+            "native": reply.native,
             "owner": self.owner,
             "team": reply.team,
             "channel": reply.channel,
@@ -51,7 +56,7 @@ class InFlight:
         except StoreUnavailable:
             pass
 
-    async def closed(self, reply: ReplyStream) -> None:
+    async def closed(self, reply: TrackedReply) -> None:
         try:
             await self._store.untrack_reply(reply.id)
         except StoreUnavailable:
@@ -83,6 +88,15 @@ class InFlight:
         if not isinstance(channel, str) or not isinstance(ts, str):
             return False
         text = str(record.get("text") or "")
+        if record.get("native"):
+            # The stream may still be open (chat.update would fail): close it; its Markdown is
+            # shown as the edit renderer shows text.
+            head, tail = split(text, _RECOVERED_LIMIT)
+            text = render_final(head) + ("\n…" if tail else "") if head.strip() else ""
+            try:
+                await self._slack.stop_stream(channel, ts)
+            except SlackError as exc:
+                log.info("orphaned native stream %s/%s not closed: %s", channel, ts, exc.error)
         note = Outcome.SHUTDOWN.note or FAILED_TEXT
         # The text the user saw stays, with the note under it; a bare placeholder becomes the note.
         rendered, under = (text, note) if text else (note, None)

@@ -31,7 +31,15 @@ log = logging.getLogger(__name__)
 
 # ok:false errors that mean "Slack had a problem", not "your call was wrong".
 _TRANSIENT_ERRORS = frozenset(
-    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+    {
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+        "ratelimited",
+        # chat.update of a message whose native stream is still open: it closes by itself.
+        "streaming_state_conflict",
+    }
 )
 
 

@@ -26,7 +26,9 @@ from bot.logs import correlation
 from bot.metrics import Metrics
 from bot.policy import Policy, Profile
 from bot.render.budget import EditBudget
+from bot.render.native import NativeAvailability, NativeReply
 from bot.render.reply import Outcome, ReplyStream, ReplyTracker
+from bot.render.status import ThreadStatus
 from bot.render.text import render, render_final, split
 from bot.slack import SlackGateway
 from bot.stops import StopSignals
@@ -58,6 +60,24 @@ class TurnOptions:
     final_edit_deadline: float
     backfill_limit: int = 100
     dm_reply_mode: Literal["top", "thread"] = "top"
+    feedback_buttons: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NativeStreaming:
+    """How answers use Slack's native streams (``mode`` ``native`` or ``auto``; see
+    bot/render/native.py): ``appends`` and ``starts`` pace chat.appendStream and
+    chat.startStream per workspace; ``status`` is the assistant thread's status line ('' : none)."""
+
+    mode: Literal["native", "auto"]
+    appends: EditBudget
+    starts: EditBudget
+    status: str = "is thinking…"
+    status_refresh: float = 90.0
+    call_timeout: float = 5.0
+
+
+TITLE_LENGTH = 60  # an assistant thread's title: the start of its first question
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +129,10 @@ class Turns:
         metrics: Metrics | None = None,
         stops: StopSignals | None = None,
         tracker: ReplyTracker | None = None,
+        native: NativeStreaming | None = None,
     ) -> None:
+        self._native = native
+        self._availability = NativeAvailability()
         self._stops = stops
         self._tracker = tracker
         self._slack = slack
@@ -189,21 +212,7 @@ class Turns:
             await self._slack.post(inbound.channel, refusal, thread_ts=reply_thread)
             return
         profile = self._policy.profile(inbound.channel)
-        reply = ReplyStream(
-            self._slack,
-            self._budget,
-            team=inbound.team,
-            channel=inbound.channel,
-            thread_ts=reply_thread,
-            limit=self._options.message_char_limit,
-            render=render,
-            render_final=render_final,
-            split=split,
-            final_deadline=self._options.final_edit_deadline,
-            stop_button=self._stops is not None,
-            tracker=self._tracker,
-            metrics=self._metrics,
-        )
+        reply = self._reply(inbound, reply_thread)
         # The placeholder goes up now; leaving the block any other way than through finish()
         # (an exception, a cancellation) still gives the reply its last form.
         async with reply, self._counted(inbound, reply):
@@ -218,12 +227,85 @@ class Turns:
                 )
                 outcome = await self._stream(messages, reply, profile, inbound)
                 shown = await reply.finish(outcome)
-                await self._save(key, question, shown, outcome, reply)
+                await self._save(key, question, shown, reply.outcome or outcome, reply)
+            if inbound.is_dm and inbound.in_thread and not history:
+                await self._title(inbound)
+
+    def _reply(self, inbound: Inbound, thread_ts: str | None) -> ReplyStream | NativeReply:
+        """The renderer for this answer: a native stream where one may be used, else edits."""
+
+        def edit_reply(reply_id: str | None = None) -> ReplyStream:
+            return ReplyStream(
+                self._slack,
+                self._budget,
+                team=inbound.team,
+                channel=inbound.channel,
+                thread_ts=thread_ts,
+                limit=self._options.message_char_limit,
+                render=render,
+                render_final=render_final,
+                split=split,
+                final_deadline=self._options.final_edit_deadline,
+                stop_button=self._stops is not None,
+                feedback=self._options.feedback_buttons,
+                tracker=self._tracker,
+                metrics=self._metrics,
+                reply_id=reply_id,
+            )
+
+        native = self._native
+        # Slack streams only into threads; outside DMs it needs to know who reads the stream.
+        if native is None or thread_ts is None or not (inbound.is_dm or inbound.user):
+            return edit_reply()
+        auto = native.mode == "auto"
+        if auto and self._availability.refused(inbound.team, inbound.channel):
+            return edit_reply()
+        status = None
+        if inbound.is_dm and native.status:
+            status = ThreadStatus(
+                self._slack,
+                inbound.channel,
+                thread_ts,
+                text=native.status,
+                refresh_s=native.status_refresh,
+            )
+        return NativeReply(
+            self._slack,
+            appends=native.appends,
+            starts=native.starts,
+            team=inbound.team,
+            channel=inbound.channel,
+            thread_ts=thread_ts,
+            recipient=None if inbound.is_dm else (inbound.user, inbound.user_team or inbound.team),
+            fallback=edit_reply,
+            status=status,
+            availability=self._availability if auto else None,
+            # ``native`` waits a little for a start token; ``auto`` edits at once instead.
+            start_wait=0.0 if auto else 3.0,
+            final_deadline=self._options.final_edit_deadline,
+            call_timeout=native.call_timeout,
+            feedback=self._options.feedback_buttons,
+            tracker=self._tracker,
+            metrics=self._metrics,
+        )
+
+    async def _title(self, inbound: Inbound) -> None:
+        """Name a new assistant thread after its first question (Slack lists threads by it)."""
+        first_line = inbound.text.strip().splitlines()[0] if inbound.text.strip() else ""
+        title = (
+            first_line if len(first_line) <= TITLE_LENGTH else first_line[: TITLE_LENGTH - 1] + "…"
+        )
+        assert inbound.thread_ts is not None
+        try:
+            async with asyncio.timeout(5.0):
+                await self._slack.set_title(inbound.channel, inbound.thread_ts, title)
+        except (SlackError, TimeoutError) as exc:
+            log.info("could not title thread %s: %s", inbound.thread_ts, exc)
 
     async def _stream(
         self,
         messages: list[dict[str, object]],
-        reply: ReplyStream,
+        reply: ReplyStream | NativeReply,
         profile: Profile,
         inbound: Inbound,
     ) -> Outcome:
@@ -242,25 +324,27 @@ class Turns:
         # Anything else (a cancellation, a bug) propagates: ``async with reply`` finishes it.
         return Outcome.COMPLETE
 
-    async def _read_unless_stopped(self, answer: AnswerStream, reply: ReplyStream) -> bool:
-        """Feed the answer into the reply; True if someone pressed Stop first."""
+    async def _read_unless_stopped(
+        self, answer: AnswerStream, reply: ReplyStream | NativeReply
+    ) -> bool:
+        """Feed the answer into the reply; True if someone pressed Stop first (our button, on
+        any replica, or Slack's own stop of a native stream)."""
 
         async def read() -> None:
             async with answer:
                 async for delta in answer:
                     reply.append(delta)
 
-        if self._stops is None:
-            await read()
-            return False
-        pressed = self._stops.register(reply.id)
+        pressed = self._stops.register(reply.id) if self._stops is not None else asyncio.Event()
         reader = asyncio.create_task(read())
-        stop = asyncio.create_task(pressed.wait())
+        stops = [asyncio.create_task(pressed.wait()), asyncio.create_task(reply.stopped.wait())]
         try:
-            await asyncio.wait((reader, stop), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((reader, *stops), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
-            self._stops.unregister(reply.id)
+            for stop in stops:
+                stop.cancel()
+            if self._stops is not None:
+                self._stops.unregister(reply.id)
             if not reader.done():
                 reader.cancel()  # closes the model stream (``async with answer``)
                 await asyncio.wait((reader,))
@@ -283,7 +367,9 @@ class Turns:
             pass
 
     @asynccontextmanager
-    async def _counted(self, inbound: Inbound, reply: ReplyStream) -> AsyncIterator[None]:
+    async def _counted(
+        self, inbound: Inbound, reply: ReplyStream | NativeReply
+    ) -> AsyncIterator[None]:
         """Reply metrics: started, streaming now, how it ended, placeholder latency."""
         metrics = self._metrics
         if metrics is None:
@@ -310,7 +396,9 @@ class Turns:
         except StoreUnavailable:
             pass
 
-    async def _history(self, key: ThreadKey, inbound: Inbound, reply: ReplyStream) -> list[Turn]:
+    async def _history(
+        self, key: ThreadKey, inbound: Inbound, reply: ReplyStream | NativeReply
+    ) -> list[Turn]:
         """The thread's turns from Redis; a thread Redis does not know (the bot was summoned
         into it, or Redis lost it) is read once from Slack and stored."""
         try:
@@ -347,7 +435,12 @@ class Turns:
         return turns
 
     async def _save(
-        self, key: ThreadKey, question: Turn, shown: str, outcome: Outcome, reply: ReplyStream
+        self,
+        key: ThreadKey,
+        question: Turn,
+        shown: str,
+        outcome: Outcome,
+        reply: ReplyStream | NativeReply,
     ) -> None:
         turns = [question]
         if outcome is not Outcome.FAILED and shown.strip():

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
+from bot.render.feedback import feedback_block
 from bot.slack import SlackGateway
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,32 @@ class ReplyStateError(RuntimeError):
     """A ReplyStream method was called in a state that does not allow it (a bug in the caller)."""
 
 
+class TrackedReply(Protocol):
+    """What a tracker needs to know of a reply (ReplyStream or a native stream)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def native(self) -> bool: ...  # streamed natively: ``rendered`` is then Markdown
+
+    @property
+    def team(self) -> str: ...
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def thread_ts(self) -> str | None: ...
+
+
 class ReplyTracker(Protocol):
     """Told what a reply's current message shows, so another process can finish it if this one
     dies (see bot/recovery.py). Must not raise."""
 
-    async def shown(self, reply: ReplyStream, ts: str, rendered: str) -> None: ...
+    async def shown(self, reply: TrackedReply, ts: str, rendered: str) -> None: ...
 
-    async def closed(self, reply: ReplyStream) -> None: ...
+    async def closed(self, reply: TrackedReply) -> None: ...
 
 
 Render = Callable[[str], str]
@@ -156,10 +176,16 @@ class ReplyStream:
         edit_timeout: float = 3.0,
         jitter: Callable[[], float] = random.random,
         stop_button: bool = False,
+        feedback: bool = False,
         tracker: ReplyTracker | None = None,
         metrics: Metrics | None = None,
+        reply_id: str | None = None,
     ) -> None:
-        self.id = secrets.token_hex(6)
+        self.id = reply_id or secrets.token_hex(6)
+        self._feedback = feedback
+        # Never set here: the edit renderer's Stop is a button of its own (bot/stops.py). A
+        # native stream sets it when the person pressed Slack's stop (see bot/render/native.py).
+        self.stopped = asyncio.Event()
         self._metrics = metrics
         self.outcome: Outcome | None = None  # how the answer ended, once finishing started
         self._first_token_at: float | None = None  # monotonic; None until visible text
@@ -206,6 +232,29 @@ class ReplyStream:
         self.state = State.OPEN
         await self._track(PLACEHOLDER)
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"reply-{self.id}")
+
+    async def adopt(
+        self, ts: str | None, markdown: str, *, earlier: int = 0, placeholder: bool = False
+    ) -> None:
+        """Take over an answer another renderer began (bot/render/native.py falls back to this
+        one): ``ts`` is the message showing it so far (None: none yet; then ``placeholder``
+        posts one at once, else the text goes out in a new message at the first flush),
+        ``markdown`` the text that message is to show, ``earlier`` how many of the answer's
+        messages were finished before it."""
+        self._require(State.NEW)
+        self._frozen = earlier
+        if ts is None and placeholder:
+            await self.open()
+        else:
+            self.ts = ts
+            if ts is not None:
+                self.message_ts.append(ts)
+            self.state = State.OPEN
+            self._flusher = asyncio.create_task(self._flush_loop(), name=f"reply-{self.id}")
+        if markdown:
+            self.append(markdown)
+
+    native = False  # posts and edits ordinary messages
 
     async def __aenter__(self) -> ReplyStream:
         await self.open()
@@ -486,16 +535,22 @@ class ReplyStream:
                     rendered, note = note, None
                 else:
                     rendered = "…"  # a continuation whose text renders as nothing (edge case)
-            if await self._deliver(rendered, note, deadline):
+            # 👍/👎 under a complete answer's last message (not under "empty answer").
+            last = self._feedback and outcome is Outcome.COMPLETE and bool(self._chunks)
+            if await self._deliver(rendered, note, deadline, feedback=last):
                 return
 
-    async def _deliver(self, rendered: str, note: str | None, deadline: float) -> bool:
+    async def _deliver(
+        self, rendered: str, note: str | None, deadline: float, *, feedback: bool = False
+    ) -> bool:
         """Make ``rendered`` (and ``note``) the current message's last form, retrying through
         429s, 5xx, resets and timeouts until ``deadline``; with no message open, post a new
         one. False when Slack said msg_too_long and the limit shrank (the caller cuts again);
         True when delivered, and also when given up (logged as an error)."""
         loop = asyncio.get_running_loop()
         blocks = _final_blocks(rendered, note)
+        if feedback:
+            blocks.append(feedback_block())
         failures = timeouts = 0
         while True:
             if self.ts is None:

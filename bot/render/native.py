@@ -1,0 +1,546 @@
+"""One reply streamed through Slack's native streaming API (chat.startStream / appendStream /
+stopStream), falling back to the edit renderer whenever a native stream cannot do the job.
+
+    reply = NativeReply(slack, appends=appends, starts=starts, team="T1", channel="C1",
+                        thread_ts="17.1", recipient=("U1", "T1"), fallback=make_edit_reply)
+    async with reply:                       # status line or an open stream, at once
+        async for delta in answer:
+            reply.append(delta)             # synchronous and O(1), as in ReplyStream
+        shown = await reply.finish(Outcome.COMPLETE)
+
+The same interface and guarantees as :class:`bot.render.reply.ReplyStream` (whose module
+docstring describes them): every exit path gives the answer its last form, nothing waits on
+Slack while reading the model, and the final text is exact.
+
+How it goes:
+
+* **Start.** In an assistant thread (a DM) the status line ("is thinking…") shows at once and
+  the stream opens with the first text. Where there is no status line (channels, or Slack
+  refused it) the stream opens at once, empty. Opening takes a token of the workspace's
+  chat.startStream budget (Slack allows ~20/min): with none to spare, or when Slack refuses the
+  stream (no thread, recipient missing, messages tab disabled…), the answer goes to the edit
+  renderer instead — with ``auto``, refusals are remembered for a while per channel.
+* **Text.** One flusher appends what the model wrote since the last append, on a timer (the
+  workspace's chat.appendStream budget shared fairly by the streams in flight, like edits) and
+  earlier when much text is waiting — never only on size, so short answers show at once.
+* **Stop.** chat.stopStream with the rest of the text; the note of a cut-short answer and the
+  feedback buttons go in as blocks.
+* **Trouble.** Slack closes streams after an undocumented few minutes
+  (``message_not_in_streaming_state``); an append whose fate is unknown (timeout, 5xx, reset)
+  could show twice if retried; a message nearing its size limit must end. In each case the
+  stream is closed and the edit renderer *adopts* the message: it edits it to the exact text
+  and carries on (in continuation messages when needed). ``stopped_by_user`` — the person
+  pressed Slack's stop — sets :attr:`stopped`, so the turn stops reading the model, and the
+  answer ends as ``STOPPED``.
+
+Text the model writes never becomes a Slack mention: ``<!here>``, ``<@U…>``, ``<#C…>`` are
+broken up with a zero-width space before being sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
+from bot.metrics import Metrics
+from bot.render.budget import EditBudget, Priority
+from bot.render.feedback import feedback_block
+from bot.render.reply import Outcome, ReplyStateError, ReplyStream, ReplyTracker, State
+from bot.render.status import ThreadStatus
+from bot.slack import SlackGateway
+
+log = logging.getLogger(__name__)
+
+#: Most Markdown characters one native message takes before the answer continues in another
+#: (a ``markdown`` block, which an expired stream is finished with, holds 12,000).
+NATIVE_LIMIT = 10_000
+
+_SPECIAL = re.compile(r"<([!@#])")
+# Errors after which the stream is closed (or gone) on Slack's side.
+_ENDED = frozenset(
+    {"message_not_in_streaming_state", "stopped_by_user", "message_not_found", "channel_not_found"}
+)
+# How long chat.stopStream keeps being retried when it neither lands nor fails for good,
+# before the edit renderer finishes the message instead.
+_STOP_TRIES = 4
+
+
+class NativeAvailability:
+    """Channels where Slack refused a native stream lately: ``auto`` goes straight to edits
+    there instead of spending a start call on each answer (in-process, forgets after
+    ``ttl_s``)."""
+
+    def __init__(self, ttl_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._refused: dict[tuple[str, str], float] = {}
+
+    def refused(self, team: str, channel: str) -> bool:
+        until = self._refused.get((team, channel))
+        if until is None:
+            return False
+        if self._clock() >= until:
+            del self._refused[(team, channel)]
+            return False
+        return True
+
+    def remember_refusal(self, team: str, channel: str) -> None:
+        self._refused[(team, channel)] = self._clock() + self._ttl
+
+
+class NativeReply:
+    """The Slack side of one answer through a native stream; see the module docstring.
+
+    ``fallback(reply_id)`` builds the edit renderer that takes over when needed (same id, so
+    Stop and recovery keep working). ``start_wait``: how long to wait for a start token before
+    falling back (0: only if one is there now). ``flush_chars``: this much waiting text is
+    appended without waiting for the timer (the budget still paces it).
+    """
+
+    native = True
+
+    def __init__(
+        self,
+        slack: SlackGateway,
+        *,
+        appends: EditBudget,
+        starts: EditBudget,
+        team: str,
+        channel: str,
+        thread_ts: str,
+        recipient: tuple[str, str] | None,
+        fallback: Callable[[str], ReplyStream],
+        status: ThreadStatus | None = None,
+        availability: NativeAvailability | None = None,
+        start_wait: float = 0.0,
+        limit: int = NATIVE_LIMIT,
+        flush_chars: int = 1000,
+        final_deadline: float = 120.0,
+        call_timeout: float = 5.0,
+        feedback: bool = False,
+        tracker: ReplyTracker | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.id = secrets.token_hex(6)
+        self.outcome: Outcome | None = None
+        self.stopped = asyncio.Event()  # the person pressed Slack's own stop
+        self.state = State.NEW
+        self.ts: str | None = None  # the native message being streamed
+        self.edits = 0
+        self._slack = slack
+        self._appends = appends
+        self._starts = starts
+        self._team = team
+        self._channel = channel
+        self._thread_ts = thread_ts
+        self._recipient = recipient
+        self._make_fallback = fallback
+        self._status = status
+        self._availability = availability
+        self._start_wait = start_wait
+        self._limit = limit
+        self._flush_chars = flush_chars
+        self._final_deadline = final_deadline
+        self._call_timeout = call_timeout
+        self._feedback = feedback
+        self._tracker = tracker
+        self._metrics = metrics
+        self._first_token_at: float | None = None
+        self._native_ts: list[str] = []  # messages streamed natively, in order
+        self._chunks: list[str] = []
+        self._taken = 0
+        self._current = ""  # Markdown the stream's message shows (as the model wrote it)
+        self._unsent = ""  # Markdown taken from the model, not appended yet
+        self._fallback: ReplyStream | None = None
+        self._live = False  # a stream is open (started, not yet closed by anyone)
+        self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # much text waiting, or closing: skip the timer
+        self._closing = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    # -- the ReplyStream interface -----------------------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    @property
+    def team(self) -> str:
+        return self._team
+
+    @property
+    def thread_ts(self) -> str | None:
+        return self._thread_ts
+
+    @property
+    def text(self) -> str:
+        return "".join(self._chunks)
+
+    @property
+    def message_ts(self) -> list[str]:
+        """Every message of this answer, in order (native ones, then the fallback's)."""
+        shown = list(self._native_ts)
+        if self._fallback is not None:
+            shown += [ts for ts in self._fallback.message_ts if ts not in shown]
+        return shown
+
+    async def open(self) -> None:
+        """Show at once that an answer is coming: the status line, else an empty stream, else
+        (Slack would not stream here) the edit renderer's placeholder."""
+        if self.state is not State.NEW:
+            raise ReplyStateError(f"open() while {self.state.value}")
+        self.state = State.OPEN
+        if self._status is None or not await self._status.show():
+            if not await self._start(""):
+                await self._fall_back(None, "", placeholder=True)
+                return
+        self._flusher = asyncio.create_task(self._flush_loop(), name=f"native-{self.id}")
+
+    async def __aenter__(self) -> NativeReply:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.state is State.OPEN:
+            if exc_type is None:
+                outcome = Outcome.COMPLETE
+            elif issubclass(exc_type, asyncio.CancelledError):
+                outcome = Outcome.SHUTDOWN
+            else:
+                outcome = Outcome.FAILED
+            self._start_closing(outcome)
+        if self._closer is not None:
+            await asyncio.shield(self._closer)
+
+    def append(self, delta: str) -> None:
+        if self.state is not State.OPEN:
+            raise ReplyStateError(f"append() while {self.state.value}")
+        if not delta:
+            return
+        if not self._chunks and self._metrics is not None:
+            self._first_token_at = time.monotonic()
+        self._chunks.append(delta)
+        if self._fallback is not None:
+            self._taken = len(self._chunks)
+            self._fallback.append(delta)
+            return
+        self._wake.set()
+        if len(self._unsent) + len(delta) >= self._flush_chars:
+            self._urgent.set()
+
+    async def finish(self, outcome: Outcome) -> str:
+        """Deliver the final text; never raises ``SlackError``. Returns the model's text."""
+        if self.state is State.NEW:
+            self.state = State.CLOSED
+            return ""
+        if self._closer is None:
+            if self.state is not State.OPEN:
+                raise ReplyStateError(f"finish() while {self.state.value}")
+            self._start_closing(outcome)
+        assert self._closer is not None
+        await asyncio.shield(self._closer)
+        return self.text
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _start_closing(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.state = State.CLOSING
+        self._closing.set()
+        self._urgent.set()
+        self._wake.set()
+        self._closer = asyncio.create_task(self._close(outcome), name=f"native-{self.id}-final")
+
+    async def _close(self, outcome: Outcome) -> None:
+        deadline = asyncio.get_running_loop().time() + self._final_deadline
+        try:
+            if self._flusher is not None:
+                try:
+                    # An append in flight gets its call timeout; the flusher then stops.
+                    await self._flusher
+                except Exception:
+                    log.exception("native stream failed in thread %s", self._where)
+            if self.stopped.is_set() and outcome is not Outcome.SHUTDOWN:
+                outcome = self.outcome = Outcome.STOPPED
+            await self._finish(outcome, deadline)
+        finally:
+            self.state = State.CLOSED
+            if self._status is not None:
+                await self._status.clear()
+            await self._appends.done(self._team, self.id)
+            if self._tracker is not None:
+                await self._tracker.closed(self)
+
+    async def _finish(self, outcome: Outcome, deadline: float) -> None:
+        if self._fallback is None and self._live:
+            self._absorb()
+            rest = self._unsent
+            if await self._stop_stream(rest, outcome, deadline):
+                self._current += rest
+                self._unsent = ""
+                return
+            if self._live:
+                await self._abandon_stream()
+        if self._fallback is None:
+            # Never streamed, stopped by the person, or the stream would not close: the edit
+            # renderer gives the message (or a new one) its exact last form.
+            await self._fall_back(self.ts, self._current)
+        assert self._fallback is not None
+        await self._fallback.finish(outcome)
+
+    async def _stop_stream(self, rest: str, outcome: Outcome, deadline: float) -> bool:
+        """chat.stopStream with the rest of the text and the closing blocks; False when the
+        stream cannot be closed that way (the caller finishes the message by editing it)."""
+        loop = asyncio.get_running_loop()
+        blocks: list[dict[str, Any]] = []
+        note = outcome.note if (self._current + rest).strip() else None
+        if note:
+            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
+        if not (self._current + rest).strip():
+            return False  # nothing was written: the edit renderer posts the right note
+        if self._feedback and outcome is Outcome.COMPLETE:
+            blocks.append(feedback_block())
+        assert self.ts is not None
+        for _ in range(_STOP_TRIES):
+            try:
+                async with asyncio.timeout(min(self._call_timeout, deadline - loop.time())):
+                    await self._slack.stop_stream(
+                        self._channel, self.ts, markdown=_neutralise(rest), blocks=blocks
+                    )
+            except SlackRateLimited as exc:
+                if loop.time() + exc.retry_after >= deadline:
+                    break
+                await asyncio.sleep(exc.retry_after)
+            except (SlackTransient, TimeoutError):
+                # Landed or not, the edit renderer's chat.update then makes the text exact.
+                log.info("chat.stopStream got no clear answer in thread %s", self._where)
+                return False
+            except SlackRejected as exc:
+                self._ended_by_slack(exc.error)
+                if exc.error == "stopped_by_user":
+                    self.outcome = Outcome.STOPPED
+                else:
+                    log.info("native stream in %s ended early (%s)", self._where, exc.error)
+                return False
+            else:
+                self._live = False
+                self._text_visible()
+                return True
+        return False
+
+    # -- the flusher -------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await self._wake.wait()
+            if self._closing.is_set():
+                return
+            if self.ts is None:  # the status line is showing; open the stream with the text
+                markdown = self._take()
+                if not markdown:
+                    self._wake.clear()
+                    continue
+                if not await self._start(markdown):
+                    await self._fall_back(None, markdown)
+                    return
+                next_at = loop.time() + await self._appends.interval(self._team, self.id)
+                continue
+            if await self._urgent_within(next_at - loop.time()):
+                if self._closing.is_set():
+                    return
+            self._wake.clear()
+            self._urgent.clear()
+            chunk = self._take()
+            if not chunk:
+                continue
+            if len(self._current) + len(chunk) > self._limit:
+                # The message is full: the edit renderer ends it and continues in new ones.
+                self._unsent = chunk + self._unsent
+                await self._abandon_stream()
+                await self._fall_back(self.ts, self._current)
+                return
+            if not await self._appends.acquire(
+                self._team, Priority.PROGRESS, give_up=self._closing
+            ):
+                self._unsent = chunk + self._unsent
+                return
+            started = loop.time()
+            if not await self._append(chunk):
+                return
+            next_at = started + await self._appends.interval(self._team, self.id)
+
+    async def _urgent_within(self, seconds: float) -> bool:
+        if seconds <= 0 or self._urgent.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._urgent.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _append(self, chunk: str) -> bool:
+        """Append ``chunk``; False when the flusher must stop (the answer has moved on to the
+        edit renderer, or the person stopped it)."""
+        assert self.ts is not None
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await self._slack.append_stream(self._channel, self.ts, _neutralise(chunk))
+        except SlackRateLimited as exc:
+            await self._appends.rate_limited(self._team, exc.retry_after)
+            self._unsent = chunk + self._unsent
+            self._wake.set()
+            return True
+        except (SlackTransient, TimeoutError) as exc:
+            # It may have landed: retrying could show it twice. Editing shows it exactly.
+            log.info("chat.appendStream failed (%s) in %s; finishing by edits", exc, self._where)
+            self._unsent = chunk + self._unsent
+            await self._abandon_stream()
+            await self._fall_back(self.ts, self._current)
+            return False
+        except SlackRejected as exc:
+            self._unsent = chunk + self._unsent
+            self._ended_by_slack(exc.error)
+            if exc.error == "stopped_by_user":
+                log.info("the person stopped the native stream in %s", self._where)
+                return False
+            log.info("native stream in %s ended (%s); finishing by edits", self._where, exc.error)
+            if self._live:
+                await self._abandon_stream()
+            await self._fall_back(self.ts, self._current)
+            return False
+        self._current += chunk
+        self.edits += 1
+        self._text_visible()
+        await self._track()
+        return True
+
+    async def _abandon_stream(self) -> None:
+        """Close the stream without more text (chat.update fails on a stream still open);
+        when even that fails, the edit renderer retries until Slack closes it by itself."""
+        assert self.ts is not None
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await self._slack.stop_stream(self._channel, self.ts)
+        except SlackRejected as exc:
+            self._ended_by_slack(exc.error)
+            log.info("could not close native stream in %s: %s", self._where, exc.error)
+        except (SlackError, TimeoutError) as exc:
+            log.info("could not close native stream in %s: %s", self._where, exc)
+        else:
+            self._live = False
+
+    def _ended_by_slack(self, error: str) -> None:
+        """Slack says the stream is over: expired, gone, or stopped by the person."""
+        if error in _ENDED:
+            self._live = False
+        if error == "stopped_by_user":
+            self.stopped.set()
+
+    def _absorb(self) -> None:
+        if self._taken < len(self._chunks):
+            self._unsent += "".join(self._chunks[self._taken :])
+            self._taken = len(self._chunks)
+
+    def _take(self) -> str:
+        """The waiting text that may go out now; a trailing ``<`` waits for the character after
+        it (it may start a mention), except when closing."""
+        self._absorb()
+        text = self._unsent
+        if text.endswith("<") and not self._closing.is_set():
+            text = text[:-1]
+        self._unsent = self._unsent[len(text) :]
+        return text
+
+    # -- starting and falling back -----------------------------------------------------------
+
+    async def _start(self, markdown: str) -> bool:
+        """Open the stream (with ``markdown``, possibly empty); False to fall back to edits."""
+        if self._availability is not None and self._availability.refused(self._team, self._channel):
+            return False
+        loop = asyncio.get_running_loop()
+        if not await self._starts.acquire(
+            self._team, Priority.FIRST, deadline=loop.time() + self._start_wait
+        ):
+            log.info("no chat.startStream budget left in %s; answering by edits", self._team)
+            return False
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                ts = await self._slack.start_stream(
+                    self._channel,
+                    self._thread_ts,
+                    markdown=_neutralise(markdown),
+                    recipient=self._recipient,
+                )
+        except SlackRateLimited as exc:
+            await self._starts.rate_limited(self._team, exc.retry_after)
+            return False
+        except (SlackTransient, TimeoutError) as exc:
+            log.warning("chat.startStream failed in %s (%s); answering by edits", self._where, exc)
+            return False
+        except SlackRejected as exc:
+            log.info("Slack refused a native stream in %s (%s)", self._where, exc.error)
+            if self._availability is not None:
+                self._availability.remember_refusal(self._team, self._channel)
+            return False
+        self.ts = ts
+        self._live = True
+        self._native_ts.append(ts)
+        self._current = markdown
+        if markdown:
+            self._text_visible()
+        await self._track()
+        return True
+
+    async def _fall_back(self, ts: str | None, markdown: str, *, placeholder: bool = False) -> None:
+        """Hand the answer to the edit renderer: it adopts message ``ts`` (None: a new one)
+        showing ``markdown`` and everything not sent yet; text the model writes later goes
+        straight to it."""
+        reply = self._make_fallback(self.id)
+        self._absorb()
+        markdown += self._unsent
+        self._unsent = ""
+        earlier = len(self._native_ts) - (1 if ts is not None else 0)
+        await reply.adopt(ts, markdown, earlier=earlier, placeholder=placeholder)
+        self._fallback = reply
+        for delta in self._chunks[self._taken :]:  # written while the edit renderer started
+            reply.append(delta)
+        self._taken = len(self._chunks)
+        if self._status is not None:
+            self._status.text_visible()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _text_visible(self) -> None:
+        if self._status is not None:
+            self._status.text_visible()
+        if self._first_token_at is not None and self._metrics is not None:
+            self._metrics.first_token_to_visible.observe(time.monotonic() - self._first_token_at)
+            self._first_token_at = None
+
+    async def _track(self) -> None:
+        if self._tracker is not None and self.ts is not None:
+            await self._tracker.shown(self, self.ts, self._current)
+
+    @property
+    def _where(self) -> str:
+        return f"{self._team}/{self._channel}/{self._thread_ts}"
+
+
+def _neutralise(markdown: str) -> str:
+    """``<!here>``, ``<@U1>``, ``<#C1>`` shown as typed, never as a mention or a link."""
+    return _SPECIAL.sub("<\u200b\\1", markdown)

@@ -1,0 +1,252 @@
+"""End to end: answers through Slack's native streams (STREAM_MODE=native|auto) — text shows on a
+timer, the stream ends with the feedback buttons, and every way a stream can end early (expiry,
+a failed start, the person's stop, model errors) still leaves the exact answer and no status."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from bot.conversation import ThreadKey
+from bot.render.feedback import FEEDBACK_ACTION_ID
+from bot.render.reply import EMPTY_TEXT, FAILED_TEXT
+from bot.render.text import render_final
+from tests.fakes.openai import Answer, FakeOpenAI
+from tests.fakes.slack import FakeSlack, Message, mention_event, message_event
+from tests.views import bot_replies, notes, working
+
+NATIVE = {"stream_mode": "native", "native_flush_interval": 0.1}
+
+
+def has_feedback(message: Message) -> bool:
+    return any(
+        element.get("action_id") == FEEDBACK_ACTION_ID
+        for block in message.blocks or []
+        for element in block.get("elements") or []
+    )
+
+
+async def only_reply(slack: FakeSlack, channel: str, thread_ts: str) -> Message:
+    await slack.wait_for(
+        lambda: bool(bot_replies(slack, channel, thread_ts)), timeout=10, what="a reply"
+    )
+    return bot_replies(slack, channel, thread_ts)[0]
+
+
+async def settled(slack: FakeSlack, channel: str, ts: str, what: str) -> Message:
+    """The message once nothing streams into it and it shows no working indicator."""
+
+    def done() -> bool:
+        message = slack.message(channel, ts)
+        return message is not None and not message.streaming and not working(message)
+
+    await slack.wait_for(done, timeout=20, what=what)
+    message = slack.message(channel, ts)
+    assert message is not None
+    return message
+
+
+async def test_a_native_stream_shows_text_early_and_ends_with_feedback_buttons(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    answer = "Native streaming, **bold** and `code`: " + "streamed words " * 30
+    llm.script(Answer(text=answer, ttft=0.1, chunk_size=4, token_delay=0.02))
+    async with start_bot(**NATIVE):
+        event = mention_event("stream it")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        # Outside a DM Slack must be told who reads the stream; it goes in the mention's thread.
+        assert start.args["thread_ts"] == event["ts"]
+        assert (start.args["recipient_user_id"], start.args["recipient_team_id"]) == (
+            "U0USER",
+            "T0001",
+        )
+        ts = start.response["ts"]
+        # Text shows long before 256 characters have piled up (the SDK helper's only trigger).
+        await slack.wait_for(
+            lambda: 0 < len(slack.message("C0CHAN", ts).text) < 256, timeout=5, what="early text"
+        )
+        assert llm.requests[0].outcome == "open"  # the model was still writing
+        final = await settled(slack, "C0CHAN", ts, "the stream to stop")
+
+    assert final.text == answer  # exactly the model's Markdown, nothing twice
+    assert has_feedback(final) and not notes(final)
+    assert [m.ts for m in bot_replies(slack, "C0CHAN", event["ts"])] == [ts]
+    assert not slack.calls_to("chat.update") and not slack.calls_to("chat.postMessage")
+    appends = slack.ok_calls("chat.appendStream")
+    assert len(appends) >= 2  # it grew while the model wrote
+    gaps = [b.at - a.at for a, b in itertools.pairwise(appends)]
+    assert min(gaps) >= 0.05  # paced by the flush interval, not one call per token
+
+
+async def test_a_stream_slack_expires_mid_answer_is_finished_by_editing_the_same_message(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    slack.stream_lifetime = 0.8
+    answer = "First part of a long answer. " * 8 + "\n\nSecond part, after Slack closed it."
+    llm.script(Answer(text=answer, ttft=0.1, chunk_size=6, token_delay=0.05))
+    async with start_bot(**NATIVE):
+        event = mention_event("long one")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        ts = start.response["ts"]
+        await slack.wait_call("chat.update", ok=True, timeout=15)
+        final = await settled(slack, "C0CHAN", ts, "the edited final text")
+
+    refused = [c for c in slack.calls_to("chat.appendStream") if not c.ok]
+    assert refused and refused[0].error == "message_not_in_streaming_state"
+    assert final.text == render_final(answer)  # the whole answer, exactly, in the same message
+    assert has_feedback(final) and not notes(final)
+    assert [m.ts for m in bot_replies(slack, "C0CHAN", event["ts"])] == [ts]
+
+
+async def test_when_slack_refuses_the_stream_the_answer_comes_by_edits(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    answer = "Answered the classic way."
+    llm.script(Answer(text=answer, ttft=0.3), Answer(text="Second answer.", ttft=0.1))
+    slack.fail_next("chat.startStream", "messages_tab_disabled")
+    async with start_bot(stream_mode="auto", native_flush_interval=0.1):
+        first = mention_event("one")
+        await slack.send_event(first)
+        reply = await only_reply(slack, "C0CHAN", first["ts"])
+        final = await settled(slack, "C0CHAN", reply.ts, "the edited answer")
+        assert final.text == answer and has_feedback(final)
+        # The placeholder went up at once, before the model's first token.
+        post = slack.ok_calls("chat.postMessage")[0]
+        assert post.response["ts"] == reply.ts and post.at < llm.requests[0].emitted[0][0]
+
+        # ``auto`` remembers the refusal for this channel: the next answer edits at once.
+        second = mention_event("two")
+        await slack.send_event(second)
+        again = await only_reply(slack, "C0CHAN", second["ts"])
+        await settled(slack, "C0CHAN", again.ts, "the second answer")
+    assert len(slack.calls_to("chat.startStream")) == 1
+
+
+async def test_a_top_level_dm_has_no_thread_to_stream_into_and_uses_edits(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(Answer(text="Top-level answer.", ttft=0.1))
+    async with start_bot(**NATIVE):
+        await slack.send_event(message_event("hi", channel="D0DM", channel_type="im"))
+        post = await slack.wait_call("chat.postMessage", ok=True)
+        await settled(slack, "D0DM", post.response["ts"], "the DM answer")
+    assert slack.message("D0DM", post.response["ts"]).text == "Top-level answer."
+    assert not slack.calls_to("chat.startStream")
+
+
+async def test_the_persons_stop_ends_the_answer_and_the_model_stream(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(Answer(text="word " * 400, chunk_size=5, token_delay=0.05))
+    async with start_bot(**NATIVE) as running:
+        event = mention_event("write a lot")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        ts = start.response["ts"]
+        await slack.wait_for(lambda: len(slack.message("C0CHAN", ts).text) > 20, timeout=5)
+        slack.press_stop("C0CHAN", ts)
+        final = await settled(slack, "C0CHAN", ts, "the stopped answer")
+        await slack.wait_for(lambda: llm.open_streams == 0, timeout=3, what="model closed")
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=5)
+        turns = await running.store.history(ThreadKey("T0001", "C0CHAN", event["ts"]))
+
+    assert any(c.error == "stopped_by_user" for c in slack.calls_to("chat.appendStream"))
+    assert final.text.startswith("word") and len(final.text) < len("word " * 400)
+    assert any("Stopped" in note for note in notes(final))
+    assert not has_feedback(final)
+    # Remembered as the cut-short answer it is.
+    assert turns[-1].role == "assistant" and turns[-1].interrupted
+    assert final.text.startswith(render_final(turns[-1].text)[:20])
+
+
+async def test_status_is_kept_fresh_while_the_model_thinks_and_cleared_after(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    slack.status_ttl = 1.6  # Slack drops a status after ~2 min; the bot refreshes before that
+    llm.script(Answer(text="Thought it through.", ttft=4.0))
+    async with start_bot(**NATIVE, status_refresh=1.0):
+        thread = "1699999999.000100"
+        await slack.send_event(
+            message_event("think hard", channel="D0DM", channel_type="im", thread_ts=thread)
+        )
+        await slack.wait_for(lambda: bool(slack.status("D0DM", thread)), timeout=5)
+        seen = []
+        while not slack.calls_to("chat.startStream"):
+            seen.append(slack.status("D0DM", thread))
+            await asyncio.sleep(0.1)
+        reply = await only_reply(slack, "D0DM", thread)
+        final = await settled(slack, "D0DM", reply.ts, "the answer")
+
+    assert len(seen) > 25 and all(s == "is thinking…" for s in seen[:-2])
+    assert len([c for c in slack.calls_to("assistant.threads.setStatus") if c.args["status"]]) >= 3
+    start = slack.ok_calls("chat.startStream")[0]
+    assert "recipient_user_id" not in start.args  # a DM needs no recipient
+    assert final.text == "Thought it through." and has_feedback(final)
+    assert slack.status("D0DM", thread) == ""
+    assert slack.calls_to("assistant.threads.setStatus")[-1].args["status"] == ""
+
+
+async def test_status_is_cleared_and_the_failure_explained_when_the_model_fails(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.default = Answer(status=500)  # every retry fails too
+    async with start_bot(**NATIVE):
+        thread = "1699999999.000200"
+        await slack.send_event(
+            message_event("hello", channel="D0DM", channel_type="im", thread_ts=thread)
+        )
+        reply = await only_reply(slack, "D0DM", thread)
+        final = await settled(slack, "D0DM", reply.ts, "the failure note")
+        await slack.wait_for(
+            lambda: slack.calls_to("assistant.threads.setStatus")[-1].args["status"] == "",
+            timeout=5,
+        )
+    assert final.text == FAILED_TEXT and not has_feedback(final)
+    assert slack.status("D0DM", thread) == ""
+    assert not slack.calls_to("chat.startStream")  # no empty stream was opened for nothing
+
+
+async def test_an_empty_stream_opened_in_a_channel_still_ends_with_a_note(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(Answer(text="", ttft=0.2))
+    async with start_bot(**NATIVE):
+        event = mention_event("say nothing")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        final = await settled(slack, "C0CHAN", start.response["ts"], "the empty-answer note")
+    assert final.text == EMPTY_TEXT
+
+
+async def test_mentions_and_broadcasts_the_model_writes_stay_plain_text(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(Answer(text="Ping <!here> and <@U0BOSS> in <#C0GEN>", chunks=None, chunk_size=7))
+    async with start_bot(**NATIVE):
+        event = mention_event("be loud")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        final = await settled(slack, "C0CHAN", start.response["ts"], "the answer")
+    for token in ("<!here>", "<@U0BOSS>", "<#C0GEN>"):
+        assert token not in final.text
+    assert final.text.replace("\u200b", "") == "Ping <!here> and <@U0BOSS> in <#C0GEN>"
+
+
+async def test_with_no_start_budget_left_auto_answers_by_edits_without_a_429(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.default = Answer(text="Many at once.", ttft=0.3)
+    async with start_bot(stream_mode="auto", native_start_budget_per_minute=1):
+        events = [mention_event(f"q{i}") for i in range(6)]
+        for event in events:
+            await slack.send_event(event)
+        for event in events:
+            reply = await only_reply(slack, "C0CHAN", event["ts"])
+            final = await settled(slack, "C0CHAN", reply.ts, "each answer")
+            assert final.text == "Many at once."
+    starts = slack.calls_to("chat.startStream")
+    assert 1 <= len(starts) <= 3  # the budget's burst; the rest were edited
+    assert all(c.ok for c in starts)
