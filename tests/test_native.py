@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 from bot.conversation import ThreadKey
@@ -187,6 +188,7 @@ async def test_status_is_kept_fresh_while_the_model_thinks_and_cleared_after(
     assert final.text == "Thought it through." and has_feedback(final)
     assert slack.status("D0DM", thread) == ""
     assert slack.calls_to("assistant.threads.setStatus")[-1].args["status"] == ""
+    assert slack.titles[("D0DM", thread)] == "think hard"  # named after its first question
 
 
 async def test_status_is_cleared_and_the_failure_explained_when_the_model_fails(
@@ -250,3 +252,56 @@ async def test_with_no_start_budget_left_auto_answers_by_edits_without_a_429(
     starts = slack.calls_to("chat.startStream")
     assert 1 <= len(starts) <= 3  # the budget's burst; the rest were edited
     assert all(c.ok for c in starts)
+
+
+async def test_an_append_that_may_have_landed_is_not_retried_but_edited_to_the_exact_text(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    answer = "One sentence after another, streamed slowly. " * 6
+    llm.script(Answer(text=answer, ttft=0.1, chunk_size=5, token_delay=0.03))
+    async with start_bot(**NATIVE):
+        event = mention_event("careful")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        ts = start.response["ts"]
+        await slack.wait_call("chat.appendStream", ok=True)
+        slack.fail_next("chat.appendStream", "500")
+        await slack.wait_call("chat.appendStream", lambda c: c.status == 500)
+        final = await settled(slack, "C0CHAN", ts, "the edited answer")
+        await slack.wait_for(lambda: final.text == render_final(answer), timeout=10)
+
+    failed = next(i for i, c in enumerate(slack.calls) if c.status == 500)
+    # Never sent again as an append: the stream was closed and the message edited instead.
+    assert next(c.method for c in slack.calls[failed + 1 :] if c.method.startswith("chat.")) == (
+        "chat.stopStream"
+    )
+    assert not [c for c in slack.calls[failed + 1 :] if c.method == "chat.appendStream"]
+    assert has_feedback(final)
+    assert [m.ts for m in bot_replies(slack, "C0CHAN", event["ts"])] == [ts]
+
+
+async def test_an_orphaned_native_stream_is_closed_and_keeps_its_text(
+    start_bot: Any, slack: FakeSlack, redis_client: Any
+) -> None:
+    async with start_bot(**NATIVE) as running:
+        ts = slack.add_message("C0CHAN", "A **partial** answer", user="U0BOT", bot_id="B0BOT")
+        message = slack.message("C0CHAN", ts)
+        message.streaming = True  # what a process killed mid-stream leaves behind
+        record = json.dumps(
+            {
+                "owner": "gone-1",
+                "native": True,
+                "team": "T0001",
+                "channel": "C0CHAN",
+                "thread_ts": "1699999999.000300",
+                "ts": ts,
+                "text": "A **partial** answer",
+            }
+        )
+        await redis_client.hset("slackbot:inflight", "r1", record)
+        inflight = running.turns._tracker
+        assert inflight is not None
+        await inflight.sweep()  # type: ignore[attr-defined]
+        await slack.wait_for(lambda: "please ask again" in str(message.blocks), timeout=5)
+    assert not message.streaming
+    assert message.text == "A *partial* answer"  # what the user saw, as an edited message
