@@ -228,7 +228,8 @@ class Turns:
                 outcome = await self._stream(messages, reply, profile, inbound)
                 shown = await reply.finish(outcome)
                 await self._save(key, question, shown, reply.outcome or outcome, reply)
-            if inbound.is_dm and inbound.in_thread and not history:
+            # The first question of a DM thread (the greeting may precede it) names the thread.
+            if inbound.is_dm and inbound.in_thread and all(t.role != "user" for t in history):
                 await self._title(inbound)
 
     def _reply(self, inbound: Inbound, thread_ts: str | None) -> ReplyStream | NativeReply:

@@ -14,7 +14,13 @@ from bot.render.feedback import FEEDBACK_ACTION_ID
 from bot.render.reply import EMPTY_TEXT, FAILED_TEXT
 from bot.render.text import render_final
 from tests.fakes.openai import Answer, FakeOpenAI
-from tests.fakes.slack import FakeSlack, Message, mention_event, message_event
+from tests.fakes.slack import (
+    FakeSlack,
+    Message,
+    assistant_thread_started_event,
+    mention_event,
+    message_event,
+)
 from tests.views import bot_replies, notes, working
 
 NATIVE = {"stream_mode": "native", "native_flush_interval": 0.1}
@@ -305,3 +311,30 @@ async def test_an_orphaned_native_stream_is_closed_and_keeps_its_text(
         await slack.wait_for(lambda: "please ask again" in str(message.blocks), timeout=5)
     assert not message.streaming
     assert message.text == "A *partial* answer"  # what the user saw, as an edited message
+
+
+async def test_an_assistant_thread_is_named_after_its_first_question_not_the_greeting(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.default = Answer(text="Sure.", ttft=0.1)
+    async with start_bot(stream_mode="auto") as running:
+        started = assistant_thread_started_event(channel="D0ASSIST")
+        thread = started["assistant_thread"]["thread_ts"]
+        await slack.send_event(started)
+        await only_reply(slack, "D0ASSIST", thread)  # the greeting
+        question = "How do I rotate my API keys safely?\nWe use Vault."
+        await slack.send_event(
+            message_event(question, channel="D0ASSIST", channel_type="im", thread_ts=thread)
+        )
+        await slack.wait_for(lambda: ("D0ASSIST", thread) in slack.titles, timeout=10)
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=10)
+        follow_up = "And for database passwords?"
+        await slack.send_event(
+            message_event(follow_up, channel="D0ASSIST", channel_type="im", thread_ts=thread)
+        )
+        await slack.wait_for(lambda: len(llm.requests) == 2, timeout=10)
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=10)
+    assert slack.titles[("D0ASSIST", thread)] == "How do I rotate my API keys safely?"
+    assert len(slack.calls_to("assistant.threads.setTitle")) == 1  # the follow-up keeps it
+    streamed = [m for m in bot_replies(slack, "D0ASSIST", thread) if m.text == "Sure."]
+    assert len(streamed) == 2 and all(has_feedback(m) for m in streamed)

@@ -374,9 +374,9 @@ class NativeReply:
                 await self._abandon_stream()
                 await self._fall_back(self.ts, self._current)
                 return
-            if not await self._appends.acquire(
-                self._team, Priority.PROGRESS, give_up=self._closing
-            ):
+            # An empty stream (a channel's) waits for its first text: that goes first.
+            priority = Priority.PROGRESS if self._current else Priority.FIRST
+            if not await self._appends.acquire(self._team, priority, give_up=self._closing):
                 self._unsent = chunk + self._unsent
                 return
             started = loop.time()
