@@ -338,3 +338,33 @@ async def test_an_assistant_thread_is_named_after_its_first_question_not_the_gre
     assert len(slack.calls_to("assistant.threads.setTitle")) == 1  # the follow-up keeps it
     streamed = [m for m in bot_replies(slack, "D0ASSIST", thread) if m.text == "Sure."]
     assert len(streamed) == 2 and all(has_feedback(m) for m in streamed)
+
+
+async def test_an_answer_too_long_for_one_native_message_continues_in_the_thread(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    paragraphs = [f"Paragraph {n}: " + "plain words " * 30 for n in range(40)]
+    answer = "\n\n".join(paragraphs)  # ~15,000 characters
+    llm.script(Answer(text=answer, ttft=0.1, chunk_size=400, token_delay=0.01))
+    async with start_bot(**NATIVE):
+        event = mention_event("write a book")
+        await slack.send_event(event)
+        await slack.wait_call("chat.startStream", ok=True)
+        await slack.wait_for(
+            lambda: (
+                " ".join(m.text for m in bot_replies(slack, "C0CHAN", event["ts"])).count(
+                    "Paragraph"
+                )
+                == 40
+                and not any(
+                    m.streaming or working(m) for m in bot_replies(slack, "C0CHAN", event["ts"])
+                )
+            ),
+            timeout=30,
+            what="the whole answer, finished",
+        )
+    replies = bot_replies(slack, "C0CHAN", event["ts"])
+    assert len(replies) >= 4 and all(len(m.text) <= 4000 for m in replies)
+    shown = [p for m in replies for p in m.text.split("\n\n")]
+    assert [p.strip() for p in shown] == [p.strip() for p in paragraphs]  # each once, in order
+    assert has_feedback(replies[-1]) and not any(has_feedback(m) for m in replies[:-1])

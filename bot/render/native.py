@@ -285,10 +285,11 @@ class NativeReply:
                 await self._tracker.closed(self)
 
     async def _finish(self, outcome: Outcome, deadline: float) -> None:
+        self._absorb()
+        rest = self._unsent
+        fits = len(self._current) + len(rest) <= self._limit
         if self._fallback is None and self._live:
-            self._absorb()
-            rest = self._unsent
-            if await self._stop_stream(rest, outcome, deadline):
+            if fits and await self._stop_stream(rest, outcome, deadline):
                 self._current += rest
                 self._unsent = ""
                 return
