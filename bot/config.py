@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     edit_budget_burst: int = Field(3, ge=1)
     message_char_limit: int = Field(2900, ge=200, le=3000)
     final_edit_deadline: float = Field(120.0, gt=0)
-    stream_mode: Literal["edit", "native", "auto"] = "edit"
+    stream_mode: Literal["edit", "native", "auto"] = "auto"
     native_flush_interval: float = Field(0.5, ge=0.05)
     native_append_budget_per_minute: float = Field(90.0, gt=0)
     native_start_budget_per_minute: float = Field(18.0, gt=0)

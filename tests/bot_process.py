@@ -48,6 +48,9 @@ def bot_env(
         HTTP_HOST="127.0.0.1",
         HTTP_PORT="0",
         PYTHONPATH=str(ROOT),
+        # These child processes exercise (and the benchmark measures) the edit renderer;
+        # tests/test_native.py covers native streams. ``extra`` may ask for another mode.
+        STREAM_MODE="edit",
     )
     if not production_defaults:
         env["EDIT_INTERVAL"] = "0.1"

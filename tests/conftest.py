@@ -91,6 +91,7 @@ def bot_settings(
         "openai_model": "test-model",
         "redis_url": redis_url,
         "edit_interval": 0.1,
+        "stream_mode": "edit",  # the edit renderer unless a test asks for native streams
         "edit_budget_per_minute": 600,
         "edit_budget_burst": 10,
         "final_edit_deadline": 20,
