@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from bot.conversation import ThreadKey
-from bot.render.feedback import FEEDBACK_ACTION_ID
+from bot.render.feedback import FEEDBACK_ACTION_ID, FEEDBACK_BLOCK_ID
 from bot.render.reply import EMPTY_TEXT, FAILED_TEXT
 from bot.render.text import render_final
 from tests.fakes.openai import Answer, FakeOpenAI
@@ -18,6 +18,7 @@ from tests.fakes.slack import (
     FakeSlack,
     Message,
     assistant_thread_started_event,
+    block_actions_payload,
     mention_event,
     message_event,
 )
@@ -55,11 +56,11 @@ async def settled(slack: FakeSlack, channel: str, ts: str, what: str) -> Message
 
 
 async def test_a_native_stream_shows_text_early_and_ends_with_feedback_buttons(
-    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, redis_client: Any
 ) -> None:
     answer = "Native streaming, **bold** and `code`: " + "streamed words " * 30
     llm.script(Answer(text=answer, ttft=0.1, chunk_size=4, token_delay=0.02))
-    async with start_bot(**NATIVE):
+    async with start_bot(**NATIVE) as running:
         event = mention_event("stream it")
         await slack.send_event(event)
         start = await slack.wait_call("chat.startStream", ok=True)
@@ -77,8 +78,28 @@ async def test_a_native_stream_shows_text_early_and_ends_with_feedback_buttons(
         assert llm.requests[0].outcome == "open"  # the model was still writing
         final = await settled(slack, "C0CHAN", ts, "the stream to stop")
 
+        # A 👍 on the streamed answer is stored for that message and counted.
+        ack = await slack.send_interactive(
+            block_actions_payload(
+                FEEDBACK_ACTION_ID,
+                value="good",
+                action_type="feedback_buttons",
+                message_ts=ts,
+                thread_ts=event["ts"],
+                block_id=FEEDBACK_BLOCK_ID,
+            )
+        )
+        await slack.wait_ack(ack)
+        votes_key = f"slackbot:feedback:T0001:C0CHAN:{ts}"
+        await slack.wait_for(lambda: bool(slack.ephemerals_for("U0USER")), timeout=5)
+        votes = await redis_client.hgetall(votes_key)
+        counted = running.metrics.registry.get_sample_value(
+            "slackbot_feedback_total", {"vote": "good"}
+        )
+
     assert final.text == answer  # exactly the model's Markdown, nothing twice
     assert has_feedback(final) and not notes(final)
+    assert votes == {b"U0USER": b"good"} and counted == 1
     assert [m.ts for m in bot_replies(slack, "C0CHAN", event["ts"])] == [ts]
     assert not slack.calls_to("chat.update") and not slack.calls_to("chat.postMessage")
     appends = slack.ok_calls("chat.appendStream")
