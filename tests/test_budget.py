@@ -85,6 +85,32 @@ async def test_two_processes_share_one_bucket_in_priority_order(
     assert await two.take("T1", Priority.FINAL) == 0.0
 
 
+async def test_a_reply_streaming_alone_spends_the_burst_but_one_token(
+    stores: tuple[Store, Store], clock: FakeClock
+) -> None:
+    one, two = budget(stores[0], clock, per_minute=45), budget(stores[1], clock, per_minute=45)
+    await one.interval("T1", "r1")  # alone in T1
+    # Its progress edits leave one token (for a newcomer's first text or its final edit), not
+    # two: at 1 s apart it is not held to the sustained rate while its burst is unused.
+    assert await one.take("T1", Priority.FIRST) == 0.0
+    clock.advance(1.0)
+    assert await one.take("T1", Priority.PROGRESS) == 0.0
+    clock.advance(1.0)
+    assert await one.take("T1", Priority.PROGRESS) == 0.0
+    assert await one.take("T1", Priority.PROGRESS) > 0.0  # the last token stays back
+    assert await two.take("T1", Priority.FINAL) == 0.0
+    # Once another reply streams there, progress edits leave two tokens again.
+    clock.advance(60)
+    await two.interval("T1", "r2")
+    await one.interval("T1", "r1")
+    assert await one.take("T1", Priority.PROGRESS) == 0.0
+    assert await one.take("T1", Priority.PROGRESS) == pytest.approx(60 / 45, abs=0.01)
+    # And alone again after the other one is done.
+    await two.done("T1", "r2")
+    await one.interval("T1", "r1")
+    assert await one.take("T1", Priority.PROGRESS) == 0.0
+
+
 async def test_a_small_burst_caps_the_reserve(
     stores: tuple[Store, Store], clock: FakeClock
 ) -> None:

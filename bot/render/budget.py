@@ -14,7 +14,9 @@ the burst to the levels before it, so an answer's last text is never queued behi
 answers' progress, and a reply still showing "Thinking…" goes before one that shows text.
 Every reply streaming in a workspace spaces its interim edits by ``active replies × 60 /
 per_minute`` seconds (at least ``min_interval``): together they spend the budget, and each
-gets an equal share of it.
+gets an equal share of it. A reply streaming alone in its workspace keeps back only one token
+(for a newcomer's first text or its own final edit): it spends the rest of the burst at
+``min_interval`` instead of waiting for a full bucket at every edit.
 """
 
 from __future__ import annotations
@@ -93,11 +95,12 @@ class EditBudget:
         self._local: dict[str, TokenBucket] = {}  # by team
         self._active_local: dict[str, set[str]] = {}
         self._intervals: dict[str, float] = {}
+        self._streaming: dict[str, int] = {}  # by team: replies streaming, as last counted
 
     async def take(self, team: str, priority: Priority) -> float:
         """One try: 0.0 when a chat.update may be sent now (the token is taken), else the
         seconds to wait before trying again."""
-        reserve = max(0, min(int(priority), self._burst - 1))
+        reserve = max(0, min(self._reserve(team, priority), self._burst - 1))
         try:
             return await self._store.take_token(
                 team, self.method, per_minute=self._per_minute, burst=self._burst, reserve=reserve
@@ -161,18 +164,34 @@ class EditBudget:
         # Alone, a reply may use the burst: the bucket itself holds it to the sustained rate.
         # Shared, each reply's spacing is its fair share of that rate.
         share = active * 60.0 / self._per_minute if active > 1 else 0.0
+        self._streaming[team] = active
         seconds = max(self._min_interval, share)
         self._intervals[reply_id] = seconds
         return seconds
 
     async def done(self, team: str, reply_id: str) -> None:
         """``reply_id`` has finished: the others' share grows at their next edit."""
-        self._active_local.get(team, set()).discard(reply_id)
+        local = self._active_local.get(team, set())
+        local.discard(reply_id)
         self._intervals.pop(reply_id, None)
+        if local:  # counted again at the others' next edit
+            self._streaming[team] = max(1, self._streaming.get(team, 1) - 1)
+        else:
+            self._streaming.pop(team, None)
         try:
             await self._store.finished_reply(team, self.method, reply_id)
         except StoreUnavailable:
             pass
+
+    def _reserve(self, team: str, priority: Priority) -> int:
+        """Tokens an edit of ``priority`` leaves in the bucket. Progress edits of a reply
+        streaming alone leave one, like a first text: with the usual reserve (two of a burst
+        of three) a lone reply could edit only when the bucket is full, i.e. at the sustained
+        rate (1.33 s apart at 45/min) although its burst sits unused. Until ``interval`` has
+        counted the workspace's replies, an edit is taken for one of several."""
+        if priority is Priority.PROGRESS and self._streaming.get(team, 2) == 1:
+            return int(Priority.FIRST)
+        return int(priority)
 
     def _bucket(self, team: str) -> TokenBucket:
         bucket = self._local.get(team)
