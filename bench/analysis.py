@@ -27,6 +27,7 @@ class BoundParams:
     round_trip: float  # seconds from sending a Slack call to its effect being visible
     rate: float  # chat.update calls per second Slack allows one workspace
     burst: int  # Slack's burst for chat.update (the bucket is full when the run starts)
+    min_gap: float = 0.0  # least seconds between two edits of one message (beyond round_trip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +79,12 @@ def lag_bound(duration: float, params: BoundParams, concurrent: int) -> tuple[fl
 
     An ideal renderer with no CPU cost gets the workspace's whole chat.update budget (token
     bucket: ``rate``/s, ``burst``, full at the start), shares it equally, keeps at most one
-    edit of a message in flight (so edits are at least one ``round_trip`` apart) and places
-    its ``e`` edits evenly; each becomes visible one ``round_trip`` after it is sent:
+    edit of a message in flight (so edits are at least ``gap`` = max(``round_trip``,
+    ``min_gap``) apart) and places its ``e`` edits evenly; each becomes visible one
+    ``round_trip`` after it is sent:
 
         capacity = burst + rate × duration          edits the workspace can make meanwhile
-        e        = min(duration / round_trip, capacity / concurrent)
+        e        = min(duration / gap, capacity / concurrent)
         e ≥ 1:   mean = round_trip + duration / (2e),  p99 = round_trip + duration / e
         e < 1:   one edit per reply, the j-th (j = 1..concurrent) at the earliest at
                  duration + max(0, (j − capacity) / rate):
@@ -92,8 +94,9 @@ def lag_bound(duration: float, params: BoundParams, concurrent: int) -> tuple[fl
     rt = params.round_trip
     if duration <= 0:
         return rt, rt
+    gap = max(rt, params.min_gap)
     capacity = params.burst + params.rate * duration
-    edits = min(duration / rt if rt > 0 else math.inf, capacity / max(1, concurrent))
+    edits = min(duration / gap if gap > 0 else math.inf, capacity / max(1, concurrent))
     if edits >= 1:
         return rt + duration / (2 * edits), rt + duration / edits
     waits = [max(0.0, (j - capacity) / params.rate) for j in range(1, concurrent + 1)]
@@ -347,6 +350,22 @@ def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, 
             "max": round_or_none(max((r.done_at - r.conversation.sent_at for r in replies if r.done_at), default=None)),
         },
     }  # fmt: skip
+
+
+def bound_under(replies: Sequence[Reply], params: BoundParams) -> dict[str, float | None]:
+    """The run's mean-lag bound for a budget other than Slack's (e.g. the bot's own settings:
+    its edit budget and ``EDIT_INTERVAL``), and the measured mean lag's ratio to it. It tells
+    how much of the lag the renderer could still remove without changing those settings."""
+    bound = _mean(
+        lag_bound(r.stream_seconds, params, r.conversation.concurrent_in_workspace)[0]
+        for r in replies
+        for _ in r.lags
+    )
+    lag = _mean(lag for r in replies for lag in r.lags)
+    return {
+        "bound_mean": round_or_none(bound),
+        "ratio_mean": round_or_none(lag / bound if lag and bound else None),
+    }
 
 
 def round_or_none(value: float | None, digits: int = 4) -> float | None:
