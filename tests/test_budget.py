@@ -151,6 +151,49 @@ async def test_acquire_gives_up_on_the_event_or_the_deadline(
     assert await asyncio.wait_for(waiter, 1.0) is False
 
 
+async def _budget_scripts(redis_url: str) -> int:
+    client = connect_redis(redis_url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_waiters_in_one_process_queue_instead_of_all_asking_redis(redis_url: str) -> None:
+    # The real clock: 100 tokens a second, one at a time.
+    client = connect_redis(redis_url)
+    try:
+        await _queue_for_tokens(
+            redis_url, EditBudget(Store(client), per_minute=6000, burst=1, min_interval=0.1)
+        )
+    finally:
+        await client.aclose()
+
+
+async def _queue_for_tokens(redis_url: str, edits: EditBudget) -> None:
+    assert await edits.acquire("T1", Priority.FINAL)  # the bucket is empty now
+    before = await _budget_scripts(redis_url)
+    served: list[int] = []
+
+    async def wait_for_a_token(index: int) -> None:
+        assert await edits.acquire("T1", Priority.FINAL, deadline=loop.time() + 10)
+        served.append(index)
+
+    loop = asyncio.get_running_loop()
+    closing = asyncio.Event()
+    quitter = asyncio.create_task(edits.acquire("T1", Priority.FINAL, give_up=closing))
+    waiters = [asyncio.create_task(wait_for_a_token(i)) for i in range(10)]
+    await asyncio.sleep(0)
+    closing.set()  # one waiter leaves the queue: the others are not held up by it
+    assert await asyncio.wait_for(quitter, 1.0) is False
+    await asyncio.wait_for(asyncio.gather(*waiters), 10.0)
+    assert sorted(served) == list(range(10))
+    # Each waiter asks on arrival and a time or two when its turn comes; without the queue
+    # all of them would ask again every time a token came (about 10 + 9 + … + 1 = 55).
+    assert await _budget_scripts(redis_url) - before <= 3 * 11
+
+
 async def test_interval_is_a_fair_share_of_the_budget(
     stores: tuple[Store, Store], clock: FakeClock
 ) -> None:

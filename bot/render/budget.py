@@ -96,6 +96,7 @@ class EditBudget:
         self._active_local: dict[str, set[str]] = {}
         self._intervals: dict[str, float] = {}
         self._streaming: dict[str, int] = {}  # by team: replies streaming, as last counted
+        self._queues: dict[tuple[str, Priority], asyncio.Lock] = {}  # see acquire
 
     async def take(self, team: str, priority: Priority) -> float:
         """One try: 0.0 when a chat.update may be sent now (the token is taken), else the
@@ -118,12 +119,41 @@ class EditBudget:
         deadline: float | None = None,
     ) -> bool:
         """Wait for one chat.update in ``team``; False when ``give_up`` was set, or the event
-        loop's clock passed ``deadline``, before a token came."""
-        loop = asyncio.get_running_loop()
-        while True:
+        loop's clock passed ``deadline``, before a token came.
+
+        In one process the waiters of a workspace and priority queue (first come, first
+        served) and only the first asks Redis: otherwise every waiter would wake at the same
+        moment, one would get the token and the others would all ask again (at 20 replies a
+        workspace that was ~14 budget scripts per reply)."""
+        queue = self._queues.setdefault((team, priority), asyncio.Lock())
+        wait = None
+        if not queue.locked():
             wait = await self.take(team, priority)
             if wait <= 0:
                 return True
+        if queue.locked():
+            wait = None  # by the time this waiter's turn comes, that answer is stale
+        if not await _take_turn(queue, give_up, deadline):
+            return False
+        try:
+            return await self._poll(team, priority, give_up, deadline, wait)
+        finally:
+            queue.release()
+
+    async def _poll(
+        self,
+        team: str,
+        priority: Priority,
+        give_up: asyncio.Event | None,
+        deadline: float | None,
+        wait: float | None,  # what the last take said, if there was one just now
+    ) -> bool:
+        loop = asyncio.get_running_loop()
+        while True:
+            if wait is None:
+                wait = await self.take(team, priority)
+                if wait <= 0:
+                    return True
             if give_up is not None and give_up.is_set():
                 return False
             if deadline is not None:
@@ -133,12 +163,14 @@ class EditBudget:
                 wait = min(wait, left)
             if give_up is None:
                 await asyncio.sleep(wait)
-                continue
-            try:
-                await asyncio.wait_for(give_up.wait(), wait)
-            except TimeoutError:
-                continue
-            return False
+            else:
+                try:
+                    await asyncio.wait_for(give_up.wait(), wait)
+                except TimeoutError:
+                    pass
+                else:
+                    return False
+            wait = None
 
     async def rate_limited(self, team: str, retry_after: float) -> None:
         """Slack said 429: every reply in the workspace holds its edits for ``retry_after``."""
@@ -198,3 +230,40 @@ class EditBudget:
         if bucket is None:
             bucket = self._local[team] = TokenBucket(self._per_minute, self._burst, self._clock)
         return bucket
+
+
+async def _take_turn(
+    queue: asyncio.Lock, give_up: asyncio.Event | None, deadline: float | None
+) -> bool:
+    """Acquire ``queue`` unless ``give_up`` is set or the loop's clock passes ``deadline``
+    first; True when it is held (the caller releases it)."""
+    loop = asyncio.get_running_loop()
+    turn = asyncio.ensure_future(queue.acquire())
+    stop = asyncio.ensure_future(give_up.wait()) if give_up is not None else None
+    timeout = None if deadline is None else max(0.0, deadline - loop.time())
+    held = False
+    try:
+        await asyncio.wait(
+            [turn] if stop is None else [turn, stop],
+            timeout=timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        if stop is not None:
+            stop.cancel()
+        if not turn.done():
+            turn.cancel()  # a cancelled Lock.acquire passes the lock on to the next waiter
+        elif not turn.cancelled():
+            held = not (
+                (give_up is not None and give_up.is_set())
+                or (deadline is not None and loop.time() >= deadline)
+                or _being_cancelled()
+            )
+            if not held:
+                queue.release()  # got it, but too late
+    return held
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
