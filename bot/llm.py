@@ -7,7 +7,10 @@ the Responses API with ``OPENAI_API_MODE=responses``).
     answer.usage          # {'prompt_tokens': …} when the server reported it
 
 The SSE lines are read raw and decoded with ``json.loads``: the SDK's typed chunks cost about
-twenty times more CPU per token, which matters with hundreds of concurrent streams. Failures
+twenty times more CPU per token, which matters with hundreds of concurrent streams. With many
+streams open in the process, each stream also reads the network in batches (see
+``_read_pause``): a read costs ~80 µs of CPU in the HTTP stack whether it brings one event or
+ten, and a model sends one event per token. Failures
 leave as ``ModelUnavailable`` (nothing streamed yet), ``ModelInterrupted`` (broken mid-answer,
 including a stream that ends without ``finish_reason``) or ``ModelIdle`` (no token for
 ``idle_timeout`` seconds). A healthy stream has no total-duration limit.
@@ -26,9 +29,20 @@ from typing import Any, Literal
 import httpx2
 import openai
 
-from bot.errors import ModelIdle, ModelInterrupted, ModelUnavailable
+from bot.errors import ModelError, ModelIdle, ModelInterrupted, ModelUnavailable
 
 log = logging.getLogger(__name__)
+
+# Batched reading (see _read_pause): below this many open streams every event is read at once;
+# above it, each stream rests between network reads so that the process makes at most about
+# _READS_PER_SECOND of them, resting at most _MAX_PAUSE (a character then becomes visible
+# about half a pause later, next to edits that are a second or more apart).
+_BATCH_FROM_STREAMS = 100
+_READS_PER_SECOND = 2000.0
+_MAX_PAUSE = 0.25
+# A read that took longer than this waited for the network (one served from buffered bytes
+# does not suspend): the stream has caught up, and the next read may rest first.
+_WAITED = 0.002
 
 
 def connect_openai(api_key: str, base_url: str | None) -> openai.AsyncOpenAI:
@@ -56,6 +70,7 @@ class ChatModel:
         self._model = model
         self._temperature = temperature
         self._idle_timeout = idle_timeout
+        self._open = _OpenStreams()
 
     @property
     def default_model(self) -> str:
@@ -81,7 +96,15 @@ class ChatModel:
         temperature = temperature if temperature is not None else self._temperature
         if temperature is not None:
             body["temperature"] = temperature
-        return AnswerStream(self._client, body, self._idle_timeout, api=self._api)
+        return AnswerStream(
+            self._client, body, self._idle_timeout, api=self._api, streams=self._open
+        )
+
+
+class _OpenStreams:
+    """How many of one model's answers are being read now (for batched reading)."""
+
+    count = 0
 
 
 class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
@@ -94,10 +117,12 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         idle: float,
         *,
         api: Literal["chat", "responses"] = "chat",
+        streams: _OpenStreams | None = None,
     ) -> None:
         self._client = client
         self._body = body
         self._idle = idle
+        self._open = streams or _OpenStreams()
         self._absorb = self._absorb_response_event if api == "responses" else self._absorb_chunk
         self._endpoint = (
             client.responses.with_streaming_response
@@ -145,36 +170,91 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         except (openai.APIError, httpx2.HTTPError) as exc:
             raise ModelUnavailable(type(exc).__name__) from exc
 
-        lines = response.iter_lines().__aiter__()
+        chunks = response.http_response.aiter_bytes().__aiter__()
         deadline = loop.time() + self._idle
+        rest = b""  # a line not yet ended
+        pending = ""  # text read but not yet handed on (batched reading)
+        done = False
+        broken: ModelError | None = None
+        self._open.count += 1
         try:
-            while True:
+            while not done:
+                asked = loop.time()
                 try:
-                    line = await lines.__anext__()
+                    data = await chunks.__anext__()
                 except StopAsyncIteration:
-                    break
-                if loop.time() > deadline:
+                    if not rest:
+                        break
+                    data, done = b"\n", True  # the last line had no line break
+                now = loop.time()
+                if now > deadline:
                     raise TimeoutError  # bytes, but no token (keep-alive comments, empty deltas)
-                if not line.startswith("data:"):
-                    continue  # blank separators, ': keep-alive' comments, 'event:' names
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                text = self._absorb(json.loads(payload))
+                lines = (rest + data).splitlines(keepends=True)
+                ended = not lines or lines[-1].endswith((b"\n", b"\r"))
+                rest = b"" if ended else lines.pop()
+                text = ""
+                failure: ModelError | None = None
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # blank separators, ': keep-alive' comments, 'event:' names
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        piece = self._absorb(json.loads(payload))
+                    except ValueError as exc:  # json.JSONDecodeError, or not UTF-8
+                        failure = self._broken(ModelInterrupted, "corrupt chunk")
+                        failure.__cause__ = exc
+                        break
+                    except ModelError as exc:
+                        failure = exc
+                        break
+                    text += piece
+                    self.chars += len(piece)
                 if text:
-                    self.chars += len(text)
-                    deadline = loop.time() + self._idle
-                    yield text
+                    deadline = now + self._idle
+                    pending += text
+                if not pending:
+                    if failure is not None:
+                        raise failure
+                    continue
+                # Batched (many streams, and the first text already out): hand on the text
+                # once the read has caught up with the model, i.e. had to wait for it, then
+                # rest before the next read. Reads from buffered bytes do not wait.
+                pause = self._read_pause() if self.chars > len(pending) else 0.0
+                waited = now - asked > _WAITED
+                if pause and not waited and not done and failure is None:
+                    continue
+                yield pending  # what came before a failure is shown too
+                pending = ""
+                if failure is not None:
+                    raise failure
+                if pause and not done:
+                    await asyncio.sleep(pause)
         except (TimeoutError, httpx2.ReadTimeout):
-            raise self._broken(ModelIdle, "no token within the idle timeout") from None
-        except json.JSONDecodeError as exc:
-            raise self._broken(ModelInterrupted, "corrupt chunk") from exc
+            broken = self._broken(ModelIdle, "no token within the idle timeout")
         except (httpx2.HTTPError, openai.OpenAIError) as exc:
-            raise self._broken(ModelInterrupted, type(exc).__name__) from exc
+            broken = self._broken(ModelInterrupted, type(exc).__name__)
+            broken.__cause__ = exc
         finally:
+            self._open.count -= 1
             await self._close()
+        if pending:  # read before the end or a failure: shown too
+            yield pending
+        if broken is not None:
+            raise broken
         if self.finish_reason is None:
             raise self._broken(ModelInterrupted, "stream ended without finish_reason")
+
+    def _read_pause(self) -> float:
+        """Seconds to rest before the next network read: none while few streams are open;
+        with many, long enough that several events arrive together (one read, not one per
+        token) — the CPU that reading costs then stops growing with the number of streams."""
+        streams = self._open.count
+        if streams < _BATCH_FROM_STREAMS:
+            return 0.0
+        return min(_MAX_PAUSE, streams / _READS_PER_SECOND)
 
     def _absorb_response_event(self, event: Any) -> str:
         """Text of one Responses API event; records the end and usage; raises on failures."""

@@ -1,0 +1,79 @@
+"""ChatModel against the fake OpenAI server: text, the end of the stream, failures after some
+text, and many concurrent answers read in batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.errors import ModelInterrupted, ModelUnavailable
+from bot.llm import ChatModel, connect_openai
+from tests.fakes.openai import Answer, FakeOpenAI
+
+PROMPT = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def model(llm: FakeOpenAI) -> AsyncIterator[ChatModel]:
+    client = connect_openai(llm.api_key, llm.base_url)
+    yield ChatModel(client, model="m", idle_timeout=10)
+    await client.close()
+
+
+async def read(model: ChatModel) -> tuple[list[str], ChatModel]:
+    deltas = []
+    async with model.stream(PROMPT) as answer:
+        async for delta in answer:
+            deltas.append(delta)
+    assert answer.finish_reason == "stop"
+    return deltas, model
+
+
+async def test_an_answer_streams_as_written_with_its_usage(
+    llm: FakeOpenAI, model: ChatModel
+) -> None:
+    llm.script(Answer(text="Hello there, how are you?", usage={"prompt_tokens": 3}))
+    async with model.stream(PROMPT) as answer:
+        deltas = [delta async for delta in answer]
+    assert "".join(deltas) == "Hello there, how are you?"
+    assert answer.finish_reason == "stop"
+    assert answer.usage is not None and answer.usage["prompt_tokens"] == 3
+
+
+async def test_text_before_a_corrupt_chunk_is_kept(llm: FakeOpenAI, model: ChatModel) -> None:
+    llm.script(Answer(text="abcdefghijkl", corrupt_after=2))
+    deltas: list[str] = []
+    with pytest.raises(ModelInterrupted):
+        async with model.stream(PROMPT) as answer:
+            async for delta in answer:
+                deltas.append(delta)
+    assert "".join(deltas) == "abcdefgh"
+
+
+async def test_an_error_before_any_text_is_unavailable(llm: FakeOpenAI, model: ChatModel) -> None:
+    llm.script(Answer(text="abcd", error_after=0))
+    with pytest.raises(ModelUnavailable):
+        async with model.stream(PROMPT) as answer:
+            async for _ in answer:
+                pass
+
+
+async def test_many_concurrent_answers_are_read_in_batches_and_arrive_whole(
+    llm: FakeOpenAI, model: ChatModel
+) -> None:
+    # 150 streams open at once: each rests between reads, so one delta carries several chunks.
+    texts = [f"answer {i:03d} " + "word " * 40 for i in range(150)]
+    llm.script(*(Answer(text=text, tokens_per_second=200) for text in texts))
+    results = await asyncio.gather(*(read(model) for _ in texts))
+    received = sorted("".join(deltas) for deltas, _ in results)
+    assert received == sorted(texts)
+    chunks = sum(len(Answer(text=text).pieces()) for text in texts)
+    assert sum(len(deltas) for deltas, _ in results) < chunks / 2
