@@ -575,6 +575,19 @@ def _targets(scenario: Scenario, summary: dict[str, Any]) -> dict[str, Any]:
             "value_ms": fv["p99"],
             "met": fv["p99"] is not None and fv["p99"] <= 250,
         }
+    per_minute, burst = _slack_update_budget()
+    if scenario.per_workspace > burst:
+        # No renderer can meet these here: Slack's budget alone holds the j-th first text
+        # of a workspace back until (j − burst) / rate after the burst.
+        waits = [
+            max(0.0, (j - burst) * 60 / per_minute) for j in range(1, scenario.per_workspace + 1)
+        ]
+        for name in ("first_visible_p50_le_rtt_plus_20ms", "first_visible_p99_le_250ms_at_1000"):
+            if name in targets:
+                targets[name]["budget_bound_p50_p99_ms"] = [
+                    ms(percentile(waits, 50)),
+                    ms(percentile(waits, 99)),
+                ]
     return targets
 
 
@@ -697,7 +710,11 @@ def table(points: Sequence[PointResult]) -> str:
             f"{p.load_generator['loop_lag_ms']['max']} ms; bot "
             f"{p.bot['cpu_us_per_sse_event']} µs CPU per SSE event"
         )
-        missed = [name for name, t in p.targets.items() if not t["met"]]
+        missed = [
+            name + (" (budget-bound)" if "budget_bound_p50_p99_ms" in t else "")
+            for name, t in p.targets.items()
+            if not t["met"]
+        ]
         lines.append(
             f"N={p.scenario.n}: targets missed: {', '.join(missed) or 'none'}"
             + (f"; {p.summary['timed_out']} replies unfinished" if p.summary["timed_out"] else "")
