@@ -4,9 +4,11 @@ text, and many concurrent answers read in batches."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from bot.errors import ModelInterrupted, ModelUnavailable
 from bot.llm import ChatModel, connect_openai
@@ -77,3 +79,51 @@ async def test_many_concurrent_answers_are_read_in_batches_and_arrive_whole(
     assert received == sorted(texts)
     chunks = sum(len(Answer(text=text).pieces()) for text in texts)
     assert sum(len(deltas) for deltas, _ in results) < chunks / 2
+
+
+async def test_sse_lines_split_anywhere_and_any_line_ending_read_the_same() -> None:
+    # A server whose bytes arrive cut mid-line, with CRLF and CR line endings, a keep-alive
+    # comment, and a last line without a line break.
+    events = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hé"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "llo, "}}]},
+        {"choices": [{"index": 0, "delta": {"content": "world"}, "finish_reason": "stop"}]},
+    ]
+    body = (
+        b": keep-alive\r\n\r\n"
+        + b"".join(
+            b"data: "
+            + json.dumps(e, ensure_ascii=False).encode()
+            + (b"\r\n\r\n", b"\n\n", b"\r\r")[i % 3]
+            for i, e in enumerate(events)
+        )
+        + b"data: [DONE]"
+    )
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    client = connect_openai("sk-test", f"http://127.0.0.1:{port}/v1")
+    try:
+        async with ChatModel(client, model="m").stream(PROMPT) as answer:
+            text = "".join([delta async for delta in answer])
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert text == "Héllo, world"
+    assert answer.finish_reason == "stop"
