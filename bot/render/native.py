@@ -156,6 +156,7 @@ class NativeReply:
         self._native_ts: list[str] = []  # messages streamed natively, in order
         self._chunks: list[str] = []
         self._taken = 0
+        self._fresh = 0  # characters of the chunks not absorbed yet
         self._current = ""  # Markdown the stream's message shows (as the model wrote it)
         self._unsent = ""  # Markdown taken from the model, not appended yet
         self._fallback: ReplyStream | None = None
@@ -215,13 +216,7 @@ class NativeReply:
         tb: TracebackType | None,
     ) -> None:
         if self.state is State.OPEN:
-            if exc_type is None:
-                outcome = Outcome.COMPLETE
-            elif issubclass(exc_type, asyncio.CancelledError):
-                outcome = Outcome.SHUTDOWN
-            else:
-                outcome = Outcome.FAILED
-            self._start_closing(outcome)
+            self._start_closing(Outcome.on_exit(exc_type))
         if self._closer is not None:
             await asyncio.shield(self._closer)
 
@@ -237,8 +232,9 @@ class NativeReply:
             self._taken = len(self._chunks)
             self._fallback.append(delta)
             return
+        self._fresh += len(delta)
         self._wake.set()
-        if len(self._unsent) + len(delta) >= self._flush_chars:
+        if len(self._unsent) + self._fresh >= self._flush_chars:
             self._urgent.set()
 
     async def finish(self, outcome: Outcome) -> str:
@@ -456,6 +452,7 @@ class NativeReply:
         if self._taken < len(self._chunks):
             self._unsent += "".join(self._chunks[self._taken :])
             self._taken = len(self._chunks)
+            self._fresh = 0
 
     def _take(self) -> str:
         """The waiting text that may go out now; a trailing ``<`` waits for the character after

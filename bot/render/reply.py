@@ -89,6 +89,16 @@ class Outcome(enum.Enum):
         """The note under a partial answer (``FAILED`` after some text reads "interrupted")."""
         return _NOTES.get(self)
 
+    @classmethod
+    def on_exit(cls, exc_type: type[BaseException] | None) -> Outcome:
+        """How a reply left open by its ``async with`` block ends: complete, failed, or (when
+        cancelled) interrupted by shutdown."""
+        if exc_type is None:
+            return cls.COMPLETE
+        if issubclass(exc_type, asyncio.CancelledError):
+            return cls.SHUTDOWN
+        return cls.FAILED
+
 
 _NOTES = {
     Outcome.INTERRUPTED: ":warning: _The answer was interrupted._",
@@ -267,13 +277,7 @@ class ReplyStream:
         tb: TracebackType | None,
     ) -> None:
         if self.state is State.OPEN:
-            if exc_type is None:
-                outcome = Outcome.COMPLETE
-            elif issubclass(exc_type, asyncio.CancelledError):
-                outcome = Outcome.SHUTDOWN
-            else:
-                outcome = Outcome.FAILED
-            self._start_closing(outcome)
+            self._start_closing(Outcome.on_exit(exc_type))
         if self._closer is not None:
             # Even when this task is being cancelled, the reply's last form is delivered.
             await asyncio.shield(self._closer)
