@@ -1,8 +1,12 @@
 """What one benchmark run measured: per-reply timelines rebuilt from the fakes' records, and the
 run's figures (percentiles, visible lag against its lower bound, calls, correctness).
 
-    reply = analyse_reply(conversation, calls, emitted, expected=render(answer), bound=params)
-    summary = summarise(replies)
+    replies = [analyse_reply(conversation, calls, emitted) for ...]
+    set_bounds(replies, {"native": append_params, "edit": update_params})
+    summary = summarise(replies, all_calls)
+
+Both renderers are understood: the edit renderer's chat.postMessage / chat.update and the
+native renderer's chat.startStream / appendStream / stopStream (and its fallback's edits).
 
 Pure functions over plain records: no I/O, no clocks. Times are seconds on the benchmark
 process's monotonic clock, which the fake Slack and the fake model both stamp their records with.
@@ -13,11 +17,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tests.fakes.slack import Call
+
+Renderer = Literal["native", "edit"]
+RENDERERS: tuple[Renderer, ...] = ("native", "edit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +32,9 @@ class BoundParams:
     """What the lower bound on visible lag depends on (see ``lag_bound``)."""
 
     round_trip: float  # seconds from sending a Slack call to its effect being visible
-    rate: float  # chat.update calls per second Slack allows one workspace
-    burst: int  # Slack's burst for chat.update (the bucket is full when the run starts)
-    min_gap: float = 0.0  # least seconds between two edits of one message (beyond round_trip)
+    rate: float  # text calls per second one workspace may make (chat.update or appendStream)
+    burst: int  # the budget's burst (the bucket is full when the run starts)
+    min_gap: float = 0.0  # least seconds between two text calls on one message (beyond round_trip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +53,18 @@ class Conversation:
 
 @dataclass
 class Reply:
-    """One reply as Slack showed it."""
+    """One reply as Slack showed it.
+
+    ``renderer`` is ``native`` when a chat.startStream succeeded for it (``fell_back``: the edit
+    renderer then tried chat.update or chat.postMessage too), else ``edit``.
+    """
 
     conversation: Conversation
     acked_at: float | None = None  # the bot acknowledged the event (Socket Mode)
     model_request_at: float | None = None  # the model server received the request
-    placeholder_requested_at: float | None = None  # the placeholder's post reached Slack
+    # The first sign of work: the placeholder's chat.postMessage or a chat.startStream (empty
+    # in a channel), whichever came first; "requested" = the call reached Slack.
+    placeholder_requested_at: float | None = None
     placeholder_at: float | None = None
     first_token_at: float | None = None
     first_visible_at: float | None = None
@@ -63,12 +76,17 @@ class Reply:
     correct: bool = False
     exact_join: bool = False
     calls: Counter[str] = field(default_factory=Counter)
+    renderer: Renderer = "edit"
+    fell_back: bool = False
     ratelimited: list[tuple[float, str]] = field(default_factory=list)
+    # Calls that changed an existing message's text: chat.update, chat.appendStream, and
+    # chat.stopStream carrying text (the charts mark them).
     edits: list[float] = field(default_factory=list)
     emitted: list[tuple[float, int]] = field(default_factory=list)
     visible: list[tuple[float, int]] = field(default_factory=list)  # (time, model chars shown)
     lags: list[float] = field(default_factory=list)  # per model character, seconds
     unseen_chars: int = 0  # characters never shown (an incorrect final text)
+    concurrent: int = 1  # replies of the same renderer in its workspace (its bound's k)
     bound_mean: float = 0.0
     bound_p99: float = 0.0
 
@@ -77,11 +95,12 @@ def lag_bound(duration: float, params: BoundParams, concurrent: int) -> tuple[fl
     """Lower bounds (mean, p99) on a reply's visible lag, for text emitted evenly over
     ``duration`` seconds while ``concurrent`` such replies stream in the same workspace.
 
-    An ideal renderer with no CPU cost gets the workspace's whole chat.update budget (token
-    bucket: ``rate``/s, ``burst``, full at the start), shares it equally, keeps at most one
-    edit of a message in flight (so edits are at least ``gap`` = max(``round_trip``,
-    ``min_gap``) apart) and places its ``e`` edits evenly; each becomes visible one
-    ``round_trip`` after it is sent:
+    An ideal renderer with no CPU cost gets the workspace's whole budget of text calls
+    (chat.update for edits, chat.appendStream for native streams; token bucket: ``rate``/s,
+    ``burst``, full at the start), shares it equally between the ``concurrent`` replies using
+    that budget, keeps at most one call on a message in flight (so calls are at least ``gap``
+    = max(``round_trip``, ``min_gap``) apart) and places its ``e`` calls ("edits") evenly;
+    each becomes visible one ``round_trip`` after it is sent:
 
         capacity = burst + rate × duration          edits the workspace can make meanwhile
         e        = min(duration / gap, capacity / concurrent)
@@ -107,14 +126,27 @@ def analyse_reply(
     conversation: Conversation,
     calls: Sequence[Call],
     emitted: Sequence[tuple[float, int]],
-    params: BoundParams,
     *,
     acked_at: float | None = None,
     model_request_at: float | None = None,
     placeholder_requested_at: float | None = None,
 ) -> Reply:
     """Rebuild what Slack showed for ``conversation`` from the calls on its channel (in order)
-    and what the model emitted, and derive its figures."""
+    and what the model emitted, and derive its figures (its lag bound: ``set_bounds``).
+
+    Messages are rebuilt the way Slack (the fake) builds them: chat.postMessage and a
+    successful chat.startStream create one (ts from the response; a stream shows its
+    ``markdown_text``, or nothing); chat.update replaces its text; chat.appendStream and
+    chat.stopStream add their ``markdown_text`` (and ``markdown_text`` chunks).
+
+    What the messages must show depends on what they hold. A native stream shows the model's
+    Markdown as written, so while every message of the reply holds Markdown (streamed, or
+    posted/edited with ``markdown_text``) they are compared with ``conversation.answer``; as
+    soon as one holds mrkdwn (``text``: the edit renderer, including a native reply's fallback,
+    which edits the streamed message to the rendered text) all are compared with
+    ``conversation.expected`` = ``render(answer)``. The benchmark's answers are plain prose, for
+    which both are the same text.
+    """
     reply = Reply(
         conversation,
         acked_at=acked_at,
@@ -122,52 +154,116 @@ def analyse_reply(
         placeholder_requested_at=placeholder_requested_at,
         emitted=list(emitted),
     )
-    texts: dict[str, str] = {}  # message ts -> text, in posting order
+    shown: dict[str, _Shown] = {}  # message ts -> what it shows, in posting order
     order: list[str] = []
-    answer, expected = conversation.answer, conversation.expected
+    answer = conversation.answer
     shown_max = 0
     for call in calls:
         reply.calls[call.method] += 1
         if call.status == 429:
             reply.ratelimited.append((call.at, call.method))
+        if reply.renderer == "native" and call.method in _EDIT_METHODS:
+            reply.fell_back = True  # the edit renderer took over (or tried to)
         if not call.ok:
             continue
-        if call.method == "chat.postMessage":
+        if call.method in ("chat.postMessage", "chat.startStream"):
             ts = str(call.response.get("ts"))
             order.append(ts)
-            texts[ts] = str(call.args.get("text") or "")
+            if call.method == "chat.startStream":
+                reply.renderer = "native"
+                shown[ts] = _Shown(_stream_chunk(call.args), markdown=True)
+            else:
+                shown[ts] = _message_text(call.args, _Shown("", markdown=False))
             if reply.placeholder_at is None:
                 reply.placeholder_at = call.at
         elif call.method == "chat.update":
             ts = str(call.args.get("ts"))
-            if ts not in texts:
+            if ts not in shown:
                 continue
-            texts[ts] = str(call.args.get("text") or "")
+            shown[ts] = _message_text(call.args, shown[ts])
             reply.edits.append(call.at)
+        elif call.method in ("chat.appendStream", "chat.stopStream"):
+            ts = str(call.args.get("ts"))
+            if ts not in shown:
+                continue
+            chunk = _stream_chunk(call.args)
+            if chunk:
+                shown[ts] = _Shown(shown[ts].text + chunk, shown[ts].markdown)
+                reply.edits.append(call.at)
         else:
             continue
         reply.done_at = call.at
-        rendered = _matched_prefix([texts[ts] for ts in order], expected)
-        model_chars = _to_model_chars(rendered, answer, expected)
+        texts = [shown[ts].text for ts in order]
+        target = _target(conversation, [shown[ts] for ts in order])
+        model_chars = _to_model_chars(_matched_prefix(texts, target), answer, target)
         if model_chars > shown_max:
             shown_max = model_chars
             reply.visible.append((call.at, model_chars))
             if reply.first_visible_at is None:
                 reply.first_visible_at = call.at
 
-    reply.final_texts = [texts[ts] for ts in order]
-    reply.exact_join = "".join(reply.final_texts) == expected
-    reply.correct = reply.exact_join or _joins_to(reply.final_texts, expected)
+    reply.final_texts = [shown[ts].text for ts in order]
+    target = _target(conversation, [shown[ts] for ts in order])
+    reply.exact_join = "".join(reply.final_texts) == target
+    reply.correct = reply.exact_join or joins_to(reply.final_texts, target)
     if emitted:
         reply.first_token_at = emitted[0][0]
         reply.stream_seconds = emitted[-1][0] - emitted[0][0]
         reply.events = len(emitted)
         reply.characters = emitted[-1][1]
     reply.lags, reply.unseen_chars = _char_lags(emitted, reply.visible, len(answer))
-    reply.bound_mean, reply.bound_p99 = lag_bound(
-        reply.stream_seconds, params, conversation.concurrent_in_workspace
-    )
     return reply
+
+
+def set_bounds(replies: Sequence[Reply], params: Mapping[Renderer, BoundParams]) -> None:
+    """Give every reply its lag bound under its renderer's budget (``params[reply.renderer]``:
+    chat.appendStream's for native replies, chat.update's for edit replies), shared with the
+    replies of the same renderer in its workspace (``Reply.concurrent``)."""
+    counts = Counter((r.conversation.team, r.renderer) for r in replies)
+    for reply in replies:
+        reply.concurrent = counts[(reply.conversation.team, reply.renderer)]
+        reply.bound_mean, reply.bound_p99 = lag_bound(
+            reply.stream_seconds, params[reply.renderer], reply.concurrent
+        )
+
+
+_EDIT_METHODS = frozenset({"chat.update", "chat.postMessage"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What one message shows: its text, and whether that text is Markdown (a native stream,
+    or ``markdown_text``) rather than mrkdwn."""
+
+    text: str
+    markdown: bool
+
+
+def _message_text(args: Mapping[str, Any], before: _Shown) -> _Shown:
+    """The text a chat.postMessage / chat.update leaves (as the fake: ``markdown_text`` wins;
+    an update with blocks only keeps the text)."""
+    if args.get("markdown_text") is not None:
+        return _Shown(str(args["markdown_text"]), markdown=True)
+    if args.get("text") is not None:
+        return _Shown(str(args["text"]), markdown=False)
+    return before
+
+
+def _stream_chunk(args: Mapping[str, Any]) -> str:
+    """The Markdown a stream call adds: ``markdown_text`` and any ``markdown_text`` chunks."""
+    text = str(args.get("markdown_text") or "")
+    for chunk in args.get("chunks") or ():
+        if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
+            text += str(chunk.get("text", ""))
+    return text
+
+
+def _target(conversation: Conversation, messages: Sequence[_Shown]) -> str:
+    """What the messages must show: the Markdown answer while all of them hold Markdown, else
+    its Slack rendering (see ``analyse_reply``)."""
+    if messages and all(m.markdown for m in messages):
+        return conversation.answer
+    return conversation.expected
 
 
 def _matched_prefix(texts: Sequence[str], expected: str) -> int:
@@ -200,8 +296,9 @@ def _common_prefix(text: str, expected: str, start: int) -> int:
     return low
 
 
-def _joins_to(texts: Sequence[str], expected: str) -> bool:
-    """The messages show exactly ``expected``, up to whitespace at message boundaries."""
+def joins_to(texts: Sequence[str], expected: str) -> bool:
+    """The messages ``texts`` show exactly ``expected``, up to whitespace at message
+    boundaries."""
     pos = 0
     for index, text in enumerate(texts):
         if not text.strip():
@@ -217,8 +314,9 @@ def _joins_to(texts: Sequence[str], expected: str) -> bool:
 
 
 def _to_model_chars(rendered: int, answer: str, expected: str) -> int:
-    """Rendered characters shown → model characters shown (exact when rendering is the
-    identity, as for the benchmark's plain-prose answers; proportional otherwise)."""
+    """Characters of ``expected`` shown → model characters shown (exact when ``expected`` is
+    the answer itself, or rendering is the identity, as for the benchmark's plain-prose answers;
+    proportional otherwise)."""
     if answer == expected or not expected:
         return rendered
     return min(len(answer), round(rendered * len(answer) / len(expected)))
@@ -275,7 +373,16 @@ def _since_sent(replies: Sequence[Reply], attribute: str) -> list[float]:
     return values
 
 
-def _latency(values: Sequence[float]) -> dict[str, float | int | None]:
+def _first_visible(replies: Sequence[Reply]) -> list[float]:
+    """The model's first token → the first Slack call showing answer text, per reply."""
+    return [
+        r.first_visible_at - r.first_token_at
+        for r in replies
+        if r.first_visible_at is not None and r.first_token_at is not None
+    ]
+
+
+def _latency(values: Sequence[float]) -> dict[str, Any]:
     return {
         "p50": ms(percentile(values, 50)),
         "p99": ms(percentile(values, 99)),
@@ -295,18 +402,16 @@ def peak_concurrency(intervals: Iterable[tuple[float, float]]) -> int:
 
 
 def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, Any]:
-    """The run's figures from its replies and every Slack call made during the run."""
+    """The run's figures from its replies (``set_bounds`` first) and every Slack call made
+    during the run. ``placeholder_*`` is the first sign of work: the placeholder's
+    chat.postMessage or a (channel's empty) chat.startStream."""
     placeholder = _since_sent(replies, "placeholder_at")
-    first_visible = [
-        r.first_visible_at - r.first_token_at
-        for r in replies
-        if r.first_visible_at is not None and r.first_token_at is not None
-    ]
-    lags = [lag for r in replies for lag in r.lags]
-    bound_mean = _mean(r.bound_mean for r in replies for _ in r.lags)
-    bound_p99 = _mean(r.bound_p99 for r in replies for _ in r.lags)
-    lag_mean = _mean(lags)
-    lag_p99 = percentile(lags, 99)
+    first_visible = _latency(_first_visible(replies))
+    split = _by_renderer(replies)
+    if len(split) > 1:
+        first_visible["by_renderer"] = {
+            name: _latency(_first_visible(group)) for name, group in split.items()
+        }
     methods = Counter(call.method for call in all_calls)
     limited = Counter(call.method for call in all_calls if call.status == 429)
     n = len(replies)
@@ -316,26 +421,21 @@ def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, 
         "placeholder_requested_ms": _latency(_since_sent(replies, "placeholder_requested_at")),
         "placeholder_ms": _latency(placeholder),
         "model_request_ms": _latency(_since_sent(replies, "model_request_at")),
-        "first_visible_ms": _latency(first_visible),
+        "first_visible_ms": first_visible,
         "peak_concurrent_streams": peak_concurrency(
             (r.model_request_at, r.emitted[-1][0])
             for r in replies
             if r.model_request_at is not None and r.emitted
         ),
-        "visible_lag_s": {
-            "mean": round_or_none(lag_mean),
-            "p50": round_or_none(percentile(lags, 50)),
-            "p99": round_or_none(lag_p99),
-            "bound_mean": round_or_none(bound_mean),
-            "bound_p99": round_or_none(bound_p99),
-            "ratio_mean": round_or_none(lag_mean / bound_mean if lag_mean and bound_mean else None),
-            "ratio_p99": round_or_none(lag_p99 / bound_p99 if lag_p99 and bound_p99 else None),
-            "characters": len(lags),
-            "never_visible": sum(r.unseen_chars for r in replies),
+        "visible_lag_s": visible_lag(replies),
+        "renderers": {
+            **{name: sum(r.renderer == name for r in replies) for name in RENDERERS},
+            "fallbacks": sum(r.fell_back for r in replies),
         },
         "slack_calls_per_reply": {m: round(c / n, 2) for m, c in sorted(methods.items())} if n else {},
         "slack_calls_total": dict(sorted(methods.items())),
         "ratelimited_429": {"total": sum(limited.values()), "by_method": dict(sorted(limited.items()))},
+        # chat.update, chat.appendStream and chat.stopStream calls that changed the text
         "edits_per_reply": round_or_none(_mean(len(r.edits) for r in replies)),
         "correct": {
             "replies": sum(r.correct for r in replies),
@@ -352,20 +452,69 @@ def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, 
     }  # fmt: skip
 
 
-def bound_under(replies: Sequence[Reply], params: BoundParams) -> dict[str, float | None]:
-    """The run's mean-lag bound for a budget other than Slack's (e.g. the bot's own settings:
-    its edit budget and ``EDIT_INTERVAL``), and the measured mean lag's ratio to it. It tells
-    how much of the lag the renderer could still remove without changing those settings."""
-    bound = _mean(
-        lag_bound(r.stream_seconds, params, r.conversation.concurrent_in_workspace)[0]
-        for r in replies
-        for _ in r.lags
-    )
-    lag = _mean(lag for r in replies for lag in r.lags)
+def visible_lag(replies: Sequence[Reply]) -> dict[str, Any]:
+    """Visible lag per character against its bound (``set_bounds`` first), for all replies and,
+    when both renderers served some, for each (``by_renderer``)."""
+    figures = _lag_figures(replies)
+    split = _by_renderer(replies)
+    if len(split) > 1:
+        figures["by_renderer"] = {
+            name: {k: v for k, v in _lag_figures(group).items() if k != "never_visible"}
+            for name, group in split.items()
+        }
+    return figures
+
+
+def _lag_figures(replies: Sequence[Reply]) -> dict[str, Any]:
+    lags = [lag for r in replies for lag in r.lags]
+    bound_mean = _mean(r.bound_mean for r in replies for _ in r.lags)
+    bound_p99 = _mean(r.bound_p99 for r in replies for _ in r.lags)
+    lag_mean = _mean(lags)
+    lag_p99 = percentile(lags, 99)
     return {
-        "bound_mean": round_or_none(bound),
-        "ratio_mean": round_or_none(lag / bound if lag and bound else None),
+        "mean": round_or_none(lag_mean),
+        "p50": round_or_none(percentile(lags, 50)),
+        "p99": round_or_none(lag_p99),
+        "bound_mean": round_or_none(bound_mean),
+        "bound_p99": round_or_none(bound_p99),
+        "ratio_mean": round_or_none(lag_mean / bound_mean if lag_mean and bound_mean else None),
+        "ratio_p99": round_or_none(lag_p99 / bound_p99 if lag_p99 and bound_p99 else None),
+        "characters": len(lags),
+        "never_visible": sum(r.unseen_chars for r in replies),
     }
+
+
+def _by_renderer(replies: Sequence[Reply]) -> dict[str, list[Reply]]:
+    split: dict[str, list[Reply]] = {}
+    for reply in replies:
+        split.setdefault(reply.renderer, []).append(reply)
+    return {name: split[name] for name in RENDERERS if name in split}
+
+
+def bound_under(replies: Sequence[Reply], params: Mapping[Renderer, BoundParams]) -> dict[str, Any]:
+    """The run's mean-lag bound for budgets other than Slack's (e.g. the bot's own settings:
+    its edit budget and ``EDIT_INTERVAL`` for edit replies, its chat.appendStream budget and
+    ``NATIVE_FLUSH_INTERVAL`` for native ones), and the measured mean lag's ratio to it; per
+    renderer too when both served replies. It tells how much of the lag the renderers could
+    still remove without changing those settings."""
+
+    def under(group: Sequence[Reply]) -> dict[str, float | None]:
+        bound = _mean(
+            lag_bound(r.stream_seconds, params[r.renderer], r.concurrent)[0]
+            for r in group
+            for _ in r.lags
+        )
+        lag = _mean(lag for r in group for lag in r.lags)
+        return {
+            "bound_mean": round_or_none(bound),
+            "ratio_mean": round_or_none(lag / bound if lag and bound else None),
+        }
+
+    figures: dict[str, Any] = under(replies)
+    split = _by_renderer(replies)
+    if len(split) > 1:
+        figures["by_renderer"] = {name: under(group) for name, group in split.items()}
+    return figures
 
 
 def round_or_none(value: float | None, digits: int = 4) -> float | None:
@@ -379,6 +528,9 @@ def sample_timeline(reply: Reply) -> dict[str, Any]:
         "index": reply.conversation.index,
         "team": reply.conversation.team,
         "concurrent_in_workspace": reply.conversation.concurrent_in_workspace,
+        "renderer": reply.renderer,
+        "fell_back": reply.fell_back,
+        "concurrent_same_renderer": reply.concurrent,
         "answer_chars": len(reply.conversation.answer),
         "placeholder": _rel(reply.placeholder_at, t0),
         "first_token": _rel(reply.first_token_at, t0),

@@ -3,7 +3,8 @@
     python -m bench.charts bench/out/bench-20250101-120000.json    # redraw from a JSON file
 
 ``reply-N*.png``: one typical reply — what the model had written against what Slack showed,
-with every edit and 429 marked. ``scaling-*.png``: the key figures against N (for a sweep).
+with every Slack call that showed text (chat.update, chat.appendStream, chat.stopStream with
+text) and every 429 marked. ``scaling-*.png``: the key figures against N (for a sweep).
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ def reply_chart(sample: dict[str, Any], scenario: dict[str, Any], path: Path) ->
     ax.fill_between(vx, vy, step="post", color="tab:green", alpha=0.08)
     for i, at in enumerate(sample["edits"]):
         ax.axvline(
-            at, color="tab:gray", ls=":", lw=1, label="chat.update landed" if i == 0 else None
+            at, color="tab:gray", ls=":", lw=1, label="Slack call showing text" if i == 0 else None
         )
     for i, (at, method) in enumerate(sample["ratelimited"]):
         ax.axvline(at, color="tab:red", lw=1.5, label=f"429 ({method})" if i == 0 else None)
     marks = (
-        ("placeholder", "placeholder visible", "tab:purple"),
+        ("placeholder", "placeholder or stream start visible", "tab:purple"),
         ("first_token", "first token", "tab:orange"),
     )
     for key, label, color in marks:
@@ -73,9 +74,19 @@ def reply_chart(sample: dict[str, Any], scenario: dict[str, Any], path: Path) ->
     ax.set_ylabel("characters of the answer")
     lag = sample.get("lag_mean")
     bound = sample.get("bound_mean")
+    renderer = sample.get("renderer", "edit")  # files from before native runs: edits
+    same = ""
+    if (
+        sample.get("concurrent_same_renderer", sample["concurrent_in_workspace"])
+        != sample["concurrent_in_workspace"]
+    ):
+        same = f" ({sample['concurrent_same_renderer']} {renderer})"
+    if sample.get("fell_back"):
+        renderer += ", fell back to edits"
     ax.set_title(
-        f"One reply (#{sample['index']}) of N={scenario['n']}, "
-        f"{sample['concurrent_in_workspace']} streaming in its workspace — "
+        f"One reply (#{sample['index']}, {renderer}) of N={scenario['n']}"
+        f"{', STREAM_MODE=' + scenario['mode'] if 'mode' in scenario else ''}, "
+        f"{sample['concurrent_in_workspace']} streaming in its workspace{same} — "
         f"mean visible lag {_fmt(lag)} s, bound {_fmt(bound)} s\n"
         f"Slack round trip {scenario['slack_latency'] * 1000:.0f} ms, model "
         f"{scenario['tokens_per_second']:.0f} tok/s, TTFT {scenario['ttft']:.2f} s",
@@ -101,7 +112,7 @@ def scaling_chart(points: Sequence[dict[str, Any]], path: Path) -> None:
 
     ax = axes[0][0]
     for key, label, color in (
-        ("placeholder_ms", "event → placeholder", "tab:purple"),
+        ("placeholder_ms", "event → placeholder / stream start", "tab:purple"),
         ("first_visible_ms", "first token → first text", "tab:green"),
     ):
         ax.plot(n, [x[key]["p50"] for x in s], "o-", color=color, label=f"{label} p50")
@@ -164,6 +175,12 @@ def scaling_chart(points: Sequence[dict[str, Any]], path: Path) -> None:
         [x["slack_calls_per_reply"].get("chat.update", 0) for x in s],
         "o-",
         label="chat.update / reply",
+    )
+    ax.plot(
+        n,
+        [x["slack_calls_per_reply"].get("chat.appendStream", 0) for x in s],
+        "^-",
+        label="chat.appendStream / reply",
     )
     ax.plot(
         n,

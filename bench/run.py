@@ -2,6 +2,7 @@
 and how closely Slack shows them, what that costs in Slack calls, CPU and memory.
 
     python -m bench.run --n 20 --workspaces 1          # one point
+    python -m bench.run --n 20 --mode edit             # the edit renderer only
     python -m bench.run --sweep                        # N = 1, 20, 200, 1000 (20 per workspace)
 
 The bot runs as a child process (``python -m bot``: settings from the environment, then the
@@ -29,21 +30,25 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import redis as redis_sync
 
 from bench.analysis import (
+    RENDERERS,
     BoundParams,
     Conversation,
+    Renderer,
     Reply,
     analyse_reply,
     bound_under,
+    joins_to,
     lag_bound,
     ms,
     percentile,
     round_or_none,
     sample_timeline,
+    set_bounds,
     summarise,
 )
 from bench.harness import (
@@ -65,6 +70,8 @@ from tests.redis_server import RedisServer
 OUT = Path(__file__).resolve().parent / "out"
 CHARS_PER_TOKEN = 4  # the usual rough size of a token of English text
 SWEEP = (1, 20, 200, 1000)
+StreamMode = Literal["auto", "native", "edit"]
+MODES: tuple[str, ...] = get_args(StreamMode)
 _TAG = re.compile(r"bench-q(\d+|warmup)")
 _WORDS = (
     "the reply grows as the model writes and slack shows it a little later while every "
@@ -85,15 +92,28 @@ class Scenario:
     tokens_per_second: float = 50.0
     answer_tokens: int = 200  # a token is CHARS_PER_TOKEN characters
     tokens_per_event: int = 1  # tokens in one SSE chunk (servers send 1, some batch more)
-    bot_env: dict[str, str] = field(default_factory=dict)
+    # The bot's STREAM_MODE: ``auto`` (production's default: a native stream where one may be
+    # used, which a mention in a channel thread is), ``native`` or ``edit``.
+    mode: StreamMode = "auto"
+    bot_env: dict[str, str] = field(default_factory=dict)  # must not set STREAM_MODE
     timeout: float | None = None  # None: derived from the load
     profile: bool = False
     seed: int = 7
     bot_path: str | None = None  # another ``bot`` package to run (a patched copy)
 
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if "STREAM_MODE" in self.bot_env:
+            raise ValueError("the stream mode is Scenario.mode (--mode), not bot_env STREAM_MODE")
+
     @property
     def per_workspace(self) -> int:
         return math.ceil(self.n / self.workspaces)
+
+    def env(self) -> dict[str, str]:
+        """The bot settings this point sets: ``bot_env`` and the stream mode."""
+        return {**self.bot_env, "STREAM_MODE": self.mode}
 
     def deadline(self) -> float:
         """Seconds the run may take: the stream, the edit budget's queue, and a margin."""
@@ -133,30 +153,62 @@ def _slack_update_budget() -> tuple[float, int]:
     return DEFAULT_BUDGETS["chat.update"]
 
 
-_SETTINGS = {  # the bot's pacing settings: environment variable -> Settings field
-    "EDIT_BUDGET_PER_MINUTE": "edit_budget_per_minute",
-    "EDIT_BUDGET_BURST": "edit_budget_burst",
-    "EDIT_INTERVAL": "edit_interval",
+#: The Slack method whose budget paces each renderer's text calls.
+TEXT_METHOD: dict[Renderer, str] = {"native": "chat.appendStream", "edit": "chat.update"}
+
+
+def _slack_bounds(scenario: Scenario) -> dict[Renderer, BoundParams]:
+    """The lag bound's parameters under Slack's limits (the fake's), per renderer."""
+    params = {}
+    for renderer in RENDERERS:
+        per_minute, burst = DEFAULT_BUDGETS[TEXT_METHOD[renderer]]
+        params[renderer] = BoundParams(scenario.slack_latency, per_minute / 60.0, burst)
+    return params
+
+
+_SETTINGS = {  # the bot's pacing settings: environment variable -> (Settings field, fallback)
+    "EDIT_BUDGET_PER_MINUTE": ("edit_budget_per_minute", None),
+    "EDIT_BUDGET_BURST": ("edit_budget_burst", None),
+    "EDIT_INTERVAL": ("edit_interval", None),
+    "NATIVE_APPEND_BUDGET_PER_MINUTE": ("native_append_budget_per_minute", None),
+    # Older bots hard-code a burst of 5 (bot/compose.py) and have no such setting.
+    "NATIVE_APPEND_BUDGET_BURST": ("native_append_budget_burst", 5.0),
+    "NATIVE_FLUSH_INTERVAL": ("native_flush_interval", None),
 }
 
 
 def _settings(scenario: Scenario) -> dict[str, float]:
     """The bot's pacing settings in this run: production defaults unless ``--bot-env``."""
     fields = Settings.model_fields
-    return {
-        name: float(scenario.bot_env.get(name, fields[field].default))
-        for name, field in _SETTINGS.items()
-    }
+    values = {}
+    for name, (field_name, fallback) in _SETTINGS.items():
+        known = fields.get(field_name)
+        if known is None:  # the setting does not exist in this bot: its fixed value holds
+            if fallback is None:
+                raise RuntimeError(f"bot.config.Settings has no field {field_name}")
+            values[name] = fallback
+        else:
+            values[name] = float(scenario.bot_env.get(name, known.default))
+    return values
 
 
-def _settings_bound(scenario: Scenario) -> BoundParams:
+def _settings_bounds(scenario: Scenario) -> dict[Renderer, BoundParams]:
+    """The lag bound's parameters under the bot's own settings, per renderer."""
     values = _settings(scenario)
-    return BoundParams(
-        scenario.slack_latency,
-        values["EDIT_BUDGET_PER_MINUTE"] / 60.0,
-        int(values["EDIT_BUDGET_BURST"]),
-        min_gap=values["EDIT_INTERVAL"],
-    )
+    return {
+        "native": BoundParams(
+            scenario.slack_latency,
+            values["NATIVE_APPEND_BUDGET_PER_MINUTE"] / 60.0,
+            int(values["NATIVE_APPEND_BUDGET_BURST"]),
+            min_gap=values["NATIVE_FLUSH_INTERVAL"],
+        ),
+        "edit": BoundParams(
+            scenario.slack_latency,
+            values["EDIT_BUDGET_PER_MINUTE"] / 60.0,
+            int(values["EDIT_BUDGET_BURST"]),
+            min_gap=values["EDIT_INTERVAL"],
+        ),
+    }
 
 
 def answer_text(index: int, chars: int, seed: int) -> str:
@@ -184,21 +236,37 @@ def answer_text(index: int, chars: int, seed: int) -> str:
 
 class _Tracker:
     """Follows the fakes' records as they grow: which Slack messages belong to which reply,
-    which model request serves which conversation, and which replies are finished."""
+    which model request serves which conversation, and which replies are finished.
 
-    def __init__(self, slack: WorkspaceSlack, llm: FakeOpenAI) -> None:
+    A reply's messages are those chat.postMessage and chat.startStream created in its channel.
+    It is finished when its model request has finished and every message has its final form:
+    no working indicator block and not a live stream. One more condition guards a native
+    reply's fallback: a stream closed early looks final until the edit renderer edits it, maybe
+    much later (it waits for an edit token). So the messages must also show the whole answer,
+    or the channel must have been quiet (no Slack call) for ``settle`` seconds — which only
+    delays wrong replies.
+    """
+
+    def __init__(
+        self, slack: WorkspaceSlack, llm: FakeOpenAI, answers: dict[str, str], settle: float = 10.0
+    ) -> None:
         self._slack = slack
         self._llm = llm
+        self._answers = answers  # tag -> the model's answer
+        self._settle = settle
         self._calls_seen = 0
         self._requests_seen = 0
         self.messages: defaultdict[str, list[str]] = defaultdict(list)  # channel -> ts
+        self.last_call_at: dict[str, float] = {}  # channel -> when a call last arrived or ended
         self.requests: dict[str, Request] = {}  # tag -> model request
 
     def poll(self) -> None:
         calls = self._slack.calls
         for call in calls[self._calls_seen :]:
-            if call.method == "chat.postMessage" and call.ok:
-                self.messages[str(call.args.get("channel"))].append(str(call.response["ts"]))
+            channel = str(call.args.get("channel"))
+            self.last_call_at[channel] = call.at
+            if call.method in ("chat.postMessage", "chat.startStream") and call.ok:
+                self.messages[channel].append(str(call.response["ts"]))
         self._calls_seen = len(calls)
         requests = self._llm.requests
         for request in requests[self._requests_seen :]:
@@ -214,13 +282,32 @@ class _Tracker:
         timestamps = self.messages.get(channel)
         if not timestamps:
             return False
+        texts = []
         for ts in timestamps:
             message = self._slack.message(channel, ts)
             if message is None:
                 return False
             if any(block.get("block_id") == INDICATOR_BLOCK_ID for block in message.blocks or ()):
                 return False  # still shows the working indicator
-        return True
+            if message.streaming:
+                return False  # a native stream still open
+            texts.append(message.text)
+        answer = self._answers.get(tag, "")
+        if joins_to(texts, answer) or joins_to(texts, render(answer)):
+            return True
+        return self._quiet(channel)
+
+    def _quiet(self, channel: str) -> bool:
+        """No Slack call on ``channel`` arrived or ended for ``settle`` seconds."""
+        now = self._slack.clock()
+        last = max(self.last_call_at.get(channel, 0.0), self._last_arrival(channel))
+        return now - last >= self._settle
+
+    def _last_arrival(self, channel: str) -> float:
+        for at, _, args in reversed(self._slack.arrivals):
+            if str(args.get("channel")) == channel:
+                return at
+        return 0.0
 
 
 def _tag_of(request: Request) -> str | None:
@@ -272,14 +359,14 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
     log_path = out / f"bot-N{scenario.n}-M{scenario.workspaces}.log"
     async with slack, llm:
         bot_path = Path(scenario.bot_path) if scenario.bot_path else None
-        env = bot_env(slack, llm, redis.url, scenario.bot_env, bot_path)
+        env = bot_env(slack, llm, redis.url, scenario.env(), bot_path)
         async with bot_process(env, log_path) as proc:
             connected = await _wait_until(
                 lambda: slack.connected >= 1, 60, proc=proc, what="Socket Mode"
             )
             if not connected:
                 raise RuntimeError(f"the bot did not connect within 60 s; see {log_path}")
-            tracker = _Tracker(slack, llm)
+            tracker = _Tracker(slack, llm, answers)
             meter = ProcessMeter(proc.pid)
 
             # Warm-up: Bolt's one-time auth.test, first connections, imports on first use.
@@ -350,9 +437,10 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
         requests = llm.requests[requests_from:]
 
     acked = {i: slack.acked_at.get(envelope) for i, (*_, envelope) in enumerate(sent)}
-    posted: dict[str, float] = {}  # channel -> when the first chat.postMessage reached Slack
+    # channel -> when the first sign of work (a placeholder post or a stream start) reached Slack
+    posted: dict[str, float] = {}
     for at, method, args in slack.arrivals:
-        if method == "chat.postMessage":
+        if method in ("chat.postMessage", "chat.startStream"):
             posted.setdefault(str(args.get("channel")), at)
     return _measure(
         scenario,
@@ -447,8 +535,6 @@ def _measure(
     samples: Sequence[tuple[float, float, int]],
     profiler: Profiler | None,
 ) -> PointResult:
-    per_minute, burst = _slack_update_budget()
-    params = BoundParams(scenario.slack_latency, per_minute / 60.0, burst)
     by_channel: defaultdict[str, list[Call]] = defaultdict(list)
     for call in calls:
         by_channel[str(call.args.get("channel", call.args.get("channel_id")))].append(call)
@@ -461,18 +547,19 @@ def _measure(
                 c,
                 by_channel.get(c.channel, []),
                 request.emitted if request is not None else [],
-                params,
                 acked_at=acked.get(c.index),
                 placeholder_requested_at=posted.get(c.channel),
                 model_request_at=request.at if request is not None else None,
             )
         )
+    set_bounds(replies, _slack_bounds(scenario))
     summary = summarise(replies, calls)
-    # The same bound under the bot's own settings (its budget, EDIT_INTERVAL): what is left of
-    # the ratio above once the headroom those settings keep below Slack's limit is set aside.
+    # The same bound under the bot's own settings (its budgets, EDIT_INTERVAL,
+    # NATIVE_FLUSH_INTERVAL): what is left of the ratio above once the headroom those settings
+    # keep below Slack's limits is set aside.
     summary["visible_lag_s"]["settings"] = {
         **_settings(scenario),
-        **bound_under(replies, _settings_bound(scenario)),
+        **bound_under(replies, _settings_bounds(scenario)),
     }
     n = max(1, len(conversations))
     summary["redis_commands_per_reply"] = {
@@ -531,7 +618,7 @@ def _measure(
         bot=bot,
         load_generator=load_generator,
         profile=profile,
-        targets=_targets(scenario, summary),
+        targets=_targets(scenario, summary, replies),
         sample=sample_timeline(sample) if sample is not None else None,
     )
 
@@ -545,7 +632,9 @@ def _pick_sample(replies: Sequence[Reply]) -> Reply | None:
     return scored[len(scored) // 2]
 
 
-def _targets(scenario: Scenario, summary: dict[str, Any]) -> dict[str, Any]:
+def _targets(
+    scenario: Scenario, summary: dict[str, Any], replies: Sequence[Reply]
+) -> dict[str, Any]:
     """Issue 7's targets, where this point can tell."""
     fv = summary["first_visible_ms"]
     lag = summary["visible_lag_s"]
@@ -575,13 +664,14 @@ def _targets(scenario: Scenario, summary: dict[str, Any]) -> dict[str, Any]:
             "value_ms": fv["p99"],
             "met": fv["p99"] is not None and fv["p99"] <= 250,
         }
-    per_minute, burst = _slack_update_budget()
-    if scenario.per_workspace > burst:
-        # No renderer can meet these here: Slack's budget alone holds the j-th first text
-        # of a workspace back until (j − burst) / rate after the burst.
-        waits = [
-            max(0.0, (j - burst) * 60 / per_minute) for j in range(1, scenario.per_workspace + 1)
-        ]
+    # Where a workspace has more replies of one renderer than the burst of the Slack budget its
+    # text goes through (chat.update, or chat.appendStream), no renderer can meet these: that
+    # budget alone holds the j-th first text of the workspace back until (j − burst) / rate.
+    waits = []
+    for (_, renderer), k in Counter((r.conversation.team, r.renderer) for r in replies).items():
+        per_minute, burst = DEFAULT_BUDGETS[TEXT_METHOD[renderer]]
+        waits += [max(0.0, (j - burst) * 60 / per_minute) for j in range(1, k + 1)]
+    if any(waits):
         for name in ("first_visible_p50_le_rtt_plus_20ms", "first_visible_p99_le_250ms_at_1000"):
             if name in targets:
                 targets[name]["budget_bound_p50_p99_ms"] = [
@@ -653,6 +743,7 @@ _COLUMNS = (
     ("ratio", 6, lambda p: p.summary["visible_lag_s"]["ratio_mean"]),
     ("set×", 5, lambda p: p.summary["visible_lag_s"]["settings"]["ratio_mean"]),
     ("upd/rep", 7, lambda p: p.summary["slack_calls_per_reply"].get("chat.update")),
+    ("app/rep", 7, lambda p: p.summary["slack_calls_per_reply"].get("chat.appendStream")),
     ("post/rep", 8, lambda p: p.summary["slack_calls_per_reply"].get("chat.postMessage")),
     ("429", 5, lambda p: p.summary["ratelimited_429"]["total"]),
     ("ok %", 6, lambda p: _pct(p.summary["correct"]["share"])),
@@ -685,23 +776,26 @@ def table(points: Sequence[PointResult]) -> str:
             text = str(value)
         return text.rjust(width)
 
+    modes = sorted({p.scenario.mode for p in points})
     header = " ".join(name.rjust(width) for name, width, _ in _COLUMNS)
     rows = [" ".join(cell(get(p), width) for _, width, get in _COLUMNS) for p in points]
     legend = (
-        "ph = event sent → placeholder visible (ms); 1st = model's first token → first text "
-        "visible (ms);\nlag = per character, visible in Slack − emitted by the model (s); bound "
-        "= lower bound of the mean lag (s);\nratio = lag mean / bound; set× = lag mean / the same "
-        "bound under the bot's own budget and EDIT_INTERVAL;\nupd/rep, post/rep = "
-        "chat.update / chat.postMessage calls per reply;\nok % = final text correct; cpu/1k = "
-        "bot CPU s per 1,000 streamed tokens; cores = bot CPU s / wall s;\npeak = bot peak RSS "
-        "(MiB); KiB/str = (peak RSS − RSS before the load) / N"
+        "ph = event sent → first sign of work visible (placeholder post or stream start, ms); "
+        "1st = model's first token → first text visible (ms);\nlag = per character, visible in "
+        "Slack − emitted by the model (s); bound = lower bound of the mean lag under Slack's "
+        "limits (s);\nratio = lag mean / bound; set× = lag mean / the same bound under the "
+        "bot's own budgets and intervals;\nupd/rep, app/rep, post/rep = chat.update / "
+        "chat.appendStream / chat.postMessage calls per reply;\nok % = final text correct; "
+        "cpu/1k = bot CPU s per 1,000 streamed tokens; cores = bot CPU s / wall s;\npeak = bot "
+        "peak RSS (MiB); KiB/str = (peak RSS − RSS before the load) / N"
     )
-    lines = [header, *rows, "", legend]
+    lines = [f"STREAM_MODE={', '.join(modes)}", header, *rows, "", legend]
     for p in points:
         s = p.summary
+        lines.append(_renderer_line(p))
         lines.append(
             f"N={p.scenario.n}: p50/p99 ms after the event: ack {_pair(s['ack_ms'])}, "
-            f"placeholder requested {_pair(s['placeholder_requested_ms'])}, "
+            f"placeholder (or stream start) requested {_pair(s['placeholder_requested_ms'])}, "
             f"visible {_pair(s['placeholder_ms'])}, model request "
             f"{_pair(s['model_request_ms'])}; peak concurrent model streams "
             f"{s['peak_concurrent_streams']}; bot peak {p.bot['cpu_cores_peak_1s']} cores;\n"
@@ -729,6 +823,28 @@ def table(points: Sequence[PointResult]) -> str:
             lines.append(f"  bot CPU by owner: {packages}")
             lines.append(f"  hottest functions (own time): {top}")
     return "\n".join(lines)
+
+
+def _renderer_line(p: PointResult) -> str:
+    """Which renderer served the replies; figures for each when both did."""
+    s = p.summary
+    counts = s["renderers"]
+    line = (
+        f"N={p.scenario.n}: renderers: native {counts['native']} (fallbacks "
+        f"{counts['fallbacks']}), edit {counts['edit']}"
+    )
+    split = s["visible_lag_s"].get("by_renderer")
+    if split:
+        settings = s["visible_lag_s"]["settings"].get("by_renderer", {})
+        first = s["first_visible_ms"].get("by_renderer", {})
+        for name, lag in split.items():
+            fv = first.get(name, {"p50": None, "p99": None})
+            line += (
+                f"\n  {name}: 1st {_pair(fv)} ms, lag mean {lag['mean']} s, p99 {lag['p99']} s, "
+                f"bound {lag['bound_mean']} s, ratio {lag['ratio_mean']}, set× "
+                f"{settings.get(name, {}).get('ratio_mean')}"
+            )
+    return line
 
 
 def write_json(path: Path, points: Sequence[PointResult], argv: Sequence[str]) -> None:
@@ -776,6 +892,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--tokens-per-event", type=int, default=1, help="tokens per SSE chunk (default 1)"
     )
     parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="auto",
+        help="the bot's STREAM_MODE (default auto, production's: native streams where possible)",
+    )
+    parser.add_argument(
         "--bot-env",
         action="append",
         default=[],
@@ -796,6 +918,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for item in args.bot_env:
         if "=" not in item:
             parser.error(f"--bot-env wants KEY=VALUE, got {item!r}")
+        if item.split("=", 1)[0] == "STREAM_MODE":
+            parser.error("set the stream mode with --mode, not --bot-env STREAM_MODE=…")
     return args
 
 
@@ -819,6 +943,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                 tokens_per_second=args.tps,
                 answer_tokens=args.tokens,
                 tokens_per_event=args.tokens_per_event,
+                mode=args.mode,
                 bot_env=env,
                 timeout=args.timeout,
                 profile=args.profile,
@@ -837,7 +962,8 @@ async def run(points: Sequence[Scenario], out: Path, progress: bool = True) -> l
             for scenario in points:
                 if progress:
                     print(
-                        f"running N={scenario.n} across {scenario.workspaces} workspace(s)…",
+                        f"running N={scenario.n} across {scenario.workspaces} workspace(s), "
+                        f"STREAM_MODE={scenario.mode}…",
                         file=sys.stderr,
                         flush=True,
                     )
