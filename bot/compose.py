@@ -98,7 +98,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                     store,
                     method="chat.appendStream",
                     per_minute=settings.native_append_budget_per_minute,
-                    burst=5,
+                    burst=settings.native_append_budget_burst,
                     min_interval=settings.native_flush_interval,
                 ),
                 starts=EditBudget(

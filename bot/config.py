@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     stream_mode: Literal["edit", "native", "auto"] = "auto"
     native_flush_interval: float = Field(0.5, ge=0.05)
     native_append_budget_per_minute: float = Field(90.0, gt=0)
+    native_append_budget_burst: int = Field(5, ge=1)
     native_start_budget_per_minute: float = Field(18.0, gt=0)
     assistant_status: str = "is thinking…"
     status_refresh: float = Field(90.0, ge=1, le=115)
