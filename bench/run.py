@@ -255,6 +255,7 @@ class _Tracker:
         self._answers = answers  # tag -> the model's answer
         self._settle = settle
         self._calls_seen = 0
+        self._arrivals_seen = 0
         self._requests_seen = 0
         self.messages: defaultdict[str, list[str]] = defaultdict(list)  # channel -> ts
         self.last_call_at: dict[str, float] = {}  # channel -> when a call last arrived or ended
@@ -264,10 +265,14 @@ class _Tracker:
         calls = self._slack.calls
         for call in calls[self._calls_seen :]:
             channel = str(call.args.get("channel"))
-            self.last_call_at[channel] = call.at
+            self._touch(channel, call.at)
             if call.method in ("chat.postMessage", "chat.startStream") and call.ok:
                 self.messages[channel].append(str(call.response["ts"]))
         self._calls_seen = len(calls)
+        arrivals = self._slack.arrivals
+        for arrival in arrivals[self._arrivals_seen :]:
+            self._touch(str(arrival[2].get("channel")), arrival[0])
+        self._arrivals_seen = len(arrivals)
         requests = self._llm.requests
         for request in requests[self._requests_seen :]:
             tag = _tag_of(request)
@@ -297,17 +302,13 @@ class _Tracker:
             return True
         return self._quiet(channel)
 
+    def _touch(self, channel: str, at: float) -> None:
+        self.last_call_at[channel] = max(self.last_call_at.get(channel, 0.0), at)
+
     def _quiet(self, channel: str) -> bool:
         """No Slack call on ``channel`` arrived or ended for ``settle`` seconds."""
-        now = self._slack.clock()
-        last = max(self.last_call_at.get(channel, 0.0), self._last_arrival(channel))
-        return now - last >= self._settle
-
-    def _last_arrival(self, channel: str) -> float:
-        for at, _, args in reversed(self._slack.arrivals):
-            if str(args.get("channel")) == channel:
-                return at
-        return 0.0
+        last = self.last_call_at.get(channel, 0.0)
+        return self._slack.clock() - last >= self._settle
 
 
 def _tag_of(request: Request) -> str | None:
