@@ -848,12 +848,19 @@ def _renderer_line(p: PointResult) -> str:
     return line
 
 
-def write_json(path: Path, points: Sequence[PointResult], argv: Sequence[str]) -> None:
+def write_json(
+    path: Path,
+    points: Sequence[PointResult],
+    argv: Sequence[str],
+    code: dict[str, Any] | None = None,
+) -> None:
+    """The result document; ``code``: ``code_version()`` taken when the run started (the
+    ``bot`` package may change while it runs), else now."""
     document = {
         "command": "python -m bench.run " + " ".join(argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
-        "code": code_version(points[0].scenario.bot_path if points else None),
+        "code": code or code_version(points[0].scenario.bot_path if points else None),
         "slack_budgets": {k: list(v) for k, v in DEFAULT_BUDGETS.items()},
         "visible_lag_bound": BOUND_DEFINITION.strip(),
         "points": [p.to_json() for p in points],
@@ -977,10 +984,12 @@ async def run(points: Sequence[Scenario], out: Path, progress: bool = True) -> l
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    points = asyncio.run(run(scenarios(args), args.out))
+    planned = scenarios(args)
+    code = code_version(planned[0].bot_path if planned else None)  # what is about to run
+    points = asyncio.run(run(planned, args.out))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = args.out / f"bench-{stamp}.json"
-    write_json(path, points, argv)
+    write_json(path, points, argv, code)
     print(table(points))
     print(f"\nwrote {path}")
     if not args.no_charts:
