@@ -56,7 +56,9 @@ class Reply:
     """One reply as Slack showed it.
 
     ``renderer`` is ``native`` when a chat.startStream succeeded for it (``fell_back``: the edit
-    renderer then tried chat.update or chat.postMessage too), else ``edit``.
+    renderer then tried chat.update or chat.postMessage too), else ``edit``. It is ``correct``
+    only when it is ``finished`` (the run saw its final form), none of its native streams was
+    left open (``open_streams``), and its messages show the answer.
     """
 
     conversation: Conversation
@@ -75,6 +77,8 @@ class Reply:
     final_texts: list[str] = field(default_factory=list)
     correct: bool = False
     exact_join: bool = False
+    finished: bool = True
+    open_streams: int = 0  # messages whose native stream no call closed
     calls: Counter[str] = field(default_factory=Counter)
     renderer: Renderer = "edit"
     fell_back: bool = False
@@ -130,6 +134,7 @@ def analyse_reply(
     acked_at: float | None = None,
     model_request_at: float | None = None,
     placeholder_requested_at: float | None = None,
+    finished: bool = True,
 ) -> Reply:
     """Rebuild what Slack showed for ``conversation`` from the calls on its channel (in order)
     and what the model emitted, and derive its figures (its lag bound: ``set_bounds``).
@@ -146,6 +151,11 @@ def analyse_reply(
     which edits the streamed message to the rendered text) all are compared with
     ``conversation.expected`` = ``render(answer)``. The benchmark's answers are plain prose, for
     which both are the same text.
+
+    A stream is closed by a successful chat.stopStream, by a successful chat.update of its
+    message (Slack refuses to edit a live stream), or when Slack answers that it has ended. A
+    reply with a stream still open after its last call, or not ``finished`` (the run stopped
+    waiting for its final form), is not correct, whatever its text.
     """
     reply = Reply(
         conversation,
@@ -153,7 +163,9 @@ def analyse_reply(
         model_request_at=model_request_at,
         placeholder_requested_at=placeholder_requested_at,
         emitted=list(emitted),
+        finished=finished,
     )
+    live: set[str] = set()  # messages whose stream is open
     shown: dict[str, _Shown] = {}  # message ts -> what it shows, in posting order
     order: list[str] = []
     answer = conversation.answer
@@ -164,6 +176,8 @@ def analyse_reply(
             reply.ratelimited.append((call.at, call.method))
         if reply.renderer == "native" and call.method in _EDIT_METHODS:
             reply.fell_back = True  # the edit renderer took over (or tried to)
+        if call.error in _STREAM_OVER or (call.ok and call.method in _CLOSING_METHODS):
+            live.discard(str(call.args.get("ts")))
         if not call.ok:
             continue
         if call.method in ("chat.postMessage", "chat.startStream"):
@@ -171,6 +185,7 @@ def analyse_reply(
             order.append(ts)
             if call.method == "chat.startStream":
                 reply.renderer = "native"
+                live.add(ts)
                 shown[ts] = _Shown(_stream_chunk(call.args), markdown=True)
             else:
                 shown[ts] = _message_text(call.args, _Shown("", markdown=False))
@@ -205,7 +220,9 @@ def analyse_reply(
     reply.final_texts = [shown[ts].text for ts in order]
     target = _target(conversation, [shown[ts] for ts in order])
     reply.exact_join = "".join(reply.final_texts) == target
-    reply.correct = reply.exact_join or joins_to(reply.final_texts, target)
+    reply.open_streams = len(live)
+    shows_answer = reply.exact_join or joins_to(reply.final_texts, target)
+    reply.correct = shows_answer and finished and not live
     if emitted:
         reply.first_token_at = emitted[0][0]
         reply.stream_seconds = emitted[-1][0] - emitted[0][0]
@@ -228,6 +245,10 @@ def set_bounds(replies: Sequence[Reply], params: Mapping[Renderer, BoundParams])
 
 
 _EDIT_METHODS = frozenset({"chat.update", "chat.postMessage"})
+_CLOSING_METHODS = frozenset({"chat.stopStream", "chat.update"})
+# Slack's answers to a stream call on a stream that has ended (expired, gone, stopped by the
+# person): it is no longer open.
+_STREAM_OVER = frozenset({"message_not_in_streaming_state", "stopped_by_user", "message_not_found"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +462,8 @@ def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, 
             "replies": sum(r.correct for r in replies),
             "share": round_or_none(sum(r.correct for r in replies) / n if n else None),
             "exact_join": sum(r.exact_join for r in replies),
+            "unfinished": sum(not r.finished for r in replies),
+            "streams_left_open": sum(r.open_streams > 0 for r in replies),
             "messages_per_reply": round_or_none(_mean(len(r.final_texts) for r in replies)),
         },
         "characters_streamed": sum(r.characters for r in replies),

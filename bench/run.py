@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -123,6 +124,15 @@ class Scenario:
         queue = 2 * self.per_workspace * 60 / _slack_update_budget()[0]
         return 60 + stream + queue + self.n * 0.02
 
+    def quiet_after(self) -> float:
+        """Seconds without any Slack call or open model stream after which the run stops
+        waiting for unfinished replies: twice the longest refill period of a budget a reply's
+        calls wait for (Slack's, the bot's edit and append budgets), and at least 5 s."""
+        per_minute = [DEFAULT_BUDGETS[method][0] for method in _REPLY_METHODS]
+        bot = _settings(self)
+        per_minute += [bot["EDIT_BUDGET_PER_MINUTE"], bot["NATIVE_APPEND_BUDGET_PER_MINUTE"]]
+        return max(5.0, 2 * 60 / min(per_minute))
+
 
 @dataclass
 class PointResult:
@@ -152,6 +162,15 @@ class PointResult:
 def _slack_update_budget() -> tuple[float, int]:
     return DEFAULT_BUDGETS["chat.update"]
 
+
+#: The Slack methods that make a reply's messages.
+_REPLY_METHODS = (
+    "chat.postMessage",
+    "chat.update",
+    "chat.startStream",
+    "chat.appendStream",
+    "chat.stopStream",
+)
 
 #: The Slack method whose budget paces each renderer's text calls.
 TEXT_METHOD: dict[Renderer, str] = {"native": "chat.appendStream", "edit": "chat.update"}
@@ -236,51 +255,91 @@ def answer_text(index: int, chars: int, seed: int) -> str:
 
 class _Tracker:
     """Follows the fakes' records as they grow: which Slack messages belong to which reply,
-    which model request serves which conversation, and which replies are finished.
+    which model request serves which conversation, which replies have their final form, and
+    when anything last happened in the run.
 
     A reply's messages are those chat.postMessage and chat.startStream created in its channel.
-    It is finished when its model request has finished and every message has its final form:
-    no working indicator block and not a live stream. One more condition guards a native
-    reply's fallback: a stream closed early looks final until the edit renderer edits it, maybe
-    much later (it waits for an edit token). So the messages must also show the whole answer,
-    or the channel must have been quiet (no Slack call) for ``settle`` seconds — which only
-    delays wrong replies.
+    It has its final form when its model request has finished and every message is final: no
+    working indicator block, not a live native stream, and together they show the whole
+    answer. The last condition guards a native reply's fallback: a stream closed early looks
+    final until the edit renderer edits it, maybe much later (it waits for an edit token).
+    ``finished_at`` keeps when each got there: the last call that changed a message in its
+    channel then.
+
+    A reply that never gets there (a stream the bot never closes, a wrong text) must not hold
+    the run until its deadline. ``quiet()``: nothing happened anywhere for ``quiet_after``
+    seconds — no Slack call arrived or ended, no Socket Mode message from the bot, no model
+    stream open —, so nothing pending will change. Anywhere, not in the reply's channel: a
+    fallback waiting for an edit token is silent in its channel while other replies spend
+    the tokens; and a waiter alone gets a token within one budget's refill period, which
+    ``quiet_after`` exceeds (``Scenario.quiet_after``).
     """
 
     def __init__(
-        self, slack: WorkspaceSlack, llm: FakeOpenAI, answers: dict[str, str], settle: float = 10.0
+        self,
+        slack: WorkspaceSlack,
+        llm: FakeOpenAI,
+        answers: dict[str, str],
+        quiet_after: float,
     ) -> None:
         self._slack = slack
         self._llm = llm
         self._answers = answers  # tag -> the model's answer
-        self._settle = settle
+        self._quiet_after = quiet_after
         self._calls_seen = 0
         self._arrivals_seen = 0
+        self._socket_seen = 0
         self._requests_seen = 0
+        self._streaming: list[Request] = []  # model requests not finished when last polled
         self.messages: defaultdict[str, list[str]] = defaultdict(list)  # channel -> ts
         self.last_call_at: dict[str, float] = {}  # channel -> when a call last arrived or ended
+        self._last_change_at: dict[str, float] = {}  # channel -> a message-changing call's end
+        self.last_activity = slack.clock()
         self.requests: dict[str, Request] = {}  # tag -> model request
+        self.finished_at: dict[str, float] = {}  # tag -> when the reply got its final form
 
     def poll(self) -> None:
+        now = self._slack.clock()
         calls = self._slack.calls
         for call in calls[self._calls_seen :]:
-            channel = str(call.args.get("channel"))
+            channel = str(call.args.get("channel", call.args.get("channel_id")))
             self._touch(channel, call.at)
+            if call.ok and call.method in _REPLY_METHODS:
+                self._last_change_at[channel] = call.at
             if call.method in ("chat.postMessage", "chat.startStream") and call.ok:
                 self.messages[channel].append(str(call.response["ts"]))
         self._calls_seen = len(calls)
         arrivals = self._slack.arrivals
-        for arrival in arrivals[self._arrivals_seen :]:
-            self._touch(str(arrival[2].get("channel")), arrival[0])
+        for at, _, args in arrivals[self._arrivals_seen :]:
+            self._touch(str(args.get("channel", args.get("channel_id"))), at)
         self._arrivals_seen = len(arrivals)
+        if len(self._slack.socket_messages) > self._socket_seen:  # the bot acked events
+            self._socket_seen = len(self._slack.socket_messages)
+            self.mark(now)
         requests = self._llm.requests
         for request in requests[self._requests_seen :]:
             tag = _tag_of(request)
             if tag is not None:
                 self.requests[tag] = request
+            self._streaming.append(request)
+            self.mark(request.at)
         self._requests_seen = len(requests)
+        self._streaming = [r for r in self._streaming if not r.finished.is_set()]
+        if self._streaming:
+            self.mark(now)
+
+    def mark(self, at: float) -> None:
+        """Something happened at ``at`` (the benchmark sent events, say)."""
+        self.last_activity = max(self.last_activity, at)
+
+    def quiet(self) -> bool:
+        """Nothing happened for ``quiet_after`` seconds (as of the last ``poll``)."""
+        return self._slack.clock() - self.last_activity >= self._quiet_after
 
     def finished(self, tag: str, channel: str) -> bool:
+        """The reply has its final form (see the class); records ``finished_at``."""
+        if tag in self.finished_at:
+            return True
         request = self.requests.get(tag)
         if request is None or not request.finished.is_set():
             return False
@@ -298,17 +357,14 @@ class _Tracker:
                 return False  # a native stream still open
             texts.append(message.text)
         answer = self._answers.get(tag, "")
-        if joins_to(texts, answer) or joins_to(texts, render(answer)):
-            return True
-        return self._quiet(channel)
+        if not (joins_to(texts, answer) or joins_to(texts, render(answer))):
+            return False  # not yet (a fallback's edit to come), or never: see quiet()
+        self.finished_at[tag] = self._last_change_at.get(channel, self._slack.clock())
+        return True
 
     def _touch(self, channel: str, at: float) -> None:
         self.last_call_at[channel] = max(self.last_call_at.get(channel, 0.0), at)
-
-    def _quiet(self, channel: str) -> bool:
-        """No Slack call on ``channel`` arrived or ended for ``settle`` seconds."""
-        last = self.last_call_at.get(channel, 0.0)
-        return self._slack.clock() - last >= self._settle
+        self.mark(at)
 
 
 def _tag_of(request: Request) -> str | None:
@@ -367,7 +423,7 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
             )
             if not connected:
                 raise RuntimeError(f"the bot did not connect within 60 s; see {log_path}")
-            tracker = _Tracker(slack, llm, answers)
+            tracker = _Tracker(slack, llm, answers, quiet_after=scenario.quiet_after())
             meter = ProcessMeter(proc.pid)
 
             # Warm-up: Bolt's one-time auth.test, first connections, imports on first use.
@@ -378,7 +434,7 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
 
             def warm() -> bool:
                 tracker.poll()
-                return tracker.finished("warmup", "CWARMUP")
+                return tracker.finished("warmup", "CWARMUP") or tracker.quiet()
 
             if not await _wait_until(warm, 30, proc=proc, what="the warm-up reply"):
                 raise RuntimeError(f"the warm-up reply did not finish in 30 s; see {log_path}")
@@ -386,9 +442,7 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
             calls_from = len(slack.calls)
             requests_from = len(llm.requests)
             commands_before = _redis_commands(redis.url)
-            cpu_before = meter.cpu_seconds()
             rss_before = meter.rss_kib()
-            load_cpu_before = time.process_time()
             profiler = None
             if scenario.profile:
                 profiler = Profiler(proc.pid, out / f"profile-N{scenario.n}.txt")
@@ -397,8 +451,10 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
             loop_lag = LoopLag()
             loop_lag.start()
 
-            started = time.monotonic()
+            before = _reading(meter)
+            started = before.at
             sent = await _send_all(slack, scenario)
+            tracker.mark(slack.clock())
             conversations = [
                 Conversation(
                     index=i,
@@ -420,22 +476,39 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
                 tracker.poll()
                 for tag in [t for t, ch in pending.items() if tracker.finished(t, ch)]:
                     del pending[tag]
-                return not pending
+                return not pending or tracker.quiet()
 
             await _wait_until(all_done, scenario.deadline(), poll=0.1, proc=proc, what="replies")
-            finished = time.monotonic()
-            cpu = meter.cpu_seconds() - cpu_before
+            after = _reading(meter)
+            wait = {  # how the wait ended; its length (the load window: wall_seconds)
+                "ended": "finished" if not pending else "quiet" if tracker.quiet() else "deadline",
+                "seconds": round(after.at - started, 3),
+                "quiet_after_s": scenario.quiet_after(),
+            }
             peak = meter.peak_rss_kib()
-            load_cpu = time.process_time() - load_cpu_before
             commands_after = _redis_commands(redis.url)
             await loop_lag.stop()
             sampler.cancel()
-            samples = await asyncio.gather(sampler, return_exceptions=True)
+            gathered = await asyncio.gather(sampler, return_exceptions=True)
             if profiler is not None:
                 await profiler.stop()
 
         calls = slack.calls[calls_from:]
         requests = llm.requests[requests_from:]
+
+    samples = gathered[0] if gathered and isinstance(gathered[0], list) else []
+    # The load window: sending → the last reply's final form (for a reply left unfinished,
+    # its last Slack call), not the wait's end, which may be ``quiet_after`` later.
+    load_end = max(
+        (
+            tracker.finished_at.get(str(c.index), tracker.last_call_at.get(c.channel, started))
+            for c in conversations
+        ),
+        default=started,
+    )
+    load_end = min(max(load_end, started), after.at)
+    window = [before, *(s for s in samples if s.at < load_end)]
+    window.append(_interpolate([before, *samples, after], load_end))
 
     acked = {i: slack.acked_at.get(envelope) for i, (*_, envelope) in enumerate(sent)}
     # channel -> when the first sign of work (a placeholder post or a stream start) reached Slack
@@ -452,13 +525,12 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
         requests,
         loop_lags=loop_lag.lags,
         redis_commands=_command_delta(commands_before, commands_after),
-        timed_out=len(pending),
-        wall=finished - started,
-        cpu=cpu,
+        unfinished=set(pending),
+        wait=wait,
+        wall=load_end - started,
+        readings=window,
         rss_before=rss_before,
         peak=peak,
-        load_cpu=load_cpu,
-        samples=samples[0] if samples and isinstance(samples[0], list) else [],
         profiler=profiler,
     )
 
@@ -506,12 +578,38 @@ async def _send_all(
     return list(await asyncio.gather(*(send(i) for i in range(scenario.n))))
 
 
-async def _sample(meter: ProcessMeter, every: float = 0.5) -> list[tuple[float, float, int]]:
-    """(time, CPU seconds, RSS KiB) of the bot every ``every`` seconds, until cancelled."""
-    samples: list[tuple[float, float, int]] = []
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """CPU seconds so far of the bot and of this process (the fakes, the load), at ``at``."""
+
+    at: float
+    bot_cpu: float
+    own_cpu: float
+
+
+def _reading(meter: ProcessMeter) -> _Reading:
+    return _Reading(time.monotonic(), meter.cpu_seconds(), time.process_time())
+
+
+def _interpolate(readings: Sequence[_Reading], at: float) -> _Reading:
+    """The CPU counters at ``at``, linear between the readings around it (in time order)."""
+    for a, b in itertools.pairwise(readings):
+        if a.at <= at <= b.at:
+            share = (at - a.at) / (b.at - a.at) if b.at > a.at else 1.0
+            return _Reading(
+                at,
+                a.bot_cpu + share * (b.bot_cpu - a.bot_cpu),
+                a.own_cpu + share * (b.own_cpu - a.own_cpu),
+            )
+    return readings[-1] if at >= readings[-1].at else readings[0]
+
+
+async def _sample(meter: ProcessMeter, every: float = 0.5) -> list[_Reading]:
+    """The CPU counters every ``every`` seconds, until cancelled."""
+    samples: list[_Reading] = []
     try:
         while True:
-            samples.append((time.monotonic(), meter.cpu_seconds(), meter.rss_kib()))
+            samples.append(_reading(meter))
             await asyncio.sleep(every)
     except asyncio.CancelledError:
         return samples
@@ -527,15 +625,17 @@ def _measure(
     *,
     loop_lags: Sequence[float],
     redis_commands: dict[str, int],
-    timed_out: int,
+    unfinished: set[str],
+    wait: dict[str, Any],
     wall: float,
-    cpu: float,
+    readings: Sequence[_Reading],
     rss_before: int,
     peak: int,
-    load_cpu: float,
-    samples: Sequence[tuple[float, float, int]],
     profiler: Profiler | None,
 ) -> PointResult:
+    """The point's figures. ``unfinished``: tags of the replies that never had their final
+    form; ``wall``: the load window, sending → the last reply's final form; ``readings``: CPU
+    counters over that window, in time order, the last at its end."""
     by_channel: defaultdict[str, list[Call]] = defaultdict(list)
     for call in calls:
         by_channel[str(call.args.get("channel", call.args.get("channel_id")))].append(call)
@@ -551,6 +651,7 @@ def _measure(
                 acked_at=acked.get(c.index),
                 placeholder_requested_at=posted.get(c.channel),
                 model_request_at=request.at if request is not None else None,
+                finished=str(c.index) not in unfinished,
             )
         )
     set_bounds(replies, _slack_bounds(scenario))
@@ -567,8 +668,9 @@ def _measure(
         name: round(count / n, 2)
         for name, count in sorted(redis_commands.items(), key=lambda kv: -kv[1])
     }
-    summary["timed_out"] = timed_out
-    summary["wall_seconds"] = round(wall, 3)
+    summary["timed_out"] = len(unfinished)  # replies without their final form
+    summary["wall_seconds"] = round(wall, 3)  # the load window: sending → last final form
+    summary["wait"] = wait  # how the wait for final forms ended: finished, quiet or deadline
     summary["tokens_streamed"] = tokens = round(summary["characters_streamed"] / CHARS_PER_TOKEN)
     events = math.ceil(scenario.answer_tokens / scenario.tokens_per_event)
     nominal = (events - 1) * scenario.tokens_per_event / scenario.tokens_per_second
@@ -579,10 +681,16 @@ def _measure(
         "p50": round_or_none(percentile(stretched, 50)),
         "p99": round_or_none(percentile(stretched, 99)),
     }
+    cpu = readings[-1].bot_cpu - readings[0].bot_cpu
+    load_cpu = readings[-1].own_cpu - readings[0].own_cpu
     busiest = max(
-        ((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[2:], strict=False)),
+        (
+            (b.bot_cpu - a.bot_cpu) / (b.at - a.at)
+            for a, b in zip(readings, readings[2:], strict=False)
+            if b.at - a.at >= 0.5
+        ),
         default=None,
-    )  # CPU cores used over ~1 s windows
+    )  # CPU cores used over ~1 s windows (samples every 0.5 s)
     bot = {
         "cpu_seconds": round(cpu, 3),
         "cpu_seconds_per_1k_tokens": round(cpu / tokens * 1000, 4) if tokens else None,
@@ -811,8 +919,7 @@ def table(points: Sequence[PointResult]) -> str:
             if not t["met"]
         ]
         lines.append(
-            f"N={p.scenario.n}: targets missed: {', '.join(missed) or 'none'}"
-            + (f"; {p.summary['timed_out']} replies unfinished" if p.summary["timed_out"] else "")
+            f"N={p.scenario.n}: targets missed: {', '.join(missed) or 'none'}" + _unfinished(p)
         )
         if p.profile and p.profile.get("self"):
             packages = ", ".join(
@@ -824,6 +931,25 @@ def table(points: Sequence[PointResult]) -> str:
             lines.append(f"  bot CPU by owner: {packages}")
             lines.append(f"  hottest functions (own time): {top}")
     return "\n".join(lines)
+
+
+def _unfinished(p: PointResult) -> str:
+    """Replies the run stopped waiting for, and why it stopped."""
+    s = p.summary
+    if not s["timed_out"]:
+        return ""
+    wait = s["wait"]
+    why = (
+        f"nothing happened for {wait['quiet_after_s']:g} s"
+        if wait["ended"] == "quiet"
+        else "the deadline passed"
+    )
+    left_open = s["correct"]["streams_left_open"]
+    return (
+        f"; {s['timed_out']} replies unfinished ({why}"
+        + (f"; {left_open} with a native stream never closed" if left_open else "")
+        + ")"
+    )
 
 
 def _renderer_line(p: PointResult) -> str:

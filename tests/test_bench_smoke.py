@@ -1,6 +1,7 @@
 """The benchmark still works: tiny runs through the same code path as ``python -m bench.run``
-(real bot process, private Redis, fake Slack with its limits, fake model), one per renderer; and
-the analysis of a native reply that falls back to edits, from a hand-written call record."""
+(real bot process, private Redis, fake Slack with its limits, fake model), one per renderer; the
+analysis of a native reply that falls back to edits, or whose stream is never closed, from
+hand-written call records; and when the run's tracker counts a reply finished or stops waiting."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import Conversation, analyse_reply
-from bench.run import Scenario, StreamMode, run, table
+from bench.harness import WorkspaceSlack
+from bench.run import Scenario, StreamMode, _Tracker, run, table
 from bot.render.text import render
+from tests.fakes.openai import FakeOpenAI, Request
 from tests.fakes.slack import Call
 
 
@@ -48,9 +51,15 @@ async def test_tiny_native_benchmark_run_measures_the_streams(tmp_path: Path) ->
     [point] = await run([_tiny("native")], tmp_path, progress=False)
 
     summary = point.summary
-    assert summary["timed_out"] == 0
+    assert summary["timed_out"] == 0 and summary["wait"]["ended"] == "finished"
     assert summary["correct"]["share"] == 1.0, [r.final_texts for r in point.replies]
+    assert summary["correct"]["streams_left_open"] == 0
     assert [r.renderer for r in point.replies] == ["native", "native"]
+    # The load window ends with the last reply's final form, not when the wait noticed it.
+    last = max(r.done_at or 0.0 for r in point.replies)
+    first_sent = min(r.conversation.sent_at for r in point.replies)
+    assert abs(summary["wall_seconds"] - (last - first_sent)) < 0.05
+    assert summary["wait"]["seconds"] - summary["wall_seconds"] < 0.5
     assert summary["renderers"] == {"native": 2, "edit": 0, "fallbacks": 0}
     calls = summary["slack_calls_per_reply"]
     assert calls["chat.startStream"] == 1 and calls["chat.appendStream"] >= 1
@@ -89,3 +98,118 @@ def test_a_native_reply_that_falls_back_is_rebuilt_from_its_calls() -> None:
     assert reply.edits == [0.7, 1.2, 2.9]
     assert reply.ratelimited == [(1.8, "chat.update")]
     assert reply.final_texts == [answer] and reply.unseen_chars == 0
+
+
+ANSWER = "Hello there, all of you."
+
+
+def _call(method: str, at: float, error: str = "", **args: Any) -> Call:
+    response = {"ok": False, "error": error} if error else {"ok": True, "ts": "2.0"}
+    return Call(method, {"channel": "C1", **args}, at, 200, response, "T1")
+
+
+def test_a_native_stream_never_closed_is_not_a_correct_reply() -> None:
+    """Every word appended, but no chat.stopStream: Slack still shows the message streaming."""
+    conversation = Conversation(0, "T1", "C1", "1.0", 0.0, ANSWER, render(ANSWER), 1)
+    calls = [
+        _call("chat.startStream", 0.1, thread_ts="1.0"),
+        _call("chat.appendStream", 0.7, ts="2.0", markdown_text=ANSWER),
+    ]
+    emitted = [(0.6, len(ANSWER))]
+
+    left_open = analyse_reply(conversation, calls, emitted)
+    stopped = analyse_reply(
+        conversation, [*calls, _call("chat.stopStream", 0.9, ts="2.0")], emitted
+    )
+
+    assert left_open.final_texts == [ANSWER] and left_open.exact_join
+    assert (left_open.open_streams, left_open.correct) == (1, False)
+    assert (stopped.open_streams, stopped.correct) == (0, True)
+    unfinished = analyse_reply(conversation, calls[:1], emitted, finished=False)
+    assert (unfinished.finished, unfinished.correct) == (False, False)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _records(clock: _Clock) -> tuple[WorkspaceSlack, FakeOpenAI]:
+    """The fakes' records, never started: replies q0 in C1 and q1 in C2, models done."""
+    slack, llm = WorkspaceSlack(clock=clock), FakeOpenAI(clock=clock)
+    for tag in ("0", "1"):
+        body = {"messages": [{"role": "user", "content": f"bench-q{tag}: tell me something"}]}
+        request = Request(path="/v1/chat/completions", body=body, headers={}, at=clock.now)
+        request.finished.set()
+        llm.requests.append(request)
+    return slack, llm
+
+
+def _stream(slack: WorkspaceSlack, channel: str, at: float) -> str:
+    ts = slack.add_message(channel, "", user=slack.bot_user_id, bot_id=slack.bot_id)
+    message = slack.message(channel, ts)
+    assert message is not None
+    message.streaming = True
+    response = {"ok": True, "channel": channel, "ts": ts}
+    slack.calls.append(Call("chat.startStream", {"channel": channel}, at, 200, response, "T1"))
+    return ts
+
+
+def _text_call(slack: WorkspaceSlack, method: str, channel: str, ts: str, at: float) -> None:
+    response = {"ok": True, "channel": channel, "ts": ts}
+    slack.calls.append(Call(method, {"channel": channel, "ts": ts}, at, 200, response, "T1"))
+
+
+def test_the_tracker_waits_for_a_fallback_edit_while_the_run_goes_on() -> None:
+    """A stream Slack closed after one append looks final; the edit renderer's chat.update
+    comes 14 s later (edit tokens are scarce), while another reply keeps calling Slack."""
+    clock = _Clock()
+    slack, llm = _records(clock)
+    tracker = _Tracker(slack, llm, {"0": ANSWER, "1": ANSWER}, quiet_after=5.0)
+    ts = _stream(slack, "C1", 100.1)
+    message = slack.message("C1", ts)
+    assert message is not None
+    message.set_text("Hello ")
+    _text_call(slack, "chat.appendStream", "C1", ts, 100.7)
+    message.streaming = False  # the stream expired
+    other = _stream(slack, "C2", 100.2)
+    for second in range(1, 15):
+        clock.now = 100.7 + second
+        _text_call(slack, "chat.appendStream", "C2", other, clock.now)
+        tracker.poll()
+        assert not tracker.finished("0", "C1") and not tracker.quiet(), second
+
+    clock.now = 115.0
+    message.set_text(ANSWER)
+    _text_call(slack, "chat.update", "C1", ts, 114.9)
+    tracker.poll()
+
+    assert tracker.finished("0", "C1") and tracker.finished_at["0"] == 114.9
+
+
+def test_the_tracker_stops_waiting_for_a_stream_left_open_once_the_run_is_quiet() -> None:
+    clock = _Clock()
+    slack, llm = _records(clock)
+    tracker = _Tracker(slack, llm, {"0": ANSWER, "1": ANSWER}, quiet_after=5.0)
+    ts = _stream(slack, "C1", 100.1)
+    message = slack.message("C1", ts)
+    assert message is not None
+    message.set_text(ANSWER)  # the whole answer, but no chat.stopStream ever comes
+    _text_call(slack, "chat.appendStream", "C1", ts, 100.7)
+
+    clock.now = 105.6
+    tracker.poll()
+    assert not tracker.finished("0", "C1") and not tracker.quiet()
+    clock.now = 105.7
+    tracker.poll()
+    assert not tracker.finished("0", "C1") and tracker.quiet()
+    assert tracker.last_call_at["C1"] == 100.7  # where the run's load window ends for it
+
+    open_model = Request(path="", body={}, headers={}, at=105.7)
+    llm.requests.append(open_model)  # a model stream still being written is activity
+    clock.now = 120.0
+    tracker.poll()
+    assert not tracker.quiet()
