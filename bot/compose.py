@@ -89,6 +89,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             per_minute=settings.edit_budget_per_minute,
             burst=settings.edit_budget_burst,
             min_interval=settings.edit_interval,
+            process_rate=settings.stream_updates_per_second,
         )
         native = None
         if settings.stream_mode != "edit":
@@ -100,6 +101,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                     per_minute=settings.native_append_budget_per_minute,
                     burst=settings.native_append_budget_burst,
                     min_interval=settings.native_flush_interval,
+                    process_rate=settings.stream_updates_per_second,
                 ),
                 starts=EditBudget(
                     store,

@@ -91,9 +91,10 @@ class Settings(BaseSettings):
     message_char_limit: int = Field(2900, ge=200, le=3000)
     final_edit_deadline: float = Field(120.0, gt=0)
     stream_mode: Literal["edit", "native", "auto"] = "auto"
-    native_flush_interval: float = Field(0.5, ge=0.05)
+    native_flush_interval: float = Field(0.25, ge=0.05)
     native_append_budget_per_minute: float = Field(90.0, gt=0)
-    native_append_budget_burst: int = Field(5, ge=1)
+    native_append_budget_burst: int = Field(10, ge=1)
+    stream_updates_per_second: float = Field(200.0, gt=0)
     native_start_budget_per_minute: float = Field(18.0, gt=0)
     assistant_status: str = "is thinking…"
     status_refresh: float = Field(90.0, ge=1, le=115)

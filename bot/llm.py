@@ -6,8 +6,8 @@ the Responses API with ``OPENAI_API_MODE=responses``).
             reply.append(delta)
     answer.usage          # {'prompt_tokens': …} when the server reported it
 
-The SSE lines are read raw and decoded with ``json.loads``: the SDK's typed chunks cost about
-twenty times more CPU per token, which matters with hundreds of concurrent streams. With many
+The SSE lines are read raw and decoded with ``orjson`` (0.5 µs a chunk; ``json`` takes 2.2 µs
+and the SDK's typed chunks ~100 µs), which matters with hundreds of concurrent streams. With many
 streams open in the process, each stream also reads the network in batches (see
 ``_read_pause``): a read costs ~80 µs of CPU in the HTTP stack whether it brings one event or
 ten, and a model sends one event per token. Failures
@@ -19,7 +19,6 @@ including a stream that ends without ``finish_reason``) or ``ModelIdle`` (no tok
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 import httpx2
 import openai
+import orjson
 
 from bot.errors import ModelError, ModelIdle, ModelInterrupted, ModelUnavailable
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # about half a pause later, next to edits that are a second or more apart).
 _BATCH_FROM_STREAMS = 100
 _READS_PER_SECOND = 2000.0
-_MAX_PAUSE = 0.25
+_MAX_PAUSE = 0.5
 # A read that took longer than this waited for the network (one served from buffered bytes
 # does not suspend): the stream has caught up, and the next read may rest first.
 _WAITED = 0.002
@@ -212,8 +212,8 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
                         done = True
                         break
                     try:
-                        piece = self._absorb(json.loads(payload))
-                    except ValueError as exc:  # json.JSONDecodeError, or not UTF-8
+                        piece = self._absorb(orjson.loads(payload))
+                    except ValueError as exc:  # orjson.JSONDecodeError (also for bytes not UTF-8)
                         failure = self._broken(ModelInterrupted, "corrupt chunk")
                         failure.__cause__ = exc
                         break

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.admission import Admission, Entry
 from bot.conversation import ThreadKey, Turn, prompt_window
 from bot.errors import ModelInterrupted, ModelUnavailable, SlackError, StoreUnavailable
 from bot.events import USER_SUBTYPES, Inbound, mention_pattern
@@ -130,8 +131,10 @@ class Turns:
         stops: StopSignals | None = None,
         tracker: ReplyTracker | None = None,
         native: NativeStreaming | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._native = native
+        self._admission = admission or Admission()
         self._availability = NativeAvailability()
         self._stops = stops
         self._tracker = tracker
@@ -182,11 +185,12 @@ class Turns:
         self._inflight.add(task)
         try:
             with correlation(inbound.event_id or f"{inbound.channel}/{inbound.ts}"):
-                await self._answer(inbound)
+                async with self._admission.turn() as entry:
+                    await self._answer(inbound, entry)
         finally:
             self._inflight.discard(task)
 
-    async def _answer(self, inbound: Inbound) -> None:
+    async def _answer(self, inbound: Inbound, entry: Entry) -> None:
         if not await self._store.first_sighting(
             inbound.team, inbound.channel, inbound.ts, inbound.event_id
         ):
@@ -225,6 +229,7 @@ class Turns:
                     [*history, question],
                     self._options.prompt_token_budget,
                 )
+                await entry.admit()  # a burst of questions starts its answers one by one
                 outcome = await self._stream(messages, reply, profile, inbound)
                 shown = await reply.finish(outcome)
                 await self._save(key, question, shown, reply.outcome or outcome, reply)

@@ -213,6 +213,30 @@ async def test_interval_is_a_fair_share_of_the_budget(
     assert await quick.interval("T3", "r5") == 1.0
 
 
+async def test_many_replies_in_one_process_are_spaced_by_its_own_rate(
+    stores: tuple[Store, Store], clock: FakeClock
+) -> None:
+    """A thousand replies in a thousand workspaces: each workspace's budget would allow an edit
+    a second each, but the process sends at most ``process_rate`` interim calls a second."""
+    paced = EditBudget(
+        stores[0], per_minute=45, burst=3, min_interval=1.0, process_rate=100, clock=clock
+    )
+    for i in range(99):
+        assert await paced.interval(f"T{i}", f"r{i}") == pytest.approx(1.0)
+    assert await paced.interval("T99", "r99") == pytest.approx(1.0)  # 100 streaming: 1 s
+    for i in range(100, 300):
+        await paced.interval(f"T{i}", f"r{i}")
+    assert await paced.interval("T0", "r0") == pytest.approx(3.0)  # 300 replies, 100/s
+    for i in range(200):
+        await paced.done(f"T{i}", f"r{i}")
+    assert await paced.interval("T250", "r250") == pytest.approx(1.0)  # back to 100
+    # Another process's replies don't count: each process spends its own CPU.
+    other = EditBudget(
+        stores[1], per_minute=45, burst=3, min_interval=1.0, process_rate=100, clock=clock
+    )
+    assert await other.interval("T9999", "x1") == pytest.approx(1.0)
+
+
 async def test_redis_outage_falls_back_to_a_local_bucket(
     own_redis: RedisServer, clock: FakeClock
 ) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from bot.render import text
 from bot.render.budget import EditBudget
+from bot.render.native import NativeReply
 from bot.render.reply import (
     EMPTY_TEXT,
     FAILED_TEXT,
@@ -662,3 +663,101 @@ async def test_twenty_replies_in_two_processes_share_the_budget_without_a_429(
         assert message.text == "".join(answer) and not working(message)
         assert len(updates(slack, message.ts)) <= duration / 1.0 + 2
     assert gateway.most_in_flight == 1
+
+
+# -- closing while the flusher's timer runs out ------------------------------------------------
+# Found by the benchmark (38 of 1,000 native replies left streaming): the flusher's timer ran
+# out, and while that timeout was being delivered the turn finished the reply; the flusher
+# then cleared the wake-up that closing had set and waited for another, forever, and the reply
+# kept its "writing" state. These renderers finish the reply right inside the flusher's timer.
+
+
+class EditTimerRacesClose(ReplyStream):
+    raced: asyncio.Task[str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.racing = asyncio.Event()
+
+    async def _closed_within(self, seconds: float) -> bool:
+        if self.edits and self.raced is None:
+            self.raced = asyncio.create_task(self.finish(Outcome.COMPLETE))
+            self.racing.set()
+            await asyncio.sleep(0)  # finish() sets closing and wakes the flusher
+            return False  # ... but the flusher saw its timeout first
+        return await super()._closed_within(seconds)
+
+
+class NativeTimerRacesClose(NativeReply):
+    raced: asyncio.Task[str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.racing = asyncio.Event()
+
+    async def _urgent_within(self, seconds: float) -> bool:
+        if self._current and self.raced is None:
+            self.raced = asyncio.create_task(self.finish(Outcome.COMPLETE))
+            self.racing.set()
+            await asyncio.sleep(0)
+            return False
+        return await super()._urgent_within(seconds)
+
+
+async def test_an_edited_reply_finished_as_its_timer_runs_out_still_gets_its_final_form(
+    slack: FakeSlack, gateway: WatchedGateway, store: Store
+) -> None:
+    thread = question(slack)
+    reply = EditTimerRacesClose(
+        gateway,
+        edit_budget(store, min_interval=0.3),
+        team=TEAM,
+        channel=CHANNEL,
+        thread_ts=thread,
+        limit=2900,
+        render=str.rstrip,  # so that the second piece changes nothing to edit
+        split=line_split,
+    )
+    await reply.open()
+    reply.append("Hello")
+    await slack.wait_call("chat.update", ok=True)
+    reply.append(" ")
+    await asyncio.wait_for(reply.racing.wait(), 5.0)
+    assert reply.raced is not None
+    assert await asyncio.wait_for(reply.raced, 5.0) == "Hello "
+    (message,) = bot_replies(slack, CHANNEL, thread)
+    assert message.text == "Hello" and not working(message)
+
+
+async def test_a_native_reply_finished_as_its_timer_runs_out_still_closes_its_stream(
+    slack: FakeSlack, gateway: WatchedGateway, store: Store
+) -> None:
+    thread = question(slack)
+
+    def edits(reply_id: str) -> ReplyStream:
+        return new_reply(gateway, edit_budget(store), thread, reply_id=reply_id)
+
+    reply = NativeTimerRacesClose(
+        gateway,
+        appends=EditBudget(
+            store, method="chat.appendStream", per_minute=6000, burst=20, min_interval=0.3
+        ),
+        starts=EditBudget(
+            store, method="chat.startStream", per_minute=6000, burst=20, min_interval=0
+        ),
+        team=TEAM,
+        channel=CHANNEL,
+        thread_ts=thread,
+        recipient=("U0ASKER", TEAM),
+        fallback=edits,
+    )
+    await reply.open()
+    reply.append("Hello")
+    await slack.wait_call("chat.appendStream", ok=True)
+    reply.append(" world")
+    await asyncio.wait_for(reply.racing.wait(), 5.0)
+    assert reply.raced is not None
+    assert await asyncio.wait_for(reply.raced, 5.0) == "Hello world"
+    (message,) = bot_replies(slack, CHANNEL, thread)
+    assert message.text == "Hello world" and not message.streaming
+    assert not slack.calls_to("chat.update")  # closed by chat.stopStream, not by edits

@@ -17,6 +17,13 @@ per_minute`` seconds (at least ``min_interval``): together they spend the budget
 gets an equal share of it. A reply streaming alone in its workspace keeps back only one token
 (for a newcomer's first text or its own final edit): it spends the rest of the burst at
 ``min_interval`` instead of waiting for a full bucket at every edit.
+
+One process also caps its own interim calls of the method at ``process_rate`` per second over
+all its streaming replies (each reply's spacing is at least ``streaming here ÷
+process_rate``): an interim call costs about a millisecond of CPU (Slack, Redis, rendering),
+and with a thousand replies in many workspaces the workspace budgets alone would let the
+process spend more than its one core on them — every first text would then wait behind them.
+First and final texts are not interim: they never wait for this spacing.
 """
 
 from __future__ import annotations
@@ -84,9 +91,11 @@ class EditBudget:
         burst: int,
         min_interval: float,
         method: str = METHOD,
+        process_rate: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.method = method
+        self._process_rate = process_rate
         self._store = store
         self._per_minute = per_minute
         self._burst = burst
@@ -197,7 +206,9 @@ class EditBudget:
         # Shared, each reply's spacing is its fair share of that rate.
         share = active * 60.0 / self._per_minute if active > 1 else 0.0
         self._streaming[team] = active
-        seconds = max(self._min_interval, share)
+        self._intervals.setdefault(reply_id, self._min_interval)
+        crowd = len(self._intervals) / self._process_rate if self._process_rate else 0.0
+        seconds = max(self._min_interval, share, crowd)
         self._intervals[reply_id] = seconds
         return seconds
 

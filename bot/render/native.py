@@ -357,11 +357,13 @@ class NativeReply:
                     return
                 next_at = loop.time() + await self._appends.interval(self._team, self.id)
                 continue
-            if await self._urgent_within(next_at - loop.time()):
-                if self._closing.is_set():
-                    return
+            await self._urgent_within(next_at - loop.time())
             self._wake.clear()
             self._urgent.clear()
+            # Checked after clearing: closing may have set both while the timer's timeout was
+            # being delivered, and a flusher that missed it would wait for a wake-up forever.
+            if self._closing.is_set():
+                return
             chunk = self._take()
             if not chunk:
                 continue

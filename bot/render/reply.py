@@ -358,6 +358,10 @@ class ReplyStream:
             if await self._closed_within(next_at - loop.time()):
                 return
             self._wake.clear()
+            # Checked after clearing: closing may have set the wake-up while the timer's
+            # timeout was being delivered, and the flusher would then wait for another forever.
+            if self._closing.is_set():
+                return
             if await self._latest() is None:
                 continue
             priority = Priority.PROGRESS if self.edits else Priority.FIRST

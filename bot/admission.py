@@ -1,0 +1,90 @@
+"""When a new answer may start reading the model: one at a time, first come first served, and
+only while the process keeps up with the answers already streaming.
+
+    admission = Admission()
+    async with admission.turn() as entry:   # the event counts as "being taken in"
+        ...                                 # dedupe, placeholder, thread lock, history
+        await entry.admit()                 # then the model request may go out
+        ...                                 # stream the answer
+
+Why: a burst of questions (a thousand mentions at once) would otherwise send every model
+request together, the first tokens of all the answers would come back together, and each
+answer's first text would wait behind the others' (about a millisecond of CPU each). Taking
+events in is bursty too: the placeholders of a burst come back from Slack together, one round
+trip later. So a request goes out only when
+
+* one pass of the event loop takes at most ``busy_pass`` seconds (else the process is behind on
+  the answers already streaming), and
+* at most ``max_taking_in`` events are still being taken in (their Slack and Redis replies
+  would land on the loop together with this answer's first tokens);
+
+and in any case after ``max_wait`` seconds, so that a process that stays busy still starts every
+answer. With nothing else going on an answer waits one pass of the loop (microseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class Admission:
+    """See the module docstring; one instance serves every answer of the process."""
+
+    def __init__(
+        self, *, busy_pass: float = 0.01, max_taking_in: int = 32, max_wait: float = 5.0
+    ) -> None:
+        self._busy_pass = busy_pass
+        self._max_taking_in = max_taking_in
+        self._max_wait = max_wait
+        self._taking_in = 0
+        self._waiting = 0  # of those, the ones waiting for their turn here
+        self._queue = asyncio.Lock()
+
+    @property
+    def taking_in(self) -> int:
+        """Events received and not yet admitted (or given up), waiting here or not."""
+        return self._taking_in
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[Entry]:
+        entry = Entry(self)
+        self._taking_in += 1
+        try:
+            yield entry
+        finally:
+            if not entry.admitted:
+                self._taking_in -= 1
+
+    async def _admit(self, entry: Entry) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiting += 1
+        try:
+            async with self._queue:
+                deadline = loop.time() + self._max_wait
+                while loop.time() < deadline:
+                    started = loop.time()
+                    await asyncio.sleep(0)  # resumes after one pass over everything else ready
+                    keeping_up = loop.time() - started <= self._busy_pass
+                    arriving = self._taking_in - self._waiting
+                    if keeping_up and arriving <= self._max_taking_in:
+                        break
+                    await asyncio.sleep(self._busy_pass)
+                entry.admitted = True
+                self._taking_in -= 1
+        finally:
+            self._waiting -= 1
+
+
+class Entry:
+    """One event on its way to its model request."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.admitted = False
+
+    async def admit(self) -> None:
+        """Wait for this answer's turn to read the model (at most the admission's max_wait)."""
+        if not self.admitted:
+            await self._admission._admit(self)
