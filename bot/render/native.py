@@ -473,8 +473,9 @@ class NativeReply:
         if self._availability is not None and self._availability.refused(self._team, self._channel):
             return False
         loop = asyncio.get_running_loop()
+        # Starts have a bucket of their own: nothing more important to keep a token back for.
         if not await self._starts.acquire(
-            self._team, Priority.FIRST, deadline=loop.time() + self._start_wait
+            self._team, Priority.FINAL, deadline=loop.time() + self._start_wait
         ):
             log.info("no chat.startStream budget left in %s; answering by edits", self._team)
             return False
