@@ -3,7 +3,9 @@ only while the process keeps up with the answers already streaming.
 
     admission = Admission()
     async with admission.turn() as entry:   # the event counts as "being taken in"
-        ...                                 # dedupe, placeholder, thread lock, history
+        ...                                 # dedupe, placeholder
+        entry.taken_in()                    # waiting for the thread's lock does not count
+        ...                                 # thread lock, history
         await entry.admit()                 # then the model request may go out
         ...                                 # stream the answer
 
@@ -39,12 +41,11 @@ class Admission:
         self._max_taking_in = max_taking_in
         self._max_wait = max_wait
         self._taking_in = 0
-        self._waiting = 0  # of those, the ones waiting for their turn here
         self._queue = asyncio.Lock()
 
     @property
     def taking_in(self) -> int:
-        """Events received and not yet admitted (or given up), waiting here or not."""
+        """Events received and not yet taken in (nor given up)."""
         return self._taking_in
 
     @asynccontextmanager
@@ -54,27 +55,23 @@ class Admission:
         try:
             yield entry
         finally:
-            if not entry.admitted:
-                self._taking_in -= 1
+            entry.taken_in()
+
+    def _arrived(self) -> None:
+        self._taking_in -= 1
 
     async def _admit(self, entry: Entry) -> None:
         loop = asyncio.get_running_loop()
-        self._waiting += 1
-        try:
-            async with self._queue:
-                deadline = loop.time() + self._max_wait
-                while loop.time() < deadline:
-                    started = loop.time()
-                    await asyncio.sleep(0)  # resumes after one pass over everything else ready
-                    keeping_up = loop.time() - started <= self._busy_pass
-                    arriving = self._taking_in - self._waiting
-                    if keeping_up and arriving <= self._max_taking_in:
-                        break
-                    await asyncio.sleep(self._busy_pass)
-                entry.admitted = True
-                self._taking_in -= 1
-        finally:
-            self._waiting -= 1
+        async with self._queue:
+            deadline = loop.time() + self._max_wait
+            while loop.time() < deadline:
+                started = loop.time()
+                await asyncio.sleep(0)  # resumes after one pass over everything else ready
+                keeping_up = loop.time() - started <= self._busy_pass
+                if keeping_up and self._taking_in <= self._max_taking_in:
+                    break
+                await asyncio.sleep(self._busy_pass)
+            entry.admitted = True
 
 
 class Entry:
@@ -82,9 +79,17 @@ class Entry:
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
+        self._counted = True
         self.admitted = False
+
+    def taken_in(self) -> None:
+        """The event's own intake is done (what follows may wait long: a thread's lock)."""
+        if self._counted:
+            self._counted = False
+            self._admission._arrived()
 
     async def admit(self) -> None:
         """Wait for this answer's turn to read the model (at most the admission's max_wait)."""
+        self.taken_in()
         if not self.admitted:
             await self._admission._admit(self)

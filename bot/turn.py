@@ -220,6 +220,7 @@ class Turns:
         # The placeholder goes up now; leaving the block any other way than through finish()
         # (an exception, a cancellation) still gives the reply its last form.
         async with reply, self._counted(inbound, reply):
+            entry.taken_in()  # the placeholder is up; waiting for the lock is not intake work
             await self._engage(key)
             async with self._store.thread_lock(key):
                 history = await self._history(key, inbound, reply)

@@ -71,7 +71,7 @@ async def test_events_still_being_taken_in_hold_new_answers_back() -> None:
 
     waiter = asyncio.create_task(one())
     await asyncio.sleep(0.3)
-    assert admission.taking_in == 4
+    assert admission.taking_in == 3
     assert not admitted.is_set()  # 3 others are still being taken in (more than 2)
     release.set()
     await asyncio.gather(*arrivals)
@@ -118,3 +118,27 @@ async def test_a_cancelled_wait_leaves_the_count_right() -> None:
     release.set()
     await other
     assert admission.taking_in == 0
+
+
+async def test_events_waiting_for_a_thread_lock_do_not_hold_new_answers_back() -> None:
+    admission = Admission(max_taking_in=2, max_wait=30.0)
+    lock = asyncio.Lock()
+    await lock.acquire()  # an earlier answer in the same thread is streaming
+
+    async def follow_up() -> None:
+        async with admission.turn() as entry:
+            entry.taken_in()
+            async with lock:
+                await entry.admit()
+
+    queued = [asyncio.create_task(follow_up()) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    assert admission.taking_in == 0
+
+    async def elsewhere() -> None:
+        async with admission.turn() as entry:
+            await entry.admit()
+
+    await asyncio.wait_for(elsewhere(), 1.0)  # admitted at once
+    lock.release()
+    await asyncio.wait_for(asyncio.gather(*queued), 5.0)
