@@ -49,8 +49,9 @@ def connect_openai(api_key: str, base_url: str | None) -> openai.AsyncOpenAI:
     """The SDK client; retries (429/5xx/connection, before a stream starts) stay the SDK's.
 
     It runs on the SDK's aiohttp transport (``openai.DefaultAioHttpClient``, same defaults as
-    its own): a network read of a stream costs a third of the CPU it costs through the default
-    httpx2/httpcore2/anyio stack, and the bot reads hundreds of streams at once.
+    its own; proxies from the environment still apply): reading through it instead of the
+    default httpx2/httpcore2/anyio stack took the bot's CPU per 1,000 streamed tokens from
+    0.065 to 0.053 s with 1,000 streams open (bench/README.md).
     """
     return openai.AsyncOpenAI(
         api_key=api_key,
