@@ -16,6 +16,13 @@ async def _busy_loop(stop: asyncio.Event, hog_s: float) -> None:
         await asyncio.sleep(0)
 
 
+async def _answer(admission: Admission, admitted: asyncio.Event) -> None:
+    """One answer: taken in, then waiting for its turn; ``admitted`` is set once it has it."""
+    async with admission.turn() as entry:
+        await entry.admit()
+        admitted.set()
+
+
 async def test_an_idle_process_admits_at_once_and_in_order() -> None:
     admission = Admission()
     order: list[int] = []
@@ -38,13 +45,7 @@ async def test_a_busy_loop_holds_new_answers_back_until_it_keeps_up() -> None:
     stop = asyncio.Event()
     hog = asyncio.create_task(_busy_loop(stop, 0.03))
     admitted = asyncio.Event()
-
-    async def one() -> None:
-        async with admission.turn() as entry:
-            await entry.admit()
-            admitted.set()
-
-    waiter = asyncio.create_task(one())
+    waiter = asyncio.create_task(_answer(admission, admitted))
     await asyncio.sleep(0.5)
     assert not admitted.is_set()  # every pass takes 30 ms: the process is behind
     stop.set()
@@ -63,13 +64,7 @@ async def test_events_still_being_taken_in_hold_new_answers_back() -> None:
 
     arrivals = [asyncio.create_task(arriving()) for _ in range(3)]
     admitted = asyncio.Event()
-
-    async def one() -> None:
-        async with admission.turn() as entry:
-            await entry.admit()
-            admitted.set()
-
-    waiter = asyncio.create_task(one())
+    waiter = asyncio.create_task(_answer(admission, admitted))
     await asyncio.sleep(0.3)
     assert admission.taking_in == 3
     assert not admitted.is_set()  # 3 others are still being taken in (more than 2)
