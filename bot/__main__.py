@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from bot import runtime
 from bot.compose import open_bot
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
@@ -22,7 +23,7 @@ def main() -> int:
         settings.log_level, json_lines=settings.log_format == "json", secrets=_secrets(settings)
     )
     try:
-        asyncio.run(_run(settings))
+        runtime.run(_run(settings), loop=settings.event_loop)
     except ConfigError as exc:  # the channels file is read while the bot starts
         return _refuse(exc)
     return 0
@@ -47,6 +48,7 @@ def _secrets(settings: Settings) -> list[str]:
 
 async def _run(settings: Settings) -> None:
     async with open_bot(settings) as running:
+        runtime.settle_heap()  # start-up is over: what it built stays, and is not scanned again
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, running.stopped.set)

@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx2
 import openai
@@ -182,6 +182,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
             raise ModelUnavailable(type(exc).__name__) from exc
 
         chunks = response.http_response.aiter_bytes().__aiter__()
+        transport = _transport_of(response.http_response)
         deadline = loop.time() + self._idle
         rest = b""  # a line not yet ended
         pending = ""  # text read but not yet handed on (batched reading)
@@ -242,7 +243,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
                 if failure is not None:
                     raise failure
                 if pause and not done:
-                    await asyncio.sleep(pause)
+                    await _rest(pause, transport)
         except (TimeoutError, httpx2.ReadTimeout):
             broken = self._broken(ModelIdle, "no token within the idle timeout")
         except (httpx2.HTTPError, openai.OpenAIError) as exc:
@@ -317,3 +318,40 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         if self.chars == 0:
             return ModelUnavailable(why)
         return kind(why)
+
+
+def _transport_of(response: httpx2.Response) -> _Pausable | None:
+    """The socket under a response read through the SDK's aiohttp transport (None for any other
+    transport). Reached through two private attributes (the SDK's stream wrapper, then the
+    vendored httpx-aiohttp stream): tests/test_llm.py fails if an SDK upgrade moves them, and
+    without it the reader still works, only resting without holding the socket."""
+    stream = getattr(getattr(response, "stream", None), "_stream", None)
+    aiohttp_response = getattr(stream, "_aiohttp_response", None)
+    transport = getattr(getattr(aiohttp_response, "connection", None), "transport", None)
+    return transport if isinstance(transport, _Pausable) else None
+
+
+@runtime_checkable
+class _Pausable(Protocol):
+    """A transport whose reading can be paused (asyncio's and uvloop's socket transports)."""
+
+    def is_reading(self) -> bool: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+async def _rest(seconds: float, transport: _Pausable | None) -> None:
+    """Wait ``seconds`` without reading the socket: the kernel gathers what the model sends
+    meanwhile and the next read takes it in one go. Left reading, the event loop would wake
+    for every token's packet and the HTTP stack would handle each (a timer rescheduled, the
+    buffer fed) although the stream reads them only after the rest."""
+    held = transport is not None and transport.is_reading()
+    if held:
+        assert transport is not None
+        transport.pause_reading()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        if held and transport is not None and not transport.is_closing():
+            transport.resume_reading()

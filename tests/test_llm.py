@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from bot.errors import ModelInterrupted, ModelUnavailable
-from bot.llm import ChatModel, connect_openai
+from bot.llm import ChatModel, _rest, _transport_of, connect_openai
 from tests.fakes.openai import Answer, FakeOpenAI
 
 PROMPT = [{"role": "user", "content": "hi"}]
@@ -79,6 +79,58 @@ async def test_many_concurrent_answers_are_read_in_batches_and_arrive_whole(
     assert received == sorted(texts)
     chunks = sum(len(Answer(text=text).pieces()) for text in texts)
     assert sum(len(deltas) for deltas, _ in results) < chunks / 2
+
+
+async def test_the_sdk_response_exposes_its_socket(llm: FakeOpenAI, model: ChatModel) -> None:
+    # Resting without reading needs the socket under the SDK's aiohttp transport; it is reached
+    # through private attributes, so an SDK upgrade that moves them must fail here.
+    llm.script(Answer(text="Hello there", tokens_per_second=5))  # still streaming when read
+    endpoint = model._client.chat.completions.with_streaming_response
+    async with endpoint.create(model="m", messages=PROMPT, stream=True) as response:
+        transport = _transport_of(response.http_response)
+        assert transport is not None and transport.is_reading()
+
+
+async def test_a_rest_holds_the_socket_so_the_packets_sent_meanwhile_arrive_together() -> None:
+    received: list[bytes] = []
+    connected = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        connected.set()
+
+    class Counting(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            received.append(data)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await asyncio.get_running_loop().create_connection(Counting, "127.0.0.1", port)
+    try:
+        await connected.wait()
+
+        async def send_packets() -> None:  # 20 tokens' packets, one every 10 ms
+            for i in range(20):
+                writers[0].write(b"data: %02d\n\n" % i)
+                await writers[0].drain()
+                await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(send_packets())
+        await _rest(0.4, transport)  # type: ignore[arg-type]
+        assert transport.is_reading()  # reading again after the rest
+        await sender
+        for _ in range(50):
+            if sum(map(len, received)) == 20 * 10:
+                break
+            await asyncio.sleep(0.01)
+        assert b"".join(received) == b"".join(b"data: %02d\n\n" % i for i in range(20))
+        assert len(received) <= 2  # one wake-up for all 20 (not one each)
+    finally:
+        transport.close()
+        writers[0].close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_sse_lines_split_anywhere_and_any_line_ending_read_the_same() -> None:
