@@ -60,6 +60,7 @@ from bench.harness import (
     WorkspaceSlack,
     bot_env,
     bot_process,
+    on_own_thread,
 )
 from bench.profiling import Profiler, summarize_profile
 from bot.config import Settings
@@ -415,7 +416,7 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
     )
     llm = FakeOpenAI(default=responder)
     log_path = out / f"bot-N{scenario.n}-M{scenario.workspaces}.log"
-    async with slack, llm:
+    async with slack, on_own_thread(llm):
         bot_path = Path(scenario.bot_path) if scenario.bot_path else None
         env = bot_env(slack, llm, redis.url, scenario.env(), bot_path)
         async with bot_process(env, log_path) as proc:
