@@ -9,8 +9,9 @@ the Responses API with ``OPENAI_API_MODE=responses``).
 The SSE lines are read raw and decoded with ``orjson`` (0.5 µs a chunk; ``json`` takes 2.2 µs
 and the SDK's typed chunks ~100 µs), which matters with hundreds of concurrent streams. With many
 streams open in the process, each stream also reads the network in batches (see
-``_read_pause``): a read costs ~80 µs of CPU in the HTTP stack whether it brings one event or
-ten, and a model sends one event per token. Failures
+``_read_pause``; between reads its socket is not read at all, see ``_rest``): a read costs
+~80 µs of CPU in the HTTP stack whether it brings one event or ten, and a model sends one event
+per token. Failures
 leave as ``ModelUnavailable`` (nothing streamed yet), ``ModelInterrupted`` (broken mid-answer,
 including a stream that ends without ``finish_reason``) or ``ModelIdle`` (no token for
 ``idle_timeout`` seconds). A healthy stream has no total-duration limit.
@@ -266,7 +267,9 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         streams = self._open.count
         if streams < _BATCH_FROM_STREAMS:
             return 0.0
-        return min(_MAX_PAUSE, streams / _READS_PER_SECOND)
+        # The socket is not read while resting: a rest stays well inside the idle timeout,
+        # which the transport also applies to reads.
+        return min(_MAX_PAUSE, streams / _READS_PER_SECOND, self._idle / 4)
 
     def _absorb_response_event(self, event: Any) -> str:
         """Text of one Responses API event; records the end and usage; raises on failures."""
