@@ -102,6 +102,7 @@ class Store:
         self._renew = redis.register_script(_RENEW_LUA)
         self._take = redis.register_script(_TAKE_LUA)
         self._beat = redis.register_script(_BEAT_LUA)
+        self._take_beat = redis.register_script(_TAKE_BEAT_LUA)
         self._usage = redis.register_script(_USAGE_LUA)
         self._vote = redis.register_script(_VOTE_LUA)
 
@@ -253,6 +254,40 @@ class Store:
         args = [per_minute / 60.0, burst, int(self._clock() * 1000), reserve]
         wait_ms = await self._guard(lambda r: self._take(keys=keys, args=args, client=r), "budget")
         return int(wait_ms) / 1000.0
+
+    async def take_token_streaming(
+        self,
+        team: str,
+        method: str,
+        reply_id: str,
+        *,
+        per_minute: float,
+        burst: int,
+        reserve: int = 0,
+        lease_s: float = 30.0,
+    ) -> tuple[float, int]:
+        """``take_token`` and ``active_replies`` for one streaming reply in one round trip:
+        (0.0 or the seconds to wait, how many replies stream in ``team`` through ``method``)."""
+        keys = [
+            f"{self._p}:budget:{team}:{method}",
+            f"{self._p}:pause:{team}:{method}",
+            f"{self._p}:active:{team}:{method}",
+        ]
+        now = self._clock()
+        args: list[str | float | int] = [
+            per_minute / 60.0,
+            burst,
+            int(now * 1000),
+            reserve,
+            reply_id,
+            now + lease_s,
+            now,
+            int(lease_s * 2000),
+        ]
+        wait_ms, count = await self._guard(
+            lambda r: self._take_beat(keys=keys, args=args, client=r), "budget"
+        )
+        return int(wait_ms) / 1000.0, int(count)
 
     async def pause(self, team: str, method: str, seconds: float) -> None:
         """Stop every replica's calls of ``method`` in ``team`` for ``seconds`` (after a 429)."""
@@ -478,14 +513,20 @@ end
 return earlier
 """
 
+# Registers a reply as streaming (a lease) and counts the workspace's streaming replies.
+# beat(key, reply id, its lease expiry, now (s), key TTL (ms)).
+_BEAT_FUNCTION = """
+local function beat(key, member, expiry, now, ttl)
+  redis.call('ZADD', key, expiry, member)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('PEXPIRE', key, ttl)
+  return redis.call('ZCARD', key)
+end
+"""
+
 # KEYS: the workspace's streaming replies.  ARGV: reply id, its lease expiry, now (s), key TTL
 # (ms).  Returns how many replies stream there now.
-_BEAT_LUA = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return redis.call('ZCARD', KEYS[1])
-"""
+_BEAT_LUA = _BEAT_FUNCTION + "return beat(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
 
 # KEYS: today's usage hash.  ARGV: its TTL (s), n, n scopes, then (counter, amount) pairs;
 # every scope's counter is raised by its amount.
@@ -500,27 +541,40 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 0
 """
 
-# KEYS: bucket, pause.  ARGV: rate (tokens/s), burst, now (ms), reserve.
+# take(): KEYS bucket, pause.  ARGV: rate (tokens/s), burst, now (ms), reserve.
 # Returns 0 when a token was taken, else milliseconds until one may be.
-_TAKE_LUA = """
-local paused = redis.call('PTTL', KEYS[2])
-if paused > 0 then return paused end
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local reserve = tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then tokens = burst; at = now end
-if now > at then tokens = math.min(burst, tokens + (now - at) / 1000 * rate) end
-local ttl = math.ceil(burst / rate * 1000) + 1000
-if tokens >= 1 + reserve then
-  redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', math.max(now, at))
+_TAKE_FUNCTION = """
+local function take()
+  local paused = redis.call('PTTL', KEYS[2])
+  if paused > 0 then return paused end
+  local rate = tonumber(ARGV[1])
+  local burst = tonumber(ARGV[2])
+  local now = tonumber(ARGV[3])
+  local reserve = tonumber(ARGV[4])
+  local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  local at = tonumber(state[2])
+  if tokens == nil or at == nil then tokens = burst; at = now end
+  if now > at then tokens = math.min(burst, tokens + (now - at) / 1000 * rate) end
+  local ttl = math.ceil(burst / rate * 1000) + 1000
+  if tokens >= 1 + reserve then
+    redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', math.max(now, at))
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    return 0
+  end
+  redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', math.max(now, at))
   redis.call('PEXPIRE', KEYS[1], ttl)
-  return 0
+  return math.ceil((1 + reserve - tokens) / rate * 1000)
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', math.max(now, at))
-redis.call('PEXPIRE', KEYS[1], ttl)
-return math.ceil((1 + reserve - tokens) / rate * 1000)
 """
+
+_TAKE_LUA = _TAKE_FUNCTION + "return take()"
+
+# A token for one reply's interim call, and that reply's lease as a streaming reply (one round
+# trip instead of two per call).  KEYS: bucket, pause, streaming replies.  ARGV: as take(),
+# then as beat() without the key.  Returns {take(), the number of streaming replies}.
+_TAKE_BEAT_LUA = (
+    _TAKE_FUNCTION
+    + _BEAT_FUNCTION
+    + "return {take(), beat(KEYS[3], ARGV[5], ARGV[6], ARGV[7], ARGV[8])}"
+)

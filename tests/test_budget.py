@@ -213,6 +213,21 @@ async def test_interval_is_a_fair_share_of_the_budget(
     assert await quick.interval("T3", "r5") == 1.0
 
 
+async def test_a_streaming_replys_token_counts_it_so_its_interval_asks_redis_nothing_more(
+    stores: tuple[Store, Store], clock: FakeClock, redis_url: str
+) -> None:
+    one = budget(stores[0], clock, per_minute=45, burst=10)
+    two = budget(stores[1], clock, per_minute=45, burst=10)
+    assert await two.acquire("T1", Priority.PROGRESS, reply_id="r2")  # another process's
+    assert await one.acquire("T1", Priority.PROGRESS, reply_id="r1")
+    before = await _budget_scripts(redis_url)
+    assert await one.interval("T1", "r1") == pytest.approx(2 * 60 / 45)  # r1 and r2 stream
+    assert await _budget_scripts(redis_url) == before  # counted by r1's token
+    # Without a token just taken, the interval counts by itself (and renews the lease).
+    assert await one.interval("T1", "r1") == pytest.approx(2 * 60 / 45)
+    assert await _budget_scripts(redis_url) == before + 1
+
+
 async def test_many_replies_in_one_process_are_spaced_by_its_own_rate(
     stores: tuple[Store, Store], clock: FakeClock
 ) -> None:

@@ -108,6 +108,32 @@ async def test_token_bucket_allows_burst_then_paces(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_a_streaming_replys_token_also_counts_the_workspaces_streaming_replies(
+    redis_url: str,
+) -> None:
+    now = [1000.0]
+    client = connect_redis(redis_url)
+    store = Store(client, clock=lambda: now[0])
+    try:
+
+        async def take(reply: str, team: str = "T1") -> tuple[float, int]:
+            return await store.take_token_streaming(
+                team, "chat.appendStream", reply, per_minute=60, burst=2, lease_s=5.0
+            )
+
+        assert await take("r1") == (0.0, 1)
+        assert await take("r2") == (0.0, 2)
+        wait, count = await take("r1")  # the same bucket as take_token: empty now
+        assert wait == pytest.approx(1.0, abs=0.01) and count == 2
+        assert await take("r3", team="T2") == (0.0, 1)
+        # The same count as active_replies; a reply that stopped calling drops out.
+        assert await store.active_replies("T1", "chat.appendStream", "r2", lease_s=5.0) == 2
+        now[0] += 6.0
+        assert await store.active_replies("T1", "chat.appendStream", "r1", lease_s=5.0) == 1
+    finally:
+        await client.aclose()
+
+
 async def test_outage_degrades_then_recovers_with_one_warning(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

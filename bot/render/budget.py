@@ -3,8 +3,8 @@ pace chat.appendStream the same way): one token bucket per workspace and method,
 reply and every replica (in Redis), with a local bucket standing in while Redis is unavailable.
 
     budget = EditBudget(store, per_minute=45, burst=3, min_interval=1.0)
-    if await budget.acquire("T1", Priority.PROGRESS, give_up=closing):   # waits for a token
-        await slack.update(...)
+    if await budget.acquire("T1", Priority.PROGRESS, give_up=closing, reply_id=reply_id):
+        await slack.update(...)               # (waited for a token; the reply is counted)
     await budget.interval("T1", reply_id)     # this reply's fair spacing between its edits
     await budget.rate_limited("T1", 30.0)     # Slack said 429: the whole workspace holds off
     await budget.done("T1", reply_id)
@@ -106,15 +106,33 @@ class EditBudget:
         self._intervals: dict[str, float] = {}
         self._streaming: dict[str, int] = {}  # by team: replies streaming, as last counted
         self._queues: dict[tuple[str, Priority], asyncio.Lock] = {}  # see acquire
+        self._counted: dict[str, int] = {}  # by reply: streaming replies, counted by its token
 
-    async def take(self, team: str, priority: Priority) -> float:
+    async def take(self, team: str, priority: Priority, reply_id: str | None = None) -> float:
         """One try: 0.0 when a chat.update may be sent now (the token is taken), else the
-        seconds to wait before trying again."""
+        seconds to wait before trying again. With ``reply_id`` (a streaming reply's interim
+        call) the same round trip renews its lease and counts the workspace's streaming
+        replies, which its next ``interval`` then uses instead of asking again."""
         reserve = max(0, min(self._reserve(team, priority), self._burst - 1))
         try:
-            return await self._store.take_token(
-                team, self.method, per_minute=self._per_minute, burst=self._burst, reserve=reserve
+            if reply_id is None:
+                return await self._store.take_token(
+                    team,
+                    self.method,
+                    per_minute=self._per_minute,
+                    burst=self._burst,
+                    reserve=reserve,
+                )
+            wait, self._counted[reply_id] = await self._store.take_token_streaming(
+                team,
+                self.method,
+                reply_id,
+                per_minute=self._per_minute,
+                burst=self._burst,
+                reserve=reserve,
+                lease_s=self._lease(reply_id),
             )
+            return wait
         except StoreUnavailable:
             # Each replica then spends the whole budget on its own: tolerable for an outage.
             return self._bucket(team).take(reserve)
@@ -126,9 +144,10 @@ class EditBudget:
         *,
         give_up: asyncio.Event | None = None,
         deadline: float | None = None,
+        reply_id: str | None = None,
     ) -> bool:
         """Wait for one chat.update in ``team``; False when ``give_up`` was set, or the event
-        loop's clock passed ``deadline``, before a token came.
+        loop's clock passed ``deadline``, before a token came. ``reply_id``: see ``take``.
 
         In one process the waiters of a workspace and priority queue (first come, first
         served) and only the first asks Redis: otherwise every waiter would wake at the same
@@ -137,7 +156,7 @@ class EditBudget:
         queue = self._queues.setdefault((team, priority), asyncio.Lock())
         wait = None
         if not queue.locked():
-            wait = await self.take(team, priority)
+            wait = await self.take(team, priority, reply_id)
             if wait <= 0:
                 return True
         if queue.locked():
@@ -145,7 +164,7 @@ class EditBudget:
         if not await _take_turn(queue, give_up, deadline):
             return False
         try:
-            return await self._poll(team, priority, give_up, deadline, wait)
+            return await self._poll(team, priority, give_up, deadline, wait, reply_id)
         finally:
             queue.release()
 
@@ -156,11 +175,12 @@ class EditBudget:
         give_up: asyncio.Event | None,
         deadline: float | None,
         wait: float | None,  # what the last take said, if there was one just now
+        reply_id: str | None,
     ) -> bool:
         loop = asyncio.get_running_loop()
         while True:
             if wait is None:
-                wait = await self.take(team, priority)
+                wait = await self.take(team, priority, reply_id)
                 if wait <= 0:
                     return True
             if give_up is not None and give_up.is_set():
@@ -195,13 +215,16 @@ class EditBudget:
         Also says "``reply_id`` is still streaming": a reply that stops calling this drops out
         of the count after a lease of a little more than two of its intervals.
         """
-        lease = 30.0 + 2 * self._intervals.get(reply_id, 0.0)
         local = self._active_local.setdefault(team, set())
         local.add(reply_id)  # kept in step, so an outage starts from a fair count
-        try:
-            active = await self._store.active_replies(team, self.method, reply_id, lease_s=lease)
-        except StoreUnavailable:
-            active = len(local)
+        active = self._counted.pop(reply_id, None)  # counted by this call's token, if any
+        if active is None:
+            try:
+                active = await self._store.active_replies(
+                    team, self.method, reply_id, lease_s=self._lease(reply_id)
+                )
+            except StoreUnavailable:
+                active = len(local)
         # Alone, a reply may use the burst: the bucket itself holds it to the sustained rate.
         # Shared, each reply's spacing is its fair share of that rate.
         share = active * 60.0 / self._per_minute if active > 1 else 0.0
@@ -217,6 +240,7 @@ class EditBudget:
         local = self._active_local.get(team, set())
         local.discard(reply_id)
         self._intervals.pop(reply_id, None)
+        self._counted.pop(reply_id, None)
         if local:  # counted again at the others' next edit
             self._streaming[team] = max(1, self._streaming.get(team, 1) - 1)
         else:
@@ -225,6 +249,11 @@ class EditBudget:
             await self._store.finished_reply(team, self.method, reply_id)
         except StoreUnavailable:
             pass
+
+    def _lease(self, reply_id: str) -> float:
+        """How long ``reply_id`` counts as streaming after its last call: a little more than
+        two of its intervals."""
+        return 30.0 + 2 * self._intervals.get(reply_id, 0.0)
 
     def _reserve(self, team: str, priority: Priority) -> int:
         """Tokens an edit of ``priority`` leaves in the bucket. Progress edits of a reply

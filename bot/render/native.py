@@ -375,7 +375,9 @@ class NativeReply:
                 return
             # An empty stream (a channel's) waits for its first text: that goes first.
             priority = Priority.PROGRESS if self._current else Priority.FIRST
-            if not await self._appends.acquire(self._team, priority, give_up=self._closing):
+            if not await self._appends.acquire(
+                self._team, priority, give_up=self._closing, reply_id=self.id
+            ):
                 self._unsent = chunk + self._unsent
                 return
             started = loop.time()

@@ -366,7 +366,9 @@ class ReplyStream:
                 continue
             priority = Priority.PROGRESS if self.edits else Priority.FIRST
             waited = loop.time()
-            if not await self._budget.acquire(self._team, priority, give_up=self._closing):
+            if not await self._budget.acquire(
+                self._team, priority, give_up=self._closing, reply_id=self.id
+            ):
                 return
             if self._metrics is not None:
                 self._metrics.budget_wait.observe(loop.time() - waited)
