@@ -443,6 +443,8 @@ def summarise(replies: Sequence[Reply], all_calls: Sequence[Call]) -> dict[str, 
         "placeholder_ms": _latency(placeholder),
         "model_request_ms": _latency(_since_sent(replies, "model_request_at")),
         "first_visible_ms": first_visible,
+        # What the person feels: their message sent → the answer's first text shown.
+        "first_text_after_event_ms": _latency(_since_sent(replies, "first_visible_at")),
         "peak_concurrent_streams": peak_concurrency(
             (r.model_request_at, r.emitted[-1][0])
             for r in replies

@@ -27,6 +27,7 @@ answer. With nothing else going on an answer waits one pass of the loop (microse
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -65,9 +66,9 @@ class Admission:
         async with self._queue:
             deadline = loop.time() + self._max_wait
             while loop.time() < deadline:
-                started = loop.time()
+                started = time.perf_counter()  # uvloop's loop clock counts whole milliseconds
                 await asyncio.sleep(0)  # resumes after one pass over everything else ready
-                keeping_up = loop.time() - started <= self._busy_pass
+                keeping_up = time.perf_counter() - started <= self._busy_pass
                 if keeping_up and self._taking_in <= self._max_taking_in:
                     break
                 await asyncio.sleep(self._busy_pass)

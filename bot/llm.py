@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
+import aiohttp
 import httpx2
 import openai
 import orjson
@@ -183,7 +185,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
             raise ModelUnavailable(type(exc).__name__) from exc
 
         chunks = response.http_response.aiter_bytes().__aiter__()
-        transport = _transport_of(response.http_response)
+        body = _aiohttp_response(response.http_response)
         deadline = loop.time() + self._idle
         rest = b""  # a line not yet ended
         pending = ""  # text read but not yet handed on (batched reading)
@@ -192,7 +194,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         self._open.count += 1
         try:
             while not done:
-                asked = loop.time()
+                asked = time.perf_counter()  # uvloop's loop clock counts whole milliseconds
                 try:
                     data = await chunks.__anext__()
                 except StopAsyncIteration:
@@ -236,15 +238,15 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
                 # once the read has caught up with the model, i.e. had to wait for it, then
                 # rest before the next read. Reads from buffered bytes do not wait.
                 pause = self._read_pause() if self.chars > len(pending) else 0.0
-                waited = now - asked > _WAITED
+                waited = time.perf_counter() - asked > _WAITED
                 if pause and not waited and not done and failure is None:
                     continue
                 yield pending  # what came before a failure is shown too
                 pending = ""
                 if failure is not None:
                     raise failure
-                if pause and not done:
-                    await _rest(pause, transport)
+                if pause and not done and not _all_received(body):
+                    await _rest(pause, body)
         except (TimeoutError, httpx2.ReadTimeout):
             broken = self._broken(ModelIdle, "no token within the idle timeout")
         except (httpx2.HTTPError, openai.OpenAIError) as exc:
@@ -323,32 +325,33 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         return kind(why)
 
 
-def _transport_of(response: httpx2.Response) -> _Pausable | None:
-    """The socket under a response read through the SDK's aiohttp transport (None for any other
-    transport). Reached through two private attributes (the SDK's stream wrapper, then the
-    vendored httpx-aiohttp stream): tests/test_llm.py fails if an SDK upgrade moves them, and
-    without it the reader still works, only resting without holding the socket."""
+def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:
+    """The aiohttp response under a response read through the SDK's aiohttp transport (None
+    for any other transport). Reached through two private attributes (the SDK's stream
+    wrapper, then the vendored httpx-aiohttp stream): tests/test_llm.py fails if an SDK
+    upgrade moves them, and without it the reader still works, only resting without holding
+    the socket."""
     stream = getattr(getattr(response, "stream", None), "_stream", None)
-    aiohttp_response = getattr(stream, "_aiohttp_response", None)
-    transport = getattr(getattr(aiohttp_response, "connection", None), "transport", None)
-    return transport if isinstance(transport, _Pausable) else None
+    found = getattr(stream, "_aiohttp_response", None)
+    return found if isinstance(found, aiohttp.ClientResponse) else None
 
 
-@runtime_checkable
-class _Pausable(Protocol):
-    """A transport whose reading can be paused (asyncio's and uvloop's socket transports)."""
-
-    def is_reading(self) -> bool: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def is_closing(self) -> bool: ...
+def _all_received(body: aiohttp.ClientResponse | None) -> bool:
+    """The whole body is buffered (aiohttp has then handed the connection back to its pool):
+    nothing more can come, so there is nothing to rest for."""
+    return body is not None and body.content.is_eof()
 
 
-async def _rest(seconds: float, transport: _Pausable | None) -> None:
-    """Wait ``seconds`` without reading the socket: the kernel gathers what the model sends
-    meanwhile and the next read takes it in one go. Left reading, the event loop would wake
-    for every token's packet and the HTTP stack would handle each (a timer rescheduled, the
-    buffer fed) although the stream reads them only after the rest."""
+async def _rest(seconds: float, body: aiohttp.ClientResponse | None) -> None:
+    """Wait ``seconds`` without reading the socket: what the model sends meanwhile waits in
+    the kernel and the next read takes it in one go. Left reading, the event loop would wake
+    for every token's packet and the HTTP stack would handle each (parsed, fed to the buffer,
+    a timer rescheduled) although the stream reads them only after the rest. Over TLS the
+    TLS layer goes on reading the socket into its own buffer; what is saved there is the
+    HTTP stack's work per packet. A socket that aiohttp itself holds (its buffer is full) is
+    left alone."""
+    connection = body.connection if body is not None else None
+    transport = connection.transport if connection is not None else None
     held = transport is not None and transport.is_reading()
     if held:
         assert transport is not None

@@ -7,11 +7,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+import bot.llm
 from bot.errors import ModelInterrupted, ModelUnavailable
-from bot.llm import ChatModel, _rest, _transport_of, connect_openai
+from bot.llm import ChatModel, _aiohttp_response, _rest, connect_openai
 from tests.fakes.openai import Answer, FakeOpenAI
 
 PROMPT = [{"role": "user", "content": "hi"}]
@@ -87,50 +89,112 @@ async def test_the_sdk_response_exposes_its_socket(llm: FakeOpenAI, model: ChatM
     llm.script(Answer(text="Hello there", tokens_per_second=5))  # still streaming when read
     endpoint = model._client.chat.completions.with_streaming_response
     async with endpoint.create(model="m", messages=PROMPT, stream=True) as response:
-        transport = _transport_of(response.http_response)
-        assert transport is not None and transport.is_reading()
+        body = _aiohttp_response(response.http_response)
+        assert body is not None and body.connection is not None
+        assert body.connection.transport is not None and body.connection.transport.is_reading()
 
 
 async def test_a_rest_holds_the_socket_so_the_packets_sent_meanwhile_arrive_together() -> None:
-    received: list[bytes] = []
-    connected = asyncio.Event()
-    writers: list[asyncio.StreamWriter] = []
+    # 20 tokens' packets sent during a 1 s rest (one every 5 ms) reach the HTTP stack together.
+    sent = asyncio.Event()
 
-    async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        connected.set()
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: first\n\n")
+        await asyncio.sleep(0.2)  # the client is resting by now
+        for i in range(20):
+            await response.write(b"data: %02d\n\n" % i)
+            await asyncio.sleep(0.005)
+        sent.set()
+        await response.write_eof()
+        return response
 
-    class Counting(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:
-            received.append(data)
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport, _ = await asyncio.get_running_loop().create_connection(Counting, "127.0.0.1", port)
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
     try:
-        await connected.wait()
-
-        async def send_packets() -> None:  # 20 tokens' packets, one every 10 ms
-            for i in range(20):
-                writers[0].write(b"data: %02d\n\n" % i)
-                await writers[0].drain()
-                await asyncio.sleep(0.01)
-
-        sender = asyncio.create_task(send_packets())
-        await _rest(0.4, transport)  # type: ignore[arg-type]
-        assert transport.is_reading()  # reading again after the rest
-        await sender
-        for _ in range(50):
-            if sum(map(len, received)) == 20 * 10:
-                break
-            await asyncio.sleep(0.01)
-        assert b"".join(received) == b"".join(b"data: %02d\n\n" % i for i in range(20))
-        assert len(received) <= 2  # one wake-up for all 20 (not one each)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as body:
+                assert await body.content.readuntil(b"\n\n") == b"data: first\n\n"
+                transport = body.connection.transport if body.connection else None
+                assert transport is not None
+                resting = asyncio.create_task(_rest(1.0, body))
+                await asyncio.sleep(0.1)
+                assert not transport.is_reading()  # held while resting
+                await asyncio.wait_for(sent.wait(), 5.0)
+                assert body.content.total_bytes == len(b"data: first\n\n")  # nothing taken in
+                await resting
+                assert transport.is_reading()  # and read again after it
+                rest = await body.content.read()
+        assert rest == b"".join(b"data: %02d\n\n" % i for i in range(20))
     finally:
-        transport.close()
-        writers[0].close()
-        server.close()
-        await server.wait_closed()
+        await runner.cleanup()
+
+
+async def test_a_stream_never_rests_on_a_connection_it_has_finished_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Responses API streams end without [DONE]: when the last text and the completion arrive
+    # together, aiohttp has already handed the connection back to its pool, and a rest there
+    # would hold the socket of whichever request takes it next.
+    def event(kind: str, **payload: object) -> bytes:
+        return b"event: %s\ndata: %s\n\n" % (
+            kind.encode(),
+            json.dumps({"type": kind, **payload}).encode(),
+        )
+
+    def delta(text: str) -> bytes:
+        return event("response.output_text.delta", delta=text)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(3):
+            await response.write(delta(f"t{i} "))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        await response.write(delta("last") + event("response.completed", response={}))
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    # One stream rests as many would: 0.1 s between reads.
+    monkeypatch.setattr(bot.llm, "_BATCH_FROM_STREAMS", 1)
+    monkeypatch.setattr(bot.llm, "_READS_PER_SECOND", 10.0)
+    rests: list[tuple[bool, bool]] = []  # (connection still the stream's, socket held)
+    real_rest = bot.llm._rest
+
+    async def watched_rest(seconds: float, body: aiohttp.ClientResponse | None) -> None:
+        assert body is not None  # the SDK's aiohttp response was found
+        live = body.connection is not None and not body.content.is_eof()
+        resting = asyncio.create_task(real_rest(seconds, body))
+        await asyncio.sleep(0)
+        transport = body.connection.transport if body.connection else None
+        rests.append((live, transport is not None and not transport.is_reading()))
+        await resting
+
+    monkeypatch.setattr(bot.llm, "_rest", watched_rest)
+    client = connect_openai("sk-test", f"http://127.0.0.1:{port}/v1")
+    try:
+        async with ChatModel(client, model="m", api="responses").stream(PROMPT) as answer:
+            text = "".join([piece async for piece in answer])
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert text == "t0 t1 t2 last"
+    assert rests, "the stream never rested: the test does not exercise resting"
+    assert all(live for live, _ in rests)  # never on a finished connection
+    assert all(held for _, held in rests)  # and while resting, the socket is not read
 
 
 async def test_sse_lines_split_anywhere_and_any_line_ending_read_the_same() -> None:
