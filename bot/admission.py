@@ -1,5 +1,5 @@
-"""When a new answer may start reading the model: first come first served, in groups, and only
-while the process keeps up with the answers already streaming.
+"""When a new answer may start reading the model: one at a time, first come first served, and
+only while the process keeps up with the answers already streaming.
 
     admission = Admission()
     async with admission.turn() as entry:   # the event counts as "being taken in"
@@ -22,14 +22,6 @@ trip later. So a request goes out only when
 
 and in any case after ``max_wait`` seconds, so that a process that stays busy still starts every
 answer. With nothing else going on an answer waits one pass of the loop (microseconds).
-
-One check admits the answers queued at that moment, up to ``batch`` of them: checking for every
-answer held a burst to one request per pass of the loop plus a check, and people waited for it.
-Measured with the benchmark (1,000 mentions at once, one per workspace, one run each): the
-person's wait from their message to the answer's first text was p50/p99 5.6/8.4 s with a check
-per answer, 4.6/6.3 and 5.1/7.1 s (two runs) in groups of 64; with no admission at all 4.4/4.7 s,
-but the first text then came 241/986 ms after the model's first token instead of ~130/180-210
-ms: every first token of the burst arrived within ~0.4 s.
 """
 
 from __future__ import annotations
@@ -44,21 +36,13 @@ class Admission:
     """See the module docstring; one instance serves every answer of the process."""
 
     def __init__(
-        self,
-        *,
-        busy_pass: float = 0.01,
-        max_taking_in: int = 32,
-        max_wait: float = 5.0,
-        batch: int = 64,
+        self, *, busy_pass: float = 0.01, max_taking_in: int = 32, max_wait: float = 5.0
     ) -> None:
         self._busy_pass = busy_pass
         self._max_taking_in = max_taking_in
         self._max_wait = max_wait
-        self._batch = batch
         self._taking_in = 0
         self._queue = asyncio.Lock()
-        self._waiting = 0  # answers queued for admission
-        self._credit = 0  # admissions left from the last check
 
     @property
     def taking_in(self) -> int:
@@ -79,26 +63,16 @@ class Admission:
 
     async def _admit(self, entry: Entry) -> None:
         loop = asyncio.get_running_loop()
-        self._waiting += 1
-        try:
-            async with self._queue:
-                if self._credit > 0:  # let through with the group of the last check
-                    self._credit -= 1
-                    entry.admitted = True
-                    return
-                deadline = loop.time() + self._max_wait
-                while loop.time() < deadline:
-                    started = time.perf_counter()  # uvloop's loop clock: whole milliseconds
-                    await asyncio.sleep(0)  # resumes after one pass over everything else ready
-                    keeping_up = time.perf_counter() - started <= self._busy_pass
-                    if keeping_up and self._taking_in <= self._max_taking_in:
-                        # The group: this answer and those queued behind it now.
-                        self._credit = min(self._batch, self._waiting) - 1
-                        break
-                    await asyncio.sleep(self._busy_pass)
-                entry.admitted = True
-        finally:
-            self._waiting -= 1
+        async with self._queue:
+            deadline = loop.time() + self._max_wait
+            while loop.time() < deadline:
+                started = time.perf_counter()  # uvloop's loop clock counts whole milliseconds
+                await asyncio.sleep(0)  # resumes after one pass over everything else ready
+                keeping_up = time.perf_counter() - started <= self._busy_pass
+                if keeping_up and self._taking_in <= self._max_taking_in:
+                    break
+                await asyncio.sleep(self._busy_pass)
+            entry.admitted = True
 
 
 class Entry:

@@ -137,30 +137,3 @@ async def test_events_waiting_for_a_thread_lock_do_not_hold_new_answers_back() -
     await asyncio.wait_for(elsewhere(), 1.0)  # admitted at once
     lock.release()
     await asyncio.wait_for(asyncio.gather(*queued), 5.0)
-
-
-async def test_one_check_admits_the_answers_queued_then_and_no_later_arrival() -> None:
-    admission = Admission(busy_pass=0.01, max_wait=30.0, batch=64)
-    stop = asyncio.Event()
-    hog = asyncio.create_task(_busy_loop(stop, 0.03))
-    group = [asyncio.Event() for _ in range(10)]
-    waiters = [asyncio.create_task(_answer(admission, admitted)) for admitted in group]
-    await asyncio.sleep(0.3)
-    assert not any(admitted.is_set() for admitted in group)  # busy: all ten wait
-    stop.set()
-    await hog
-    await asyncio.wait_for(group[0].wait(), 2.0)  # the loop keeps up: a check passes
-    stop = asyncio.Event()
-    hog = asyncio.create_task(_busy_loop(stop, 0.03))  # and is busy again at once
-    try:
-        # The other nine were queued at that check: they go without checks of their own.
-        await asyncio.wait_for(asyncio.gather(*waiters), 3.0)
-        late = asyncio.Event()
-        latecomer = asyncio.create_task(_answer(admission, late))
-        await asyncio.sleep(0.3)
-        assert not late.is_set()  # arrived after the check: waits for one of its own
-    finally:
-        stop.set()
-        await hog
-    await asyncio.wait_for(late.wait(), 2.0)
-    await latecomer
