@@ -7,7 +7,15 @@ body = metrics.exposition()        # text format for GET /metrics
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -21,6 +29,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The process's memory and CPU, and the garbage collector's work by generation
+        # (bot/runtime.py tunes it): process_resident_memory_bytes, python_gc_collections_total…
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
         self.events = Counter(
             "slackbot_events",
             "Slack events by what the bot did with them (received, answered, deduplicated, ignored).",

@@ -123,6 +123,8 @@ async def test_ops_endpoints_report_health_readiness_and_metrics(
         assert "slackbot_first_token_to_visible_seconds_count 1.0" in text
         assert f"slackbot_streamed_characters_total {float(len('count me'))}" in text
         assert 'slackbot_model_tokens_total{kind="completion"}' in text
+        assert "process_resident_memory_bytes" in text  # the process and its collector
+        assert 'python_gc_collections_total{generation="0"}' in text
 
         own_redis.stop()
         status, text = await get(port, "/readyz")
