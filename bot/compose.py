@@ -18,6 +18,7 @@ import aiohttp
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 
+from bot.admission import Admission
 from bot.app import build_app
 from bot.assistant import AssistantThreads
 from bot.config import Settings
@@ -145,6 +146,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             store=store,
             model=model,
             budget=budget,
+            admission=Admission(max_wait=settings.admission_max_wait),
             options=TurnOptions(
                 system_prompt=settings.system_prompt,
                 prompt_token_budget=settings.prompt_token_budget,

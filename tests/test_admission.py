@@ -137,3 +137,18 @@ async def test_events_waiting_for_a_thread_lock_do_not_hold_new_answers_back() -
     await asyncio.wait_for(elsewhere(), 1.0)  # admitted at once
     lock.release()
     await asyncio.wait_for(asyncio.gather(*queued), 5.0)
+
+
+async def test_a_max_wait_of_zero_switches_admission_off() -> None:
+    admission = Admission(busy_pass=0.01, max_wait=0.0)
+    stop = asyncio.Event()
+    hog = asyncio.create_task(_busy_loop(stop, 0.03))  # a process far behind
+    try:
+        admitted = [asyncio.Event() for _ in range(5)]
+        await asyncio.wait_for(
+            asyncio.gather(*(_answer(admission, event) for event in admitted)), 1.0
+        )
+    finally:
+        stop.set()
+        await hog
+    assert all(event.is_set() for event in admitted)

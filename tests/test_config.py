@@ -46,11 +46,14 @@ def test_malformed_values_are_named_without_echoing_them() -> None:
                 "openai_api_key": "sk-1",
                 "edit_interval": "soon",
                 "slack_mode": "carrier-pigeon",
+                "event_loop": "trio",
+                "admission_max_wait": "-1",
             },
             env_file=None,
         )
     text = "\n".join(info.value.problems)
     assert "EDIT_INTERVAL" in text and "SLACK_MODE" in text
+    assert "EVENT_LOOP" in text and "ADMISSION_MAX_WAIT" in text
     assert "xoxb-secret-value" not in text
 
 
