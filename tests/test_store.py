@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from bot.conversation import ThreadKey, Turn
@@ -160,4 +161,21 @@ async def test_outage_degrades_then_recovers_with_one_warning(
         assert store.healthy
         assert any("reachable again" in r.getMessage() for r in caplog.records)
     finally:
+        await client.aclose()
+
+
+async def test_connections_share_one_client_identity_worked_out_once(redis_url: str) -> None:
+    # What CLIENT SETINFO tells Redis (name, version) is worked out once for the pool, not
+    # looked up in the installed packages' metadata for every new connection.
+    client = connect_redis(redis_url)
+    pool = client.connection_pool
+    connections = [await pool.get_connection() for _ in range(3)]
+    try:
+        identities = {id(c.driver_info) for c in connections}
+        assert len(identities) == 1
+        info = connections[0].driver_info
+        assert info is not None and info.lib_version == redis.__version__
+    finally:
+        for connection in connections:
+            await pool.release(connection)
         await client.aclose()
