@@ -80,7 +80,9 @@ async def on_own_thread(llm: FakeOpenAI) -> AsyncIterator[FakeOpenAI]:
     every Slack call arriving meanwhile waited for a pass over all of them before it was
     stamped (this process's loop lag max ~220 ms at N = 1000 with 600-token answers). On its
     own loop it only competes for the interpreter, which changes hands every few
-    milliseconds. Its records (``llm.requests``) are plain lists: read them from here.
+    milliseconds. Its records (``llm.requests``) are plain lists: read them from here (take a
+    slice, then count what it held: the list grows meanwhile); of a request's ``finished``
+    event only ``is_set()`` may be used here (waiting on it would bind it to this loop).
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fake-model", daemon=True)
@@ -94,7 +96,8 @@ async def on_own_thread(llm: FakeOpenAI) -> AsyncIterator[FakeOpenAI]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, 5.0)
-        loop.close()
+        if not thread.is_alive():  # else closing would raise and hide the real error
+            loop.close()
 
 
 def bot_env(

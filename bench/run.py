@@ -318,14 +318,15 @@ class _Tracker:
         if len(self._slack.socket_messages) > self._socket_seen:  # the bot acked events
             self._socket_seen = len(self._slack.socket_messages)
             self.mark(now)
-        requests = self._llm.requests
-        for request in requests[self._requests_seen :]:
+        # The fake model appends from its own thread: count what was taken, not the list.
+        new_requests = self._llm.requests[self._requests_seen :]
+        self._requests_seen += len(new_requests)
+        for request in new_requests:
             tag = _tag_of(request)
             if tag is not None:
                 self.requests[tag] = request
             self._streaming.append(request)
             self.mark(request.at)
-        self._requests_seen = len(requests)
         self._streaming = [r for r in self._streaming if not r.finished.is_set()]
         if self._streaming:
             self.mark(now)
@@ -458,9 +459,13 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
             # stamp taken meanwhile is late. At N = 1000 (1 per workspace) this process's
             # loop lag max was 170-240 ms with collections, 105 ms without (one run each).
             gc.disable()
-            before = _reading(meter)
-            started = before.at
-            sent = await _send_all(slack, scenario)
+            try:
+                before = _reading(meter)
+                started = before.at
+                sent = await _send_all(slack, scenario)
+            except BaseException:
+                gc.enable()
+                raise
             tracker.mark(slack.clock())
             conversations = [
                 Conversation(

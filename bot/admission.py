@@ -25,9 +25,10 @@ answer (0: no admission, every request goes out at once). With nothing else goin
 waits one pass of the loop (microseconds).
 
 The price, measured with the benchmark (1,000 mentions at once, the same 0.5 s TTFT for all):
-without admission the first tokens came back within ~0.4 s and the first text showed 279/951 ms
-(p50/p99) after the first token instead of ~120/190 ms, but the person's wait from their message
-to the first text was shorter, 4.0/4.5 and 5.1/5.7 s against 4.6/6.6 to 6.1/8.3 s (bench/README.md).
+without admission (three runs) the first tokens came back within ~0.4 s and the first text showed
+279/951, 577/1,158 and 340/873 ms (p50/p99) after the first token instead of ~120/190 ms, but the
+person's wait from their message to the first text was shorter: 4.0/4.5, 5.1/5.7 and 4.1/4.7 s
+against 4.6/6.6 to 6.1/8.3 s with it (bench/README.md).
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     native_append_budget_per_minute: float = Field(90.0, gt=0)
     native_append_budget_burst: int = Field(10, ge=1)
     stream_updates_per_second: float = Field(200.0, gt=0)
-    admission_max_wait: float = Field(5.0, ge=0)
+    admission_max_wait: float = Field(5.0, ge=0, le=60)
     native_start_budget_per_minute: float = Field(18.0, gt=0)
     assistant_status: str = "is thinking…"
     status_refresh: float = Field(90.0, ge=1, le=115)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import re
 from pathlib import Path
-
-import aiohttp
 
 from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, mention_event
 from tests.test_e2e_rules import answered
-from tests.test_http_mode import SECRET, callback, get, post_event
+from tests.test_http_mode import SECRET, callback, post_event
 
 SLOW = Answer(text="word " * 200, chunk_size=5, token_delay=0.05)  # ~10 s of streaming
 
@@ -94,9 +92,6 @@ async def test_the_bot_process_answers_signed_events_over_http_and_stops_cleanly
     """``python -m bot`` as deployed in HTTP mode: its own event loop (uvloop by default) under
     the aiohttp server, Bolt's signature check, the answer, and a clean SIGTERM."""
     llm.default = echo_last_user
-    with socket.socket() as probe:  # a free port for the child's server
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = bot_env(
         slack,
         llm,
@@ -104,19 +99,20 @@ async def test_the_bot_process_answers_signed_events_over_http_and_stops_cleanly
         SLACK_MODE="http",
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_APP_TOKEN="",
-        HTTP_PORT=str(port),
+        HTTP_PORT="0",  # a free port, named in the log
     )
     log = tmp_path / "bot.log"
     proc = await spawn_bot(log, env)
     try:
         for _ in range(300):  # up to 30 s for the child to start serving
-            try:
-                if (await get(port, "/readyz"))[0] == 200:
-                    break
-            except aiohttp.ClientConnectionError:
-                pass
+            serving = re.search(r"serving Slack events on port (\d+)", log.read_text())
+            if serving:
+                port = int(serving.group(1))
+                break
             assert proc.returncode is None, log.read_text()
             await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the bot did not start serving within 30 s:\n{log.read_text()}")
         status, _ = await post_event(port, callback(mention_event("over http")), secret="wrong")
         assert status == 401
         status, _ = await post_event(port, callback(mention_event("over http")))

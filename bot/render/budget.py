@@ -130,7 +130,7 @@ class EditBudget:
                 per_minute=self._per_minute,
                 burst=self._burst,
                 reserve=reserve,
-                lease_s=self._lease(reply_id),
+                lease_s=self._lease(team, reply_id),
             )
             return wait
         except StoreUnavailable:
@@ -221,7 +221,7 @@ class EditBudget:
         if active is None:
             try:
                 active = await self._store.active_replies(
-                    team, self.method, reply_id, lease_s=self._lease(reply_id)
+                    team, self.method, reply_id, lease_s=self._lease(team, reply_id)
                 )
             except StoreUnavailable:
                 active = len(local)
@@ -250,10 +250,12 @@ class EditBudget:
         except StoreUnavailable:
             pass
 
-    def _lease(self, reply_id: str) -> float:
+    def _lease(self, team: str, reply_id: str) -> float:
         """How long ``reply_id`` counts as streaming after its last call: a little more than
-        two of its intervals."""
-        return 30.0 + 2 * self._intervals.get(reply_id, 0.0)
+        two of its intervals, or of the fair share at the workspace's last count if that is
+        longer (when many replies start at once, its next interval jumps to it)."""
+        share = self._streaming.get(team, 1) * 60.0 / self._per_minute
+        return 30.0 + 2 * max(self._intervals.get(reply_id, 0.0), share)
 
     def _reserve(self, team: str, priority: Priority) -> int:
         """Tokens an edit of ``priority`` leaves in the bucket. Progress edits of a reply
