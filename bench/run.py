@@ -463,34 +463,30 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
                 before = _reading(meter)
                 started = before.at
                 sent = await _send_all(slack, scenario)
-            except BaseException:
-                gc.enable()
-                raise
-            tracker.mark(slack.clock())
-            conversations = [
-                Conversation(
-                    index=i,
-                    team=team,
-                    channel=channel,
-                    ts=ts,
-                    sent_at=at,
-                    answer=answers[str(i)],
-                    expected=render(answers[str(i)]),
-                    concurrent_in_workspace=0,
-                )
-                for i, (team, channel, ts, at, _) in enumerate(sent)
-            ]
-            per_team = Counter(c.team for c in conversations)
-            conversations = [_with_concurrency(c, per_team[c.team]) for c in conversations]
-            pending = {str(c.index): c.channel for c in conversations}
+                tracker.mark(slack.clock())
+                conversations = [
+                    Conversation(
+                        index=i,
+                        team=team,
+                        channel=channel,
+                        ts=ts,
+                        sent_at=at,
+                        answer=answers[str(i)],
+                        expected=render(answers[str(i)]),
+                        concurrent_in_workspace=0,
+                    )
+                    for i, (team, channel, ts, at, _) in enumerate(sent)
+                ]
+                per_team = Counter(c.team for c in conversations)
+                conversations = [_with_concurrency(c, per_team[c.team]) for c in conversations]
+                pending = {str(c.index): c.channel for c in conversations}
 
-            def all_done() -> bool:
-                tracker.poll()
-                for tag in [t for t, ch in pending.items() if tracker.finished(t, ch)]:
-                    del pending[tag]
-                return not pending or tracker.quiet()
+                def all_done() -> bool:
+                    tracker.poll()
+                    for tag in [t for t, ch in pending.items() if tracker.finished(t, ch)]:
+                        del pending[tag]
+                    return not pending or tracker.quiet()
 
-            try:
                 await _wait_until(
                     all_done, scenario.deadline(), poll=0.1, proc=proc, what="replies"
                 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from bot.llm import ChatModel, _aiohttp_response, _rest, connect_openai
 from tests.fakes.openai import Answer, FakeOpenAI
 
 PROMPT = [{"role": "user", "content": "hi"}]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture
@@ -39,6 +41,21 @@ async def read(model: ChatModel) -> tuple[list[str], ChatModel]:
             deltas.append(delta)
     assert answer.finish_reason == "stop"
     return deltas, model
+
+
+@asynccontextmanager
+async def serving(method: str, path: str, handler: Handler) -> AsyncIterator[str]:
+    """An aiohttp server on a free loopback port answering ``method path`` with ``handler``;
+    yields its base URL."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_an_answer_streams_as_written_with_its_usage(
@@ -110,30 +127,20 @@ async def test_a_rest_holds_the_socket_so_the_packets_sent_meanwhile_arrive_toge
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/") as body:
-                assert await body.content.readuntil(b"\n\n") == b"data: first\n\n"
-                transport = body.connection.transport if body.connection else None
-                assert transport is not None
-                resting = asyncio.create_task(_rest(1.0, body))
-                await asyncio.sleep(0.1)
-                assert not transport.is_reading()  # held while resting
-                await asyncio.wait_for(sent.wait(), 5.0)
-                assert body.content.total_bytes == len(b"data: first\n\n")  # nothing taken in
-                await resting
-                assert transport.is_reading()  # and read again after it
-                rest = await body.content.read()
-        assert rest == b"".join(b"data: %02d\n\n" % i for i in range(20))
-    finally:
-        await runner.cleanup()
+    async with serving("GET", "/", handler) as url, aiohttp.ClientSession() as session:
+        async with session.get(url + "/") as body:
+            assert await body.content.readuntil(b"\n\n") == b"data: first\n\n"
+            transport = body.connection.transport if body.connection else None
+            assert transport is not None
+            resting = asyncio.create_task(_rest(1.0, body))
+            await asyncio.sleep(0.1)
+            assert not transport.is_reading()  # held while resting
+            await asyncio.wait_for(sent.wait(), 5.0)
+            assert body.content.total_bytes == len(b"data: first\n\n")  # nothing taken in
+            await resting
+            assert transport.is_reading()  # and read again after it
+            rest = await body.content.read()
+    assert rest == b"".join(b"data: %02d\n\n" % i for i in range(20))
 
 
 async def test_a_stream_never_rests_on_a_connection_it_has_finished_with(
@@ -161,13 +168,6 @@ async def test_a_stream_never_rests_on_a_connection_it_has_finished_with(
         await response.write(delta("last") + event("response.completed", response={}))
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/responses", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     # One stream rests as many would: 0.1 s between reads.
     monkeypatch.setattr(bot.llm, "_BATCH_FROM_STREAMS", 1)
     monkeypatch.setattr(bot.llm, "_READS_PER_SECOND", 10.0)
@@ -184,13 +184,13 @@ async def test_a_stream_never_rests_on_a_connection_it_has_finished_with(
         await resting
 
     monkeypatch.setattr(bot.llm, "_rest", watched_rest)
-    client = connect_openai("sk-test", f"http://127.0.0.1:{port}/v1")
-    try:
-        async with ChatModel(client, model="m", api="responses").stream(PROMPT) as answer:
-            text = "".join([piece async for piece in answer])
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving("POST", "/v1/responses", handler) as url:
+        client = connect_openai("sk-test", url + "/v1")
+        try:
+            async with ChatModel(client, model="m", api="responses").stream(PROMPT) as answer:
+                text = "".join([piece async for piece in answer])
+        finally:
+            await client.close()
     assert text == "t0 t1 t2 last"
     assert rests, "the stream never rested: the test does not exercise resting"
     assert all(live for live, _ in rests)  # never on a finished connection
@@ -227,19 +227,12 @@ async def test_sse_lines_split_anywhere_and_any_line_ending_read_the_same() -> N
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    client = connect_openai("sk-test", f"http://127.0.0.1:{port}/v1")
-    try:
-        async with ChatModel(client, model="m").stream(PROMPT) as answer:
-            text = "".join([delta async for delta in answer])
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serving("POST", "/v1/chat/completions", handler) as url:
+        client = connect_openai("sk-test", url + "/v1")
+        try:
+            async with ChatModel(client, model="m").stream(PROMPT) as answer:
+                text = "".join([delta async for delta in answer])
+        finally:
+            await client.close()
     assert text == "Héllo, world"
     assert answer.finish_reason == "stop"
