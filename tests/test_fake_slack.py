@@ -51,6 +51,13 @@ async def slack() -> AsyncIterator[FakeSlack]:
         yield fake
 
 
+@pytest.fixture
+async def unmetered() -> AsyncIterator[FakeSlack]:
+    """A fake without rate limits, for tests that read more than a burst allows."""
+    async with FakeSlack(budgets={}) as fake:
+        yield fake
+
+
 def web(fake: FakeSlack, token: str | None = None, **kwargs: Any) -> AsyncWebClient:
     return AsyncWebClient(token=token or fake.bot_token, base_url=fake.api_url, **kwargs)
 
@@ -193,6 +200,245 @@ async def test_replies_paginate_parent_first(slack: FakeSlack) -> None:
     assert texts == ["parent", "reply 0", "reply 1", "reply 2", "reply 3"]
     unknown = await api_error(client.conversations_replies(channel=CHANNEL, ts="1.000100"))
     assert unknown.response["error"] == "thread_not_found"
+
+
+def texts_of(page: Any) -> list[str]:
+    return [m["text"] for m in page["messages"]]
+
+
+def seed_thread(slack: FakeSlack, replies: int, channel: str = CHANNEL) -> list[str]:
+    """A thread: the parent's ts, then each reply's ts ("reply 0", "reply 1", …)."""
+    parent = slack.add_message(channel, "parent")
+    return [
+        parent,
+        *(slack.add_message(channel, f"reply {i}", thread_ts=parent) for i in range(replies)),
+    ]
+
+
+async def read_all(read: Callable[..., Any], **args: Any) -> tuple[list[str], list[bool]]:
+    """Follow next_cursor to the end; the texts in order and each page's has_more."""
+    texts: list[str] = []
+    has_more: list[bool] = []
+    cursor = None
+    for _ in range(50):
+        page = await read(cursor=cursor, **args)
+        texts += texts_of(page)
+        has_more.append(page["has_more"])
+        cursor = page["response_metadata"]["next_cursor"]
+        assert page["has_more"] is bool(cursor)
+        if not cursor:
+            return texts, has_more
+    raise AssertionError("pagination never ended")
+
+
+async def test_replies_bounds_are_exclusive_unless_inclusive(unmetered: FakeSlack) -> None:
+    parent, *replies = seed_thread(unmetered, 5)
+    read = web(unmetered).conversations_replies
+
+    after_first = await read(channel=CHANNEL, ts=parent, oldest=replies[0])
+    assert texts_of(after_first) == ["reply 1", "reply 2", "reply 3", "reply 4"]
+    from_first = await read(channel=CHANNEL, ts=parent, oldest=replies[0], inclusive=True)
+    assert texts_of(from_first) == ["reply 0", "reply 1", "reply 2", "reply 3", "reply 4"]
+
+    before_third = await read(channel=CHANNEL, ts=parent, latest=replies[2])
+    assert texts_of(before_third) == ["parent", "reply 0", "reply 1"]
+    assert before_third["messages"][0]["reply_count"] == 5  # the thread, not the window
+    up_to_third = await read(channel=CHANNEL, ts=parent, latest=replies[2], inclusive=True)
+    assert texts_of(up_to_third) == ["parent", "reply 0", "reply 1", "reply 2"]
+
+    between = await read(channel=CHANNEL, ts=parent, oldest=replies[1], latest=replies[4])
+    assert texts_of(between) == ["reply 2", "reply 3"]
+    both_ends = await read(
+        channel=CHANNEL, ts=parent, oldest=replies[1], latest=replies[4], inclusive=True
+    )
+    assert texts_of(both_ends) == ["reply 1", "reply 2", "reply 3", "reply 4"]
+    # A reply's ts reads the same thread; a window with nothing in it is an empty page.
+    empty = await read(channel=CHANNEL, ts=replies[3], oldest=replies[4])
+    assert (empty["messages"], empty["has_more"]) == ([], False)
+    # Bounds need not be message timestamps: whole seconds and short fractions compare as ts.
+    everything = await read(channel=CHANNEL, ts=parent, oldest="0", latest="9999999999.5")
+    assert len(everything["messages"]) == 6
+
+
+async def test_replies_bounds_paginate_with_cursors(unmetered: FakeSlack) -> None:
+    parent, *replies = seed_thread(unmetered, 7)
+    read = web(unmetered).conversations_replies
+    texts, has_more = await read_all(
+        read, channel=CHANNEL, ts=parent, oldest=parent, latest=replies[6], limit=2
+    )
+    assert texts == [f"reply {i}" for i in range(6)]
+    assert has_more == [True, True, False]
+    with_parent, _ = await read_all(
+        read, channel=CHANNEL, ts=parent, oldest=parent, inclusive=True, limit=3
+    )
+    assert with_parent == ["parent", *(f"reply {i}" for i in range(7))]
+
+
+async def test_history_is_newest_first_without_thread_replies_or_deleted(
+    unmetered: FakeSlack,
+) -> None:
+    client = web(unmetered)
+    first = unmetered.add_message(CHANNEL, "first")
+    parent = unmetered.add_message(CHANNEL, "parent")
+    unmetered.add_message(CHANNEL, "in thread", user="U0ONE", thread_ts=parent)
+    unmetered.add_message(CHANNEL, "shown to all", user="U0TWO", thread_ts=parent, broadcast=True)
+    gone = (await client.chat_postMessage(channel=CHANNEL, text="deleted later"))["ts"]
+    await client.chat_postMessage(
+        channel=CHANNEL, thread_ts=first, text="bot, to all", reply_broadcast=True
+    )
+    await client.chat_postMessage(channel=CHANNEL, thread_ts=first, text="bot, in thread")
+    await client.chat_delete(channel=CHANNEL, ts=gone)
+    unmetered.add_message("C0OTHER", "elsewhere")
+    blocks = [{"type": "section", "block_id": "writing", "text": {"type": "mrkdwn", "text": "…"}}]
+    last = unmetered.add_message(CHANNEL, "last", user="U0BOT", bot_id="B0BOT", blocks=blocks)
+
+    history = await client.conversations_history(channel=CHANNEL)
+    assert texts_of(history) == ["last", "bot, to all", "shown to all", "parent", "first"]
+    assert (history["has_more"], history["response_metadata"]["next_cursor"]) == (False, "")
+    by_text = {m["text"]: m for m in history["messages"]}
+    thread = by_text["parent"]
+    assert (thread["thread_ts"], thread["reply_count"], thread["reply_users"]) == (
+        parent,
+        2,
+        ["U0ONE", "U0TWO"],
+    )
+    assert thread["latest_reply"] == by_text["shown to all"]["ts"]
+    assert by_text["shown to all"]["subtype"] == "thread_broadcast"
+    assert by_text["shown to all"]["thread_ts"] == parent
+    assert "reply_count" not in by_text["last"] and by_text["last"]["ts"] == last
+    assert (by_text["last"]["blocks"], by_text["last"]["bot_id"]) == (blocks, "B0BOT")
+    # Broadcast replies are still thread replies.
+    assert texts_of(await client.conversations_replies(channel=CHANNEL, ts=parent)) == [
+        "parent",
+        "in thread",
+        "shown to all",
+    ]
+
+
+async def test_history_pages_toward_older_messages_within_bounds(unmetered: FakeSlack) -> None:
+    stamps = [unmetered.add_message(CHANNEL, f"m{i}") for i in range(9)]
+    read = web(unmetered).conversations_history
+    texts, has_more = await read_all(read, channel=CHANNEL, limit=4)
+    assert texts == [f"m{i}" for i in reversed(range(9))]
+    assert has_more == [True, True, False]
+
+    window, has_more = await read_all(
+        read, channel=CHANNEL, oldest=stamps[1], latest=stamps[7], limit=2
+    )
+    assert window == ["m6", "m5", "m4", "m3", "m2"]
+    assert has_more == [True, True, False]
+    inclusive = await read(channel=CHANNEL, oldest=stamps[1], latest=stamps[7], inclusive=True)
+    assert texts_of(inclusive) == [f"m{i}" for i in reversed(range(1, 8))]
+    newest = await read(channel=CHANNEL, latest=stamps[8], limit=1)
+    assert texts_of(newest) == ["m7"] and newest["has_more"] is True
+
+
+async def test_history_accepts_a_json_post(slack: FakeSlack) -> None:
+    stamps = [slack.add_message(CHANNEL, f"m{i}") for i in range(3)]
+    args = {"channel": CHANNEL, "oldest": stamps[0], "inclusive": True, "limit": 2}
+    page = await web(slack).api_call("conversations.history", json=args)
+    assert texts_of(page) == ["m2", "m1"] and page["has_more"] is True
+
+
+async def test_read_page_sizes_default_and_cap(slack: FakeSlack) -> None:
+    client = web(slack)
+    for i in range(1000):
+        slack.add_message(CHANNEL, f"m{i}")
+    default = await client.conversations_history(channel=CHANNEL)
+    assert (len(default["messages"]), default["has_more"]) == (100, True)
+    capped = await client.conversations_history(channel=CHANNEL, limit=5000)
+    assert (len(capped["messages"]), capped["has_more"]) == (999, True)
+
+    parent, *_ = seed_thread(slack, 1000, channel="C0BIG")
+    thread = await client.conversations_replies(channel="C0BIG", ts=parent)
+    assert (len(thread["messages"]), thread["has_more"]) == (1000, True)
+    capped = await client.conversations_replies(channel="C0BIG", ts=parent, limit=5000)
+    assert len(capped["messages"]) == 1000
+    rest = await client.conversations_replies(
+        channel="C0BIG", ts=parent, cursor=capped["response_metadata"]["next_cursor"]
+    )
+    assert (texts_of(rest), rest["has_more"]) == (["reply 999"], False)
+
+
+@pytest.mark.parametrize("method", ["conversations.replies", "conversations.history"])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({"oldest": "yesterday"}, "invalid_ts_oldest"),
+        ({"oldest": "-5"}, "invalid_ts_oldest"),
+        ({"latest": "1.2.3"}, "invalid_ts_latest"),
+        ({"latest": "now"}, "invalid_ts_latest"),
+        ({"limit": "ten"}, "invalid_limit"),
+        ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"cursor": "bmV4dF90czpzb29u"}, "invalid_cursor"),  # base64 of "next_ts:soon"
+    ],
+)
+async def test_reads_reject_malformed_arguments(
+    slack: FakeSlack, method: str, args: dict[str, str], error: str
+) -> None:
+    parent = slack.add_message(CHANNEL, "parent")
+    params = {"channel": CHANNEL, "ts": parent, **args}
+    rejected = await api_error(web(slack).api_call(method, http_verb="GET", params=params))
+    assert (rejected.response.status_code, rejected.response["error"]) == (200, error)
+
+
+async def test_history_of_an_unknown_channel(slack: FakeSlack) -> None:
+    client = web(slack)
+    slack.add_message(CHANNEL, "here")
+    unknown = await api_error(client.conversations_history(channel="C0NOWHERE"))
+    assert unknown.response["error"] == "channel_not_found"
+    missing = await api_error(client.api_call("conversations.history", http_verb="GET"))
+    assert missing.response["error"] == "channel_not_found"
+    slack.missing_channels.add(CHANNEL)
+    gone = await api_error(client.conversations_history(channel=CHANNEL))
+    assert gone.response["error"] == "channel_not_found"
+
+
+async def test_reads_are_tier_3_by_default() -> None:
+    clock = ManualClock()
+    async with FakeSlack(clock=clock) as slack:
+        client = web(slack)
+        parent = slack.add_message(CHANNEL, "parent")
+        for _ in range(5):
+            await client.conversations_replies(channel=CHANNEL, ts=parent)
+            await client.conversations_history(channel=CHANNEL)
+        replies = await api_error(client.conversations_replies(channel=CHANNEL, ts=parent))
+        history = await api_error(client.conversations_history(channel=CHANNEL))
+        for limited in (replies, history):
+            assert limited.response.status_code == 429
+            assert limited.response.headers["Retry-After"] == "2"  # 50/min: one per 1.2 s
+
+
+async def test_limited_reads_allow_one_call_a_minute_and_pages_of_15() -> None:
+    clock = ManualClock()
+    async with FakeSlack(clock=clock, limited_reads=True) as slack:
+        client = web(slack)
+        parent, *_ = seed_thread(slack, 20)
+        for i in range(20):
+            slack.add_message(CHANNEL, f"top {i}")
+
+        first = await client.conversations_replies(channel=CHANNEL, ts=parent, limit=200)
+        assert texts_of(first) == ["parent", *(f"reply {i}" for i in range(14))]
+        assert first["has_more"] is True
+        again = await api_error(client.conversations_replies(channel=CHANNEL, ts=parent))
+        assert (again.response.status_code, again.response["error"]) == (429, "ratelimited")
+        assert again.response.headers["Retry-After"] == "60"
+
+        history = await client.conversations_history(channel=CHANNEL)  # a budget of its own
+        assert texts_of(history) == [f"top {i}" for i in reversed(range(5, 20))]
+        history_again = await api_error(client.conversations_history(channel=CHANNEL, limit=1))
+        assert history_again.response.headers["Retry-After"] == "60"
+
+        clock.advance(59)
+        early = await api_error(client.conversations_replies(channel=CHANNEL, ts=parent))
+        assert early.response.headers["Retry-After"] == "1"
+        clock.advance(1)
+        rest = await client.conversations_replies(
+            channel=CHANNEL, ts=parent, cursor=first["response_metadata"]["next_cursor"]
+        )
+        assert texts_of(rest) == [f"reply {i}" for i in range(14, 20)]
+        assert rest["has_more"] is False
+        assert [c.status for c in slack.calls_to("conversations.replies")] == [200, 429, 429, 200]
 
 
 async def test_reactions_are_kept_per_message(slack: FakeSlack) -> None:

@@ -18,8 +18,13 @@ Usage::
 
 Behaviour modelled (see each ``_api_*`` method): token buckets per (workspace, method) with
 HTTP 429 + ``Retry-After``; size limits (``msg_too_long``); message ownership; native streams
-with an optional lifetime; threads with cursor pagination; scripted faults (``fail_next``).
-Only bot and app tokens are known; everything else is ``invalid_auth``.
+with an optional lifetime; scripted faults (``fail_next``). Reading back: ``conversations.replies``
+(a thread, oldest first) and ``conversations.history`` (a channel's top-level messages and
+broadcast replies, newest first), both with ``oldest`` / ``latest`` / ``inclusive`` bounds
+(exclusive by default), ``limit`` and cursor pagination, and deleted messages left out.
+``FakeSlack(limited_reads=True)`` is an app Slack limits (commercially distributed outside the
+Marketplace, created after 2025-05-29): 1 read per minute per method per workspace, and pages
+of at most 15 messages. Only bot and app tokens are known; everything else is ``invalid_auth``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import itertools
 import json
 import math
+import re
 import time
 import uuid
 import weakref
@@ -42,6 +48,9 @@ from aiohttp import WSMsgType, web
 
 __all__ = [
     "DEFAULT_BUDGETS",
+    "LIMITED_READ_BUDGET",
+    "LIMITED_READ_PAGE",
+    "READ_PAGE_SIZES",
     "Call",
     "Ephemeral",
     "FakeSlack",
@@ -64,7 +73,17 @@ DEFAULT_BUDGETS: dict[str, tuple[float, int]] = {
     "chat.appendStream": (100, 10),
     "chat.stopStream": (20, 3),
     "conversations.replies": (50, 5),
+    "conversations.history": (50, 5),
 }
+
+#: read method -> (default limit, maximum limit) for an app Slack does not limit.
+READ_PAGE_SIZES: dict[str, tuple[int, int]] = {
+    "conversations.replies": (1000, 1000),
+    "conversations.history": (100, 999),
+}
+#: For ``limited_reads``: each read method's budget, and its default = maximum page size.
+LIMITED_READ_BUDGET: tuple[float, int] = (1, 1)
+LIMITED_READ_PAGE = 15
 
 POST_TEXT_LIMIT = 40_000
 UPDATE_TEXT_LIMIT = 4_000
@@ -93,6 +112,50 @@ def _ts_key(ts: str) -> tuple[int, int]:
 
 def _ts_from_key(key: tuple[int, int]) -> str:
     return f"{key[0]}.{key[1]:06d}"
+
+
+_TS_ARG = re.compile(r"\d+(?:\.\d*)?")
+
+
+def _flag(value: Any) -> bool:
+    """A boolean argument as Slack reads it: ``true`` / ``1`` (slack_sdk sends ``"1"``)."""
+    return str(value).strip().lower() in ("1", "true")
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The ``oldest`` / ``latest`` / ``inclusive`` bounds of a read; None is unbounded."""
+
+    oldest: tuple[int, int] | None
+    latest: tuple[int, int] | None
+    inclusive: bool
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> _Window:
+        return cls(
+            _bound(args, "oldest", "invalid_ts_oldest"),
+            _bound(args, "latest", "invalid_ts_latest"),
+            _flag(args.get("inclusive")),
+        )
+
+    def __contains__(self, ts: str) -> bool:
+        key = _ts_key(ts)
+        if self.oldest is not None and (
+            key < self.oldest or (key == self.oldest and not self.inclusive)
+        ):
+            return False
+        return self.latest is None or key < self.latest or (key == self.latest and self.inclusive)
+
+
+def _bound(args: dict[str, Any], name: str, error: str) -> tuple[int, int] | None:
+    # Absent ``latest`` means "now": every message the fake holds is already in the past.
+    value = args.get(name)
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if not _TS_ARG.fullmatch(text):
+        raise _ApiError(error)
+    return _ts_key(text)
 
 
 # --------------------------------------------------------------------------- event helpers
@@ -338,10 +401,16 @@ class Message:
     stream_started_at: float | None = None
     stream_touched_at: float | None = None
     stopped_by_user: bool = False
+    broadcast: bool = False
 
     @property
     def is_reply(self) -> bool:
         return self.thread_ts is not None and self.thread_ts != self.ts
+
+    @property
+    def in_channel(self) -> bool:
+        """Shown in the channel itself (history): a top-level message or a broadcast reply."""
+        return not self.deleted and (not self.is_reply or self.broadcast)
 
     def set_text(self, text: str) -> None:
         self.text = text
@@ -350,6 +419,8 @@ class Message:
     def to_api(self) -> dict[str, Any]:
         """The message as Slack's API returns it."""
         body: dict[str, Any] = {"type": "message", "ts": self.ts, "text": self.text}
+        if self.broadcast and self.is_reply:
+            body["subtype"] = "thread_broadcast"
         if self.user is not None:
             body["user"] = self.user
         if self.bot_id is not None:
@@ -427,6 +498,20 @@ class _ApiError(Exception):
         self.status = status
 
 
+def _cursor_ts(args: dict[str, Any]) -> tuple[int, int] | None:
+    """The ts a ``cursor`` resumes at (inclusive), or None for the first page."""
+    cursor = str(args.get("cursor") or "")
+    if not cursor:
+        return None
+    try:
+        ts = base64.b64decode(cursor, validate=True).decode().removeprefix("next_ts:")
+    except ValueError as exc:
+        raise _ApiError("invalid_cursor") from exc
+    if not _TS_ARG.fullmatch(ts):
+        raise _ApiError("invalid_cursor")
+    return _ts_key(ts)
+
+
 def _need(args: dict[str, Any], name: str, error: str = "invalid_arguments") -> str:
     value = args.get(name)
     if value is None or value == "":
@@ -448,6 +533,11 @@ class FakeSlack:
     ``latency`` is added to every Web API call; ``connection_latency`` only to the first call
     on each new TCP connection, the handshake cost a client without a shared session pays on
     every call against real Slack.
+
+    ``limited_reads=True`` models an app Slack limits: ``conversations.replies`` and
+    ``conversations.history`` each get a budget of 1 call per minute (burst 1, per workspace;
+    this overrides ``budgets`` for those two) and pages of at most, and by default,
+    ``LIMITED_READ_PAGE`` (15) messages.
     """
 
     def __init__(
@@ -467,6 +557,7 @@ class FakeSlack:
         stream_lifetime: float | None = None,
         stream_idle_timeout: float | None = None,
         status_ttl: float | None = 120.0,
+        limited_reads: bool = False,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
@@ -478,6 +569,9 @@ class FakeSlack:
         self.connection_latency = connection_latency
         self.connections = 0
         self.budgets = dict(DEFAULT_BUDGETS if budgets is None else budgets)
+        self.limited_reads = limited_reads
+        if limited_reads:
+            self.budgets.update(dict.fromkeys(READ_PAGE_SIZES, LIMITED_READ_BUDGET))
         self.clock = clock
         self.stream_lifetime = stream_lifetime
         self.stream_idle_timeout = stream_idle_timeout
@@ -514,6 +608,7 @@ class FakeSlack:
             "chat.update": self._api_update,
             "chat.delete": self._api_delete,
             "conversations.replies": self._api_replies,
+            "conversations.history": self._api_history,
             "reactions.add": self._api_reactions_add,
             "reactions.remove": self._api_reactions_remove,
             "assistant.threads.setStatus": self._api_set_status,
@@ -590,8 +685,14 @@ class FakeSlack:
         ts: str | None = None,
         bot_id: str | None = None,
         team_id: str | None = None,
+        broadcast: bool = False,
+        blocks: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Seed a message (a user's by default) and return its ts."""
+        """Seed a message (a user's by default) and return its ts.
+
+        ``broadcast`` makes a thread reply also show in the channel ("Also send to #channel");
+        ``blocks`` are returned by the read methods as they are.
+        """
         ts = self._claim_ts(ts)
         message = Message(
             channel=channel,
@@ -600,6 +701,8 @@ class FakeSlack:
             user=user,
             bot_id=bot_id,
             team_id=team_id or self.team_id,
+            broadcast=broadcast and thread_ts is not None,
+            blocks=blocks,
         )
         message.set_text(text)
         self._messages[(channel, ts)] = message
@@ -889,6 +992,7 @@ class FakeSlack:
                 ts=ts,
                 bot_id=event.get("bot_id"),
                 team_id=team_id,
+                broadcast=event.get("subtype") == "thread_broadcast",
             )
 
     async def _handle_socket(self, request: web.Request) -> web.StreamResponse:
@@ -971,7 +1075,8 @@ class FakeSlack:
         if budget is not None:
             wait = self._bucket(team, method, budget).take(self.clock())
             if wait > 0:
-                return self._ratelimited(method, args, team, max(1, math.ceil(wait)))
+                # Round off float noise: 59 s into a 1/min budget is 1 s to wait, not 2.
+                return self._ratelimited(method, args, team, max(1, math.ceil(wait - 1e-9)))
 
         try:
             channel = args.get("channel", args.get("channel_id"))
@@ -1164,6 +1269,7 @@ class FakeSlack:
             user=self.bot_user_id,
             bot_id=self.bot_id,
             team_id=team,
+            broadcast=thread_ts is not None and _flag(args.get("reply_broadcast")),
         )
         message.set_text(text or "")
         self._messages[(channel, message.ts)] = message
@@ -1201,24 +1307,60 @@ class FakeSlack:
         return {"channel": message.channel, "ts": message.ts}
 
     def _api_replies(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        """A thread, oldest first (the parent first when it is in the window)."""
         channel = _need(args, "channel", "channel_not_found")
         ts = _need(args, "ts", "thread_not_found")
         anchor = self._messages.get((channel, ts))
         root = anchor.thread_ts if anchor is not None and anchor.thread_ts else ts
-        messages = self.thread(channel, root)
-        if not messages:
+        thread = self.thread(channel, root)
+        if not thread:
             raise _ApiError("thread_not_found")
-        try:
-            limit = max(1, min(1000, int(args.get("limit", 1000))))
-        except ValueError as exc:
-            raise _ApiError("invalid_limit") from exc
-        cursor = str(args.get("cursor") or "")
-        if cursor:
-            try:
-                start = _ts_key(base64.b64decode(cursor).decode().removeprefix("next_ts:"))
-            except ValueError as exc:
-                raise _ApiError("invalid_cursor") from exc
+        limit = self._page_limit("conversations.replies", args)
+        window = _Window.from_args(args)
+        messages = [m for m in thread if m.ts in window]
+        start = _cursor_ts(args)
+        if start is not None:
             messages = [m for m in messages if _ts_key(m.ts) >= start]
+        return self._page(messages, limit)
+
+    def _api_history(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        """A channel as its members scroll it: top-level messages, newest first.
+
+        Thread replies are left out unless broadcast; parents carry their thread fields
+        (``reply_count``, ``latest_reply``, …). A channel is known once it has held a message.
+        """
+        channel = _need(args, "channel", "channel_not_found")
+        held = [m for m in self._messages.values() if m.channel == channel]
+        if not held:
+            raise _ApiError("channel_not_found")
+        limit = self._page_limit("conversations.history", args)
+        window = _Window.from_args(args)
+        messages = sorted(
+            (m for m in held if m.in_channel and m.ts in window),
+            key=lambda m: _ts_key(m.ts),
+            reverse=True,
+        )
+        start = _cursor_ts(args)
+        if start is not None:
+            messages = [m for m in messages if _ts_key(m.ts) <= start]
+        return self._page(messages, limit)
+
+    def _page_limit(self, method: str, args: dict[str, Any]) -> int:
+        default, maximum = (
+            (LIMITED_READ_PAGE, LIMITED_READ_PAGE)
+            if self.limited_reads
+            else READ_PAGE_SIZES[method]
+        )
+        value = args.get("limit")
+        if value is None or value == "":
+            return default
+        try:
+            return max(1, min(maximum, int(value)))
+        except (TypeError, ValueError) as exc:
+            raise _ApiError("invalid_limit") from exc
+
+    def _page(self, messages: list[Message], limit: int) -> dict[str, Any]:
+        """One page of ``messages`` (already in the order returned); the cursor names the next."""
         page, rest = messages[:limit], messages[limit:]
         next_cursor = base64.b64encode(f"next_ts:{rest[0].ts}".encode()).decode() if rest else ""
         return {
