@@ -8,11 +8,15 @@ RUN pip install --no-cache-dir --prefix=/install .
 
 # Runtime stage: no build tools, a non-root user, a health check on /healthz.
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 bot
+# /data: without REDIS_URL, the embedded store's server keeps the bot's memory there. Created
+# (owned by the bot user) before VOLUME, so a new volume starts out with that owner.
+RUN useradd --create-home --uid 10001 bot \
+ && install -d -o bot -g bot -m 700 /data
 COPY --from=build /install /usr/local
 USER bot
 WORKDIR /home/bot
-ENV PYTHONUNBUFFERED=1 HTTP_PORT=3000
+ENV PYTHONUNBUFFERED=1 HTTP_PORT=3000 DATA_DIR=/data
+VOLUME ["/data"]
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"HTTP_PORT\", \"3000\")}/healthz', timeout=4)"
