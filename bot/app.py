@@ -10,6 +10,7 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
     message  · a person · DM                     → answer (DM rules in README)
     message  · a person · names the bot          → answer (deduped with its app_mention twin)
     message  · a person · thread the bot is in   → answer, no mention needed
+    message  · a person · thread the store cannot place → answer if Slack shows the bot there
     message  · anything else                     → acknowledge and ignore (no 404, no retries)
     assistant_thread_started                     → greeting + suggested prompts in the thread
     assistant_thread_context_changed             → acknowledge quietly
@@ -27,17 +28,17 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.assistant import AssistantThreads
 from bot.conversation import ThreadKey
-from bot.errors import StoreUnavailable
-from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern
+from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern, retry_attempt
 from bot.metrics import Metrics
 from bot.render.feedback import FEEDBACK_ACTION_ID
 from bot.render.reply import STOP_ACTION_ID
 from bot.stops import StopSignals
-from bot.store import Store
+from bot.store import Participation, Store
 from bot.turn import Turns
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,43 @@ def build_app(
         logger=logging.getLogger("slack_bolt"),
     )
 
-    async def answer(
-        body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext
-    ) -> None:
+    def inbound(
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
+    ) -> Inbound | None:
         try:
-            inbound = Inbound.from_event(
-                body, event, bot_user_id=context.bot_user_id, received_at=time.monotonic()
+            return Inbound.from_event(
+                body,
+                event,
+                bot_user_id=context.bot_user_id,
+                received_at=time.monotonic(),
+                retry_attempt=retry_attempt(request.headers),
             )
         except MalformedEvent as exc:
             log.info("ignored malformed %s event: %s", event.get("type"), exc)
-            return
-        await turns.answer(inbound)
+            return None
+
+    async def answer(
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
+    ) -> None:
+        message = inbound(body, event, context, request)
+        if message is not None:
+            await turns.answer(message)
+
+    async def answer_if_taking_part(
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        request: AsyncBoltRequest,
+    ) -> None:
+        message = inbound(body, event, context, request)
+        if message is not None:
+            await turns.answer(message, if_taking_part=True)
 
     async def stop(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
@@ -108,15 +135,33 @@ def build_app(
         bot = context.bot_user_id
         return bot is not None and bool(mention_pattern(bot).search(str(event.get("text") or "")))
 
-    async def in_known_thread(event: dict[str, Any], body: dict[str, Any]) -> bool:
+    async def participation(
+        event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> Participation:
+        """What the store says of the bot in the event's thread; asked once per event."""
+        known = context.get("participation")
+        if isinstance(known, Participation):
+            return known
         thread_ts = event.get("thread_ts")
         if not isinstance(thread_ts, str) or thread_ts == event.get("ts"):
-            return False
-        team = body.get("team_id") or event.get("team") or ""
-        try:
-            return await store.knows(ThreadKey(str(team), str(event.get("channel")), thread_ts))
-        except StoreUnavailable:
-            return False
+            known = Participation.NO  # not a thread reply
+        else:
+            team = str(body.get("team_id") or event.get("team") or "")
+            key = ThreadKey(team, str(event.get("channel")), thread_ts)
+            known = await store.history.participation(key)
+        context["participation"] = known
+        return known
+
+    async def in_known_thread(
+        event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> bool:
+        return await participation(event, body, context) is Participation.YES
+
+    async def in_unplaced_thread(
+        event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext
+    ) -> bool:
+        # Slack is asked in the listener, after the ack: a matcher must answer at once.
+        return await participation(event, body, context) is Participation.UNKNOWN
 
     # -- the table --------------------------------------------------------------------------
 
@@ -125,6 +170,7 @@ def build_app(
     app.event("message", matchers=[from_person, in_dm])(answer)
     app.event("message", matchers=[from_person, names_bot])(answer)
     app.event("message", matchers=[from_person, in_known_thread])(answer)
+    app.event("message", matchers=[from_person, in_unplaced_thread])(answer_if_taking_part)
     app.event("message")(ignore)
     app.event("assistant_thread_started")(thread_started)
     app.event("assistant_thread_context_changed")(ignore)

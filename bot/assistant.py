@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import SuggestedPrompt
-from bot.errors import SlackError, StoreUnavailable
+from bot.errors import SlackError
 from bot.metrics import Metrics
 from bot.render.feedback import Vote, feedback_vote
 from bot.slack import SlackGateway
@@ -130,12 +130,10 @@ class AssistantThreads:
             log.info("ignored malformed feedback click: %s", exc)
             return
         self._metrics.feedback.labels(vote=click.vote).inc()
-        try:
-            await self._store.record_feedback(
-                click.team, click.channel, click.message_ts, click.user, click.vote
-            )
-        except StoreUnavailable:
-            pass  # counted above; the store has logged the outage
+        # Counted above even when the store is down (it logs the outage).
+        await self._store.usage.record_feedback(
+            click.team, click.channel, click.message_ts, click.user, click.vote
+        )
         try:
             await self._slack.post_ephemeral(
                 click.channel, click.user, THANKS_TEXT, thread_ts=click.thread_ts

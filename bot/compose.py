@@ -25,12 +25,14 @@ from bot.config import Settings
 from bot.llm import ChatModel, connect_openai
 from bot.metrics import Metrics
 from bot.policy import Profile, load_policy
+from bot.recall import READ_METHOD, Recall
 from bot.recovery import InFlight, new_owner_id
 from bot.render.budget import EditBudget
 from bot.server import build_web_app, serve
 from bot.slack import SlackGateway, connect_slack
 from bot.stops import StopSignals
-from bot.store import Store, connect_redis, embedded_redis
+from bot.store import Store, connect_redis
+from bot.store.embedded import embedded_server
 from bot.turn import Limits, NativeStreaming, TurnOptions, Turns
 
 log = logging.getLogger(__name__)
@@ -63,30 +65,30 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         )
         metrics = Metrics()
 
-        if settings.redis_url:
-            redis = connect_redis(settings.redis_url)
-        else:
-            redis = embedded_redis()
-            log.warning(
-                "REDIS_URL is not set: using an embedded in-process store; thread context is "
-                "neither shared with other replicas nor kept across restarts"
-            )
+        redis_url = settings.redis_url
+        if redis_url is None:
+            # Stopped after the store's client is closed (exit order), if no other bot uses it.
+            redis_url = await stack.enter_async_context(embedded_server(settings.data_dir))
+            log.info("REDIS_URL is not set: using the embedded store in %s", settings.data_dir)
 
         llm_client = connect_openai(
             settings.openai_api_key.get_secret_value(), settings.openai_base_url
         )
         stack.push_async_callback(llm_client.close)
 
-        store = Store(
-            redis,
+        store = Store.open(
+            connect_redis(redis_url),
             history_ttl_s=settings.history_ttl_days * 86400,
             history_max_turns=settings.history_max_turns,
+            turn_tokens=settings.prompt_token_budget,
         )
         stack.push_async_callback(store.aclose)
-        if not await store.ping():
-            log.warning("Redis is not reachable at start-up; continuing without thread history")
+        if await store.ping():
+            await store.history.begin_epoch()
+        else:
+            log.warning("Redis is not reachable at start-up; answering from Slack until it is")
         budget = EditBudget(
-            store,
+            store.budgets,
             per_minute=settings.edit_budget_per_minute,
             burst=settings.edit_budget_burst,
             min_interval=settings.edit_interval,
@@ -97,7 +99,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             native = NativeStreaming(
                 mode=settings.stream_mode,
                 appends=EditBudget(
-                    store,
+                    store.budgets,
                     method="chat.appendStream",
                     per_minute=settings.native_append_budget_per_minute,
                     burst=settings.native_append_budget_burst,
@@ -105,7 +107,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                     process_rate=settings.stream_updates_per_second,
                 ),
                 starts=EditBudget(
-                    store,
+                    store.budgets,
                     method="chat.startStream",
                     per_minute=settings.native_start_budget_per_minute,
                     burst=3,
@@ -128,8 +130,22 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             ),
         )
         slack = SlackGateway(web, metrics)
-        stops = StopSignals(store)
-        inflight = InFlight(store, slack, owner=new_owner_id(), lease_s=settings.reply_lease)
+        stops = StopSignals(store.stops)
+        inflight = InFlight(
+            store.inflight, slack, owner=new_owner_id(), lease_s=settings.reply_lease
+        )
+        recall = Recall(
+            slack,
+            store.history,
+            EditBudget(
+                store.budgets,
+                method=READ_METHOD,
+                per_minute=settings.slack_reads_per_minute,
+                burst=max(1, min(5, int(settings.slack_reads_per_minute))),
+                min_interval=0.0,
+            ),
+            limit=settings.backfill_limit,
+        )
         turns = Turns(
             stops=stops,
             tracker=inflight,
@@ -144,6 +160,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             metrics=metrics,
             slack=slack,
             store=store,
+            recall=recall,
             model=model,
             budget=budget,
             admission=Admission(max_wait=settings.admission_max_wait),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -78,10 +79,12 @@ class Settings(BaseSettings):
 
     # Thread memory
     redis_url: str | None = None
+    data_dir: Path = Path("data")
     history_ttl_days: float = Field(30.0, gt=0)
     history_max_turns: int = Field(200, ge=2)
     prompt_token_budget: int = Field(8000, ge=256)
     backfill_limit: int = Field(100, ge=0, le=1000)
+    slack_reads_per_minute: float = Field(40.0, gt=0)
     dm_reply_mode: Literal["top", "thread"] = "top"
 
     # Reply rendering

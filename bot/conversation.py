@@ -61,6 +61,24 @@ def estimate_tokens(text: str) -> int:
     return len(text.encode("utf-8")) // 4 + 4
 
 
+def cut_to(turn: Turn, budget_tokens: int) -> Turn:
+    """``turn`` as a prompt of ``budget_tokens`` could hold it: its beginning, marked as cut."""
+    if estimate_tokens(turn.text) <= budget_tokens:
+        return turn
+    return replace(turn, text=_truncated(turn.text, budget_tokens))
+
+
+def newest_within(turns: list[Turn], budget_tokens: int) -> int:
+    """How many of the newest ``turns`` a prompt of ``budget_tokens`` can use (at least one):
+    what is worth keeping of a thread's history."""
+    remaining = budget_tokens
+    for n, turn in enumerate(reversed(turns)):
+        remaining -= estimate_tokens(turn.text) + 4
+        if remaining < 0:
+            return max(n, 1)
+    return len(turns)
+
+
 def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[dict[str, Any]]:
     """The chat messages to send: the system prompt, then the newest whole turns within budget.
 

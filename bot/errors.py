@@ -2,7 +2,7 @@
 
     BotError
     ├── ConfigError            settings missing or malformed (start-up stops, exit code 2)
-    ├── StoreUnavailable       Redis cannot be reached; callers degrade (no history, local dedupe)
+    ├── StoreUnavailable       Redis cannot be reached (raised and handled inside bot/store/)
     ├── ModelError             the model failed before or during the answer
     │   ├── ModelUnavailable   failed before the first token (HTTP error, connection refused)
     │   ├── ModelInterrupted   the stream broke mid-answer (error event, disconnect, truncation)

@@ -37,6 +37,7 @@ class Inbound:
     bot_user_id: str | None = None  # the bot's own user id in this workspace
     received_at: float = 0.0  # time.monotonic() when the event reached the bot
     user_team: str = ""  # the person's own workspace ('' : same as ``team``), shared channels
+    retry_attempt: int = 0  # Slack's redelivery count (0: the first delivery)
 
     @property
     def key(self) -> ThreadKey:
@@ -46,6 +47,11 @@ class Inbound:
     @property
     def in_thread(self) -> bool:
         return self.thread_ts is not None
+
+    @property
+    def retried(self) -> bool:
+        """Slack delivers this event again (an earlier delivery's ack was late or lost)."""
+        return self.retry_attempt > 0
 
     @property
     def is_dm(self) -> bool:
@@ -59,6 +65,7 @@ class Inbound:
         *,
         bot_user_id: str | None,
         received_at: float = 0.0,
+        retry_attempt: int = 0,
     ) -> Inbound:
         channel, ts, user = event.get("channel"), event.get("ts"), event.get("user")
         if not (isinstance(channel, str) and isinstance(ts, str) and isinstance(user, str)):
@@ -85,7 +92,19 @@ class Inbound:
             bot_user_id=bot_user_id,
             received_at=received_at,
             user_team=str(event.get("user_team") or ""),
+            retry_attempt=retry_attempt,
         )
+
+
+def retry_attempt(headers: dict[str, Any]) -> int:
+    """Slack's redelivery count from a request's headers (Bolt carries Socket Mode's
+    ``retry_attempt`` there too, as ``x-slack-retry-num``)."""
+    values = headers.get("x-slack-retry-num") or ()
+    value = values[0] if isinstance(values, list | tuple) and values else values
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
 
 
 def mention_pattern(bot_user_id: str) -> re.Pattern[str]:

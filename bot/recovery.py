@@ -1,8 +1,10 @@
 """Replies in flight survive their process: each is registered in Redis with what it shows and
 its owner's heartbeat; any replica finishes the replies of an owner that died (``kill -9``,
-OOM, lost node) so no message stays "writing…".
+OOM, lost node) so no message stays "writing…" — and never overwrites an answer that already
+shows its final form (a reply is marked final before its final delivery, and an edited reply's
+message is read back from Slack before it is touched).
 
-    inflight = InFlight(store, slack, owner="host-1234", lease_s=30)
+    inflight = InFlight(store.inflight, slack, owner="host-1234", lease_s=30)
     reply = ReplyStream(..., tracker=inflight)
     task = asyncio.create_task(inflight.run())    # heartbeat + sweep at start and periodically
 """
@@ -15,11 +17,18 @@ import secrets
 import socket
 from typing import Any
 
-from bot.errors import SlackError, StoreUnavailable
-from bot.render.reply import FAILED_TEXT, PLACEHOLDER, Outcome, TrackedReply, final_blocks
+from bot.errors import SlackError
+from bot.render.reply import (
+    FAILED_TEXT,
+    INDICATOR_BLOCK_ID,
+    PLACEHOLDER,
+    Outcome,
+    TrackedReply,
+    final_blocks,
+)
 from bot.render.text import render_final, split
 from bot.slack import SlackGateway
-from bot.store import Store
+from bot.store import InFlightRegistry
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +44,14 @@ def new_owner_id() -> str:
 class InFlight:
     """The registry of this process's replies in flight, and the finisher of orphaned ones."""
 
-    def __init__(self, store: Store, slack: SlackGateway, *, owner: str, lease_s: float) -> None:
-        self._store = store
+    def __init__(
+        self, registry: InFlightRegistry, slack: SlackGateway, *, owner: str, lease_s: float
+    ) -> None:
+        self._registry = registry
         self._slack = slack
         self.owner = owner
         self._lease = lease_s
+        self._records: dict[str, dict[str, Any]] = {}  # by reply id: what it was last said to show
 
     async def shown(self, reply: TrackedReply, ts: str, rendered: str) -> None:
         record: dict[str, Any] = {
@@ -51,34 +63,33 @@ class InFlight:
             "ts": ts,
             "text": "" if rendered == PLACEHOLDER else rendered,
         }
-        try:
-            await self._store.track_reply(reply.id, record)
-        except StoreUnavailable:
-            pass
+        self._records[reply.id] = record
+        await self._registry.track(reply.id, record)
+
+    async def finishing(self, reply: TrackedReply) -> None:
+        record = self._records.get(reply.id)
+        if record is not None:
+            record = self._records[reply.id] = {**record, "native": reply.native, "final": True}
+            await self._registry.track(reply.id, record)
 
     async def closed(self, reply: TrackedReply) -> None:
-        try:
-            await self._store.untrack_reply(reply.id)
-        except StoreUnavailable:
-            pass
+        self._records.pop(reply.id, None)
+        await self._registry.untrack(reply.id)
 
     async def run(self) -> None:
         """Heartbeat every third of the lease; sweep for orphans at once and every lease."""
         beats = 0
         while True:
-            try:
-                await self._store.heartbeat(self.owner, self._lease)
-                if beats % 3 == 0:
-                    await self.sweep()
-            except StoreUnavailable:
-                pass
+            alive = await self._registry.heartbeat(self.owner, self._lease)
+            if alive and beats % 3 == 0:
+                await self.sweep()
             beats += 1
             await asyncio.sleep(self._lease / 3)
 
     async def sweep(self) -> int:
         """Finish every orphaned reply; returns how many were finished."""
         finished = 0
-        for record in await self._store.orphaned_replies():
+        for record in await self._registry.orphans():
             if await self._finish(record):
                 finished += 1
         return finished
@@ -87,16 +98,24 @@ class InFlight:
         channel, ts = record.get("channel"), record.get("ts")
         if not isinstance(channel, str) or not isinstance(ts, str):
             return False
+        thread_ts = record.get("thread_ts")
         text = str(record.get("text") or "")
         if record.get("native"):
             # The stream may still be open (chat.update would fail): close it; its Markdown is
             # shown as the edit renderer shows text.
-            head, tail = split(text, _RECOVERED_LIMIT)
-            text = render_final(head) + ("\n…" if tail else "") if head.strip() else ""
             try:
                 await self._slack.stop_stream(channel, ts)
             except SlackError as exc:
                 log.info("orphaned native stream %s/%s not closed: %s", channel, ts, exc.error)
+            if record.get("final"):
+                return True  # its final text was being sent: what the stream shows stays
+            head, tail = split(text, _RECOVERED_LIMIT)
+            text = render_final(head) + ("\n…" if tail else "") if head.strip() else ""
+        else:
+            working = await self._still_working(channel, ts, thread_ts)
+            if working is False or (working is None and record.get("final")):
+                log.info("a reply left in flight in %s already shows its last form", channel)
+                return False
         note = Outcome.SHUTDOWN.note or FAILED_TEXT
         # The text the user saw stays, with the note under it; a bare placeholder becomes the note.
         rendered, under = (text, note) if text else (note, None)
@@ -112,3 +131,19 @@ class InFlight:
             log.info("finished a reply left in flight by %s in %s", record.get("owner"), channel)
             return True
         return False
+
+    async def _still_working(self, channel: str, ts: str, thread_ts: object) -> bool | None:
+        """Whether the message still shows the working indicator (None: Slack did not say)."""
+        try:
+            message = await self._slack.message(
+                channel, ts, thread_ts=thread_ts if isinstance(thread_ts, str) else None
+            )
+        except SlackError as exc:
+            log.info("could not read orphaned reply %s/%s: %s", channel, ts, exc.error)
+            return None
+        if message is None:
+            return False  # deleted: nothing is left writing
+        blocks = message.get("blocks")
+        return isinstance(blocks, list) and any(
+            isinstance(b, dict) and b.get("block_id") == INDICATOR_BLOCK_ID for b in blocks
+        )

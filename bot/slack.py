@@ -1,5 +1,5 @@
-"""The outbound Slack Web API boundary: post, update, read a thread, native streams, and the
-assistant thread's status, title and suggested prompts.
+"""The outbound Slack Web API boundary: post, update, read threads and channels, native streams,
+and the assistant thread's status, title and suggested prompts.
 
     slack = SlackGateway(web_client)
     ts = await slack.post("C1", "_Thinking…_", thread_ts="1700000000.000100")
@@ -166,22 +166,50 @@ class SlackGateway:
             args["title"] = title
         await self._call("assistant.threads.setSuggestedPrompts", args)
 
-    async def thread_messages(
-        self, channel: str, thread_ts: str, *, limit: int = 200
+    async def thread_page(
+        self,
+        channel: str,
+        thread_ts: str,
+        *,
+        limit: int = 200,
+        cursor: str | None = None,
+        oldest: str | None = None,
+        latest: str | None = None,
+        inclusive: bool = False,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a thread, oldest first (the parent first when it is in range), and the
+        cursor of the next page (None: this was the last)."""
+        args: dict[str, Any] = {"channel": channel, "ts": thread_ts, "limit": limit}
+        if cursor:
+            args["cursor"] = cursor
+        if oldest is not None:
+            args["oldest"] = oldest
+        if latest is not None:
+            args["latest"] = latest
+        if inclusive:
+            args["inclusive"] = "true"
+        data = await self._call("conversations.replies", args, read=True)
+        return _page(data)
+
+    async def channel_page(
+        self, channel: str, *, limit: int = 100, oldest: str | None = None
     ) -> list[dict[str, Any]]:
-        """The thread's messages, oldest first (parent included), at most ``limit`` of them."""
-        messages: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while len(messages) < limit:
-            args: dict[str, Any] = {"channel": channel, "ts": thread_ts, "limit": min(200, limit)}
-            if cursor:
-                args["cursor"] = cursor
-            data = await self._call("conversations.replies", args, read=True)
-            messages.extend(m for m in data.get("messages", []) if isinstance(m, dict))
-            cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
-            if not cursor or not data.get("has_more", True):
-                break
-        return messages[:limit]
+        """The newest top-level messages of a channel (after ``oldest``), newest first."""
+        args: dict[str, Any] = {"channel": channel, "limit": limit}
+        if oldest is not None:
+            args["oldest"] = oldest
+        data = await self._call("conversations.history", args, read=True)
+        return _page(data)[0]
+
+    async def message(
+        self, channel: str, ts: str, *, thread_ts: str | None = None
+    ) -> dict[str, Any] | None:
+        """The message ``ts`` (in the thread ``thread_ts``) as Slack shows it now; None: gone."""
+        # Two: Slack may put a thread's parent first whatever the bounds say.
+        messages, _ = await self.thread_page(
+            channel, thread_ts or ts, limit=2, oldest=ts, latest=ts, inclusive=True
+        )
+        return next((m for m in messages if m.get("ts") == ts), None)
 
     async def _call(
         self, method: str, args: dict[str, Any], *, read: bool = False
@@ -207,6 +235,14 @@ class SlackGateway:
     def _count(self, method: str, outcome: str) -> None:
         if self._calls is not None:
             self._calls.labels(method=method, outcome=outcome).inc()
+
+
+def _page(data: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    messages = [m for m in data.get("messages") or () if isinstance(m, dict)]
+    metadata = data.get("response_metadata")
+    cursor = metadata.get("next_cursor") if isinstance(metadata, dict) else None
+    more = data.get("has_more", True) and isinstance(cursor, str) and cursor
+    return messages, cursor if more else None
 
 
 _OUTCOMES = {

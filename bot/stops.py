@@ -1,6 +1,6 @@
 """The Stop button: a click reaches the reply it names, whichever replica streams it.
 
-stops = StopSignals(store)
+stops = StopSignals(store.stops)
 pressed = stops.register(reply.id)      # an asyncio.Event, set when someone presses Stop
 await stops.request(reply_id)           # from the button's action handler
 task = asyncio.create_task(stops.run()) # relays clicks handled by other replicas
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bot.errors import StoreUnavailable
-from bot.store import Store
+from bot.store import StopRelay
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +19,8 @@ log = logging.getLogger(__name__)
 class StopSignals:
     """Stop events of the replies this process streams."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, relay: StopRelay) -> None:
+        self._relay = relay
         self._local: dict[str, asyncio.Event] = {}
 
     def register(self, reply_id: str) -> asyncio.Event:
@@ -35,13 +34,11 @@ class StopSignals:
         self._set(reply_id)
         if reply_id in self._local:
             return
-        try:
-            await self._store.request_stop(reply_id)
-        except StoreUnavailable:
+        if not await self._relay.publish(reply_id):
             log.warning("Stop for reply %s could not be relayed: Redis is unavailable", reply_id)
 
     async def run(self) -> None:
-        async for reply_id in self._store.stop_requests():
+        async for reply_id in self._relay.requests():
             self._set(reply_id)
 
     def _set(self, reply_id: str) -> None:

@@ -1,8 +1,13 @@
 """One conversation turn, in order: dedupe → placeholder → thread lock → context → model stream →
 final reply → save.
 
-    turns = Turns(slack=gateway, store=store, model=model, budget=budget, options=TurnOptions(...))
+    turns = Turns(slack=gateway, store=store, recall=recall, model=model, budget=budget,
+                  options=TurnOptions(...))
     await turns.answer(inbound)
+    await turns.answer(inbound, if_taking_part=True)   # a thread the store cannot place
+
+Context comes from the store; where the store cannot say (down, emptied, older than the thread)
+it comes from Slack (bot/recall.py), and is stored again.
 
 The model stream and Slack meet only here: ``async for delta in answer: reply.append(delta)``.
 """
@@ -19,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.admission import Admission, Entry
-from bot.conversation import ThreadKey, Turn, prompt_window
-from bot.errors import ModelInterrupted, ModelUnavailable, SlackError, StoreUnavailable
-from bot.events import USER_SUBTYPES, Inbound, mention_pattern
+from bot.conversation import ThreadKey, Turn, newest_within, prompt_window
+from bot.errors import ModelInterrupted, ModelUnavailable, SlackError
+from bot.events import Inbound
 from bot.llm import AnswerStream, ChatModel
 from bot.logs import correlation
 from bot.metrics import Metrics
 from bot.policy import Policy, Profile
+from bot.recall import Recall
 from bot.render.budget import EditBudget
 from bot.render.native import NativeAvailability, NativeReply
 from bot.render.reply import Outcome, ReplyStream, ReplyTracker
@@ -33,11 +39,14 @@ from bot.render.status import ThreadStatus
 from bot.render.text import render, render_final, split
 from bot.slack import SlackGateway
 from bot.stops import StopSignals
-from bot.store import Store
+from bot.store import Sighting, Store
 
 log = logging.getLogger(__name__)
 
 DM_TOP_LEVEL = "top"  # the thread_ts of a DM's top-level conversation in its ThreadKey
+# How long a follow-up in a thread the store cannot place waits for a Slack read token (it is
+# past Slack's ack: only the person waits; beyond this the message is not answered).
+PARTICIPATION_WAIT_S = 30.0
 
 
 HELP_TEXT = (
@@ -92,25 +101,20 @@ class Limits:
 
     async def refusal(self, store: Store, inbound: Inbound) -> str | None:
         """A friendly note when ``inbound`` is over a limit, else None (and the request counts)."""
-        try:
-            if self.user_daily_tokens or self.workspace_daily_tokens:
-                team_used, user_used = await store.tokens_today(inbound.team, inbound.user)
-                if self.workspace_daily_tokens and team_used >= self.workspace_daily_tokens:
-                    return QUOTA_TEXT.format(whose="This workspace's")
-                if self.user_daily_tokens and user_used >= self.user_daily_tokens:
-                    return QUOTA_TEXT.format(whose="Your")
-            if self.user_requests:
-                wait = await store.hit_rate(
-                    inbound.team,
-                    inbound.user,
-                    limit=self.user_requests,
-                    window_s=self.user_window_s,
-                )
-                if wait > 0:
-                    minutes = max(1, math.ceil(wait / 60))
-                    return RATE_TEXT.format(n=self.user_requests, minutes=minutes)
-        except StoreUnavailable:
-            return None
+        usage = store.usage
+        if self.user_daily_tokens or self.workspace_daily_tokens:
+            team_used, user_used = await usage.tokens_today(inbound.team, inbound.user)
+            if self.workspace_daily_tokens and team_used >= self.workspace_daily_tokens:
+                return QUOTA_TEXT.format(whose="This workspace's")
+            if self.user_daily_tokens and user_used >= self.user_daily_tokens:
+                return QUOTA_TEXT.format(whose="Your")
+        if self.user_requests:
+            wait = await usage.hit_rate(
+                inbound.team, inbound.user, limit=self.user_requests, window_s=self.user_window_s
+            )
+            if wait > 0:
+                minutes = max(1, math.ceil(wait / 60))
+                return RATE_TEXT.format(n=self.user_requests, minutes=minutes)
         return None
 
 
@@ -122,6 +126,7 @@ class Turns:
         *,
         slack: SlackGateway,
         store: Store,
+        recall: Recall,
         model: ChatModel,
         budget: EditBudget,
         options: TurnOptions,
@@ -140,6 +145,7 @@ class Turns:
         self._tracker = tracker
         self._slack = slack
         self._store = store
+        self._recall = recall
         self._model = model
         self._budget = budget
         self._options = options
@@ -178,22 +184,32 @@ class Turns:
             return ThreadKey(inbound.team, inbound.channel, DM_TOP_LEVEL), None
         return inbound.key, inbound.key.thread_ts
 
-    async def answer(self, inbound: Inbound) -> None:
-        """Answer ``inbound`` once, even if Slack delivers it several times to several replicas."""
+    async def answer(self, inbound: Inbound, *, if_taking_part: bool = False) -> None:
+        """Answer ``inbound`` once, even if Slack delivers it several times to several replicas.
+
+        ``if_taking_part``: a thread message the store cannot place (it is down, emptied, or
+        younger than the thread): answered only if Slack shows the bot in the thread.
+        """
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
         try:
             with correlation(inbound.event_id or f"{inbound.channel}/{inbound.ts}"):
+                if if_taking_part and not await self._recall.takes_part(
+                    inbound.key, bot_user=inbound.bot_user_id, wait=PARTICIPATION_WAIT_S
+                ):
+                    self._count("ignored")
+                    return
                 async with self._admission.turn() as entry:
                     await self._answer(inbound, entry)
         finally:
             self._inflight.discard(task)
 
     async def _answer(self, inbound: Inbound, entry: Entry) -> None:
-        if not await self._store.first_sighting(
-            inbound.team, inbound.channel, inbound.ts, inbound.event_id
-        ):
+        sighting = await self._store.dedupe.first_sighting(
+            inbound.team, inbound.channel, inbound.ts, inbound.event_id, retry=inbound.retried
+        )
+        if sighting is Sighting.REPEAT:
             log.debug("duplicate delivery of %s/%s ignored", inbound.channel, inbound.ts)
             self._count("deduplicated")
             return
@@ -205,8 +221,12 @@ class Turns:
             )
             self._count("ignored")
             return
-        self._count("answered")
         key, reply_thread = self.address(inbound)
+        if sighting is Sighting.UNVOUCHED and await self._recall.answered(inbound, reply_thread):
+            log.info("redelivered %s/%s was answered before", inbound.channel, inbound.ts)
+            self._count("deduplicated")
+            return
+        self._count("answered")
         if not inbound.text:
             if inbound.mentioned or inbound.is_dm:
                 await self._slack.post(inbound.channel, HELP_TEXT, thread_ts=reply_thread)
@@ -221,8 +241,8 @@ class Turns:
         # (an exception, a cancellation) still gives the reply its last form.
         async with reply, self._counted(inbound, reply):
             entry.taken_in()  # the placeholder is up; waiting for the lock is not intake work
-            await self._engage(key)
-            async with self._store.thread_lock(key):
+            await self._store.history.engage(key)
+            async with self._store.locks.hold(key):
                 history = await self._history(key, inbound, reply)
                 question = Turn("user", inbound.text, author=inbound.user, ts=inbound.ts)
                 messages = prompt_window(
@@ -233,7 +253,7 @@ class Turns:
                 await entry.admit()  # a burst of questions starts its answers one by one
                 outcome = await self._stream(messages, reply, profile, inbound)
                 shown = await reply.finish(outcome)
-                await self._save(key, question, shown, reply.outcome or outcome, reply)
+                await self._save(key, history, question, shown, reply.outcome or outcome, reply)
             # The first question of a DM thread (the greeting may precede it) names the thread.
             if inbound.is_dm and inbound.in_thread and all(t.role != "user" for t in history):
                 await self._title(inbound)
@@ -368,10 +388,7 @@ class Turns:
                 self._metrics.tokens.labels(kind=kind.removesuffix("_tokens")).inc(
                     usage.get(kind, 0)
                 )
-        try:
-            await self._store.record_usage(inbound.team, inbound.channel, inbound.user, usage)
-        except StoreUnavailable:
-            pass
+        await self._store.usage.record(inbound.team, inbound.channel, inbound.user, usage)
 
     @asynccontextmanager
     async def _counted(
@@ -397,53 +414,25 @@ class Turns:
         if self._metrics is not None:
             self._metrics.events.labels(outcome=outcome).inc()
 
-    async def _engage(self, key: ThreadKey) -> None:
-        try:
-            await self._store.engage(key)
-        except StoreUnavailable:
-            pass
-
     async def _history(
         self, key: ThreadKey, inbound: Inbound, reply: ReplyStream | NativeReply
     ) -> list[Turn]:
-        """The thread's turns from Redis; a thread Redis does not know (the bot was summoned
-        into it, or Redis lost it) is read once from Slack and stored."""
-        try:
-            history = await self._store.history(key)
-        except StoreUnavailable:
-            return []
+        """The thread's turns from the store; where it has none (the bot was summoned into the
+        thread, or the store lost it or is down) from Slack, stored again when the store is up."""
+        history = await self._store.history.history(key)
         if history or not inbound.in_thread or self._options.backfill_limit == 0:
-            return history
-        history = await self._backfill(key, inbound, set(reply.message_ts))
-        if history:
-            try:
-                await self._store.append_turns(key, history)
-            except StoreUnavailable:
-                pass
-        return history
-
-    async def _backfill(
-        self, key: ThreadKey, inbound: Inbound, own_replies: set[str]
-    ) -> list[Turn]:
-        try:
-            messages = await self._slack.thread_messages(
-                key.channel, key.thread_ts, limit=self._options.backfill_limit
-            )
-        except SlackError as exc:
-            log.info(
-                "could not read thread %s for context (%s); answering without it", key, exc.error
-            )
-            return []
-        turns = []
-        for message in messages:
-            turn = _turn_from_slack(message, inbound, own_replies)
-            if turn is not None:
-                turns.append(turn)
-        return turns
+            return history or []
+        recalled = await self._recall.turns(key, inbound, reply.message_ts)
+        if not recalled:
+            return history or []  # Slack would not say in time: answered with what is known
+        if history is not None:
+            await self._store.history.append(key, recalled, keep=self._worth_keeping(recalled))
+        return recalled
 
     async def _save(
         self,
         key: ThreadKey,
+        history: list[Turn],
         question: Turn,
         shown: str,
         outcome: Outcome,
@@ -459,31 +448,9 @@ class Turns:
                     interrupted=outcome is not Outcome.COMPLETE,
                 )
             )
-        try:
-            await self._store.append_turns(key, turns)
-        except StoreUnavailable:
-            pass  # already warned once by the store
+        self._recall.forget(key)  # the bot has posted there since any read of the thread
+        await self._store.history.append(key, turns, keep=self._worth_keeping([*history, *turns]))
 
-
-def _turn_from_slack(
-    message: dict[str, Any], inbound: Inbound, own_replies: set[str]
-) -> Turn | None:
-    """One earlier thread message as a turn; None for the current message, placeholders and
-    messages posted after it."""
-    ts = message.get("ts")
-    text = message.get("text")
-    if not isinstance(ts, str) or not isinstance(text, str) or ts in own_replies:
-        return None
-    if float(ts) >= float(inbound.ts):
-        return None
-    if message.get("subtype") not in USER_SUBTYPES and message.get("subtype") != "bot_message":
-        return None
-    bot_user = inbound.bot_user_id
-    if bot_user and message.get("user") == bot_user:
-        return Turn("assistant", text, ts=ts)
-    if bot_user:
-        text = mention_pattern(bot_user).sub("", text).strip()
-    author = message.get("user") or message.get("bot_id")
-    if not text:
-        return None
-    return Turn("user", text, author=str(author) if author else None, ts=ts)
+    def _worth_keeping(self, turns: list[Turn]) -> int:
+        """How many of a thread's newest turns to store: what a prompt can use."""
+        return newest_within(turns, self._options.prompt_token_budget)

@@ -3,13 +3,16 @@ and a bot started through the same composition root as ``python -m bot``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
+from bot.store.embedded import EmbeddedServer
 from tests.redis_server import RedisServer
 
 _LEAKY_PREFIXES = ("SLACK_", "OPENAI_", "REDIS_")
@@ -38,6 +41,30 @@ def redis_url(redis_server: RedisServer) -> str:
     redis_server.start()  # a fault test may have left it stopped
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded store's server (what the bot runs without REDIS_URL), for the session."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("embedded"))
+    asyncio.run(server.__aenter__())
+    yield server.url
+    asyncio.run(server.__aexit__(None, None, None))
+
+
+@pytest.fixture(params=["redis-server", "embedded"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Each back-end the store runs on, emptied for this test: contract tests run on all."""
+    if request.param == "embedded":
+        url = str(request.getfixturevalue("embedded_url"))
+    else:
+        url = str(request.getfixturevalue("redis_url"))
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return url
 
 
 @pytest.fixture

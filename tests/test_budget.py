@@ -33,7 +33,7 @@ def clock() -> FakeClock:
 async def stores(redis_url: str, clock: FakeClock) -> AsyncIterator[tuple[Store, Store]]:
     """Two stores on two connections: two bot processes sharing one Redis."""
     a, b = connect_redis(redis_url), connect_redis(redis_url)
-    yield Store(a, clock=clock), Store(b, clock=clock)
+    yield Store.open(a, clock=clock), Store.open(b, clock=clock)
     await a.aclose()
     await b.aclose()
 
@@ -42,7 +42,7 @@ def budget(store: Store, clock: FakeClock, **overrides: float) -> EditBudget:
     values: dict[str, float] = {"per_minute": 60, "burst": 3, "min_interval": 1.0}
     values.update(overrides)
     return EditBudget(
-        store,
+        store.budgets,
         per_minute=values["per_minute"],
         burst=int(values["burst"]),
         min_interval=values["min_interval"],
@@ -121,8 +121,8 @@ async def test_a_small_burst_caps_the_reserve(
 
 async def test_a_429_pauses_every_process_for_retry_after(stores: tuple[Store, Store]) -> None:
     # The pause lives in Redis with a real-time TTL, so this test runs on the real clock.
-    one = EditBudget(stores[0], per_minute=6000, burst=5, min_interval=0.1)
-    two = EditBudget(stores[1], per_minute=6000, burst=5, min_interval=0.1)
+    one = EditBudget(stores[0].budgets, per_minute=6000, burst=5, min_interval=0.1)
+    two = EditBudget(stores[1].budgets, per_minute=6000, burst=5, min_interval=0.1)
     loop = asyncio.get_running_loop()
     await one.rate_limited("T1", 0.4)
     paused_at = loop.time()
@@ -165,7 +165,8 @@ async def test_waiters_in_one_process_queue_instead_of_all_asking_redis(redis_ur
     client = connect_redis(redis_url)
     try:
         await _queue_for_tokens(
-            redis_url, EditBudget(Store(client), per_minute=6000, burst=1, min_interval=0.1)
+            redis_url,
+            EditBudget(Store.open(client).budgets, per_minute=6000, burst=1, min_interval=0.1),
         )
     finally:
         await client.aclose()
@@ -234,7 +235,7 @@ async def test_many_replies_in_one_process_are_spaced_by_its_own_rate(
     """A thousand replies in a thousand workspaces: each workspace's budget would allow an edit
     a second each, but the process sends at most ``process_rate`` interim calls a second."""
     paced = EditBudget(
-        stores[0], per_minute=45, burst=3, min_interval=1.0, process_rate=100, clock=clock
+        stores[0].budgets, per_minute=45, burst=3, min_interval=1.0, process_rate=100, clock=clock
     )
     for i in range(99):
         assert await paced.interval(f"T{i}", f"r{i}") == pytest.approx(1.0)
@@ -247,7 +248,7 @@ async def test_many_replies_in_one_process_are_spaced_by_its_own_rate(
     assert await paced.interval("T250", "r250") == pytest.approx(1.0)  # back to 100
     # Another process's replies don't count: each process spends its own CPU.
     other = EditBudget(
-        stores[1], per_minute=45, burst=3, min_interval=1.0, process_rate=100, clock=clock
+        stores[1].budgets, per_minute=45, burst=3, min_interval=1.0, process_rate=100, clock=clock
     )
     assert await other.interval("T9999", "x1") == pytest.approx(1.0)
 
@@ -257,7 +258,7 @@ async def test_redis_outage_falls_back_to_a_local_bucket(
 ) -> None:
     client = connect_redis(own_redis.url)
     try:
-        edits = budget(Store(client, clock=clock), clock)
+        edits = budget(Store.open(client, clock=clock), clock)
         own_redis.stop()
         assert await edits.take("T1", Priority.PROGRESS) == 0.0
         assert await edits.take("T1", Priority.PROGRESS) == pytest.approx(1.0)

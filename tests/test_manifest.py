@@ -24,6 +24,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "chat.appendStream": {"chat:write"},
     "chat.stopStream": {"chat:write"},
     "conversations.replies": {"channels:history", "groups:history", "im:history", "mpim:history"},
+    "conversations.history": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "reactions.add": {"reactions:write"},
     "reactions.remove": {"reactions:write"},
     "assistant.threads.setStatus": {"assistant:write"},

@@ -179,7 +179,7 @@ async def test_the_persons_stop_ends_the_answer_and_the_model_stream(
         final = await settled(slack, "C0CHAN", ts, "the stopped answer")
         await slack.wait_for(lambda: llm.open_streams == 0, timeout=3, what="model closed")
         await slack.wait_for(lambda: running.turns.inflight == 0, timeout=5)
-        turns = await running.store.history(ThreadKey("T0001", "C0CHAN", event["ts"]))
+        turns = await running.store.history.history(ThreadKey("T0001", "C0CHAN", event["ts"]))
 
     assert any(c.error == "stopped_by_user" for c in slack.calls_to("chat.appendStream"))
     assert final.text.startswith("word") and len(final.text) < len("word " * 400)

@@ -68,14 +68,14 @@ def gateway(slack: FakeSlack, session: aiohttp.ClientSession) -> WatchedGateway:
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[Store]:
     client = connect_redis(redis_url)
-    yield Store(client)
+    yield Store.open(client)
     await client.aclose()
 
 
 def edit_budget(
     store: Store, *, per_minute: float = 6000, burst: int = 20, min_interval: float = 0.1
 ) -> EditBudget:
-    return EditBudget(store, per_minute=per_minute, burst=burst, min_interval=min_interval)
+    return EditBudget(store.budgets, per_minute=per_minute, burst=burst, min_interval=min_interval)
 
 
 def plain(markdown: str) -> str:
@@ -638,7 +638,10 @@ async def test_twenty_replies_in_two_processes_share_the_budget_without_a_429(
     # so the test takes seconds, not minutes.
     slack.budgets["chat.update"] = (300, 5)
     clients = [connect_redis(redis_url), connect_redis(redis_url)]
-    budgets = [EditBudget(Store(c), per_minute=270, burst=3, min_interval=1.0) for c in clients]
+    budgets = [
+        EditBudget(Store.open(c).budgets, per_minute=270, burst=3, min_interval=1.0)
+        for c in clients
+    ]
     threads = [question(slack) for _ in range(20)]
     answers = [[f"r{n}w{i} " for i in range(60)] for n in range(20)]
     replies = [new_reply(gateway, budgets[n % 2], t) for n, t in enumerate(threads)]
@@ -740,10 +743,10 @@ async def test_a_native_reply_finished_as_its_timer_runs_out_still_closes_its_st
     reply = NativeTimerRacesClose(
         gateway,
         appends=EditBudget(
-            store, method="chat.appendStream", per_minute=6000, burst=20, min_interval=0.3
+            store.budgets, method="chat.appendStream", per_minute=6000, burst=20, min_interval=0.3
         ),
         starts=EditBudget(
-            store, method="chat.startStream", per_minute=6000, burst=20, min_interval=0
+            store.budgets, method="chat.startStream", per_minute=6000, burst=20, min_interval=0
         ),
         team=TEAM,
         channel=CHANNEL,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.compose import RunningBot
-from bot.render.reply import STOP_ACTION_ID
+from bot.render.reply import INDICATOR_BLOCK_ID, PLACEHOLDER, STOP_ACTION_ID
 from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI
 from tests.fakes.slack import FakeSlack, Message, block_actions_payload, mention_event
@@ -113,7 +113,12 @@ async def test_an_orphaned_placeholder_becomes_the_note(
     bot: RunningBot, slack: FakeSlack, redis_client: Any
 ) -> None:
     ts = slack.add_message(
-        "C0CHAN", ":hourglass_flowing_sand: _Thinking…_", user="U0BOT", bot_id="B0BOT"
+        "C0CHAN",
+        PLACEHOLDER,
+        user="U0BOT",
+        bot_id="B0BOT",
+        # What a placeholder shows: the working indicator.
+        blocks=[{"type": "context", "block_id": INDICATOR_BLOCK_ID, "elements": []}],
     )
     record = '{"owner": "gone-1", "team": "T0001", "channel": "C0CHAN", "thread_ts": null, "ts": "%s", "text": ""}'
     await redis_client.hset("slackbot:inflight", "r1", record % ts)

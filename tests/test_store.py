@@ -1,69 +1,219 @@
-"""The Redis boundary against a real redis-server: history, dedupe, locks, budget, outages."""
+"""The store's contracts, run once against every back-end the bot can use (a private
+``redis-server``, the embedded server), and its outage policy against a server that goes away."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from bot.conversation import ThreadKey, Turn
-from bot.errors import StoreUnavailable
-from bot.store import Store, connect_redis
+from bot.conversation import TRUNCATED_MARK, ThreadKey, Turn
+from bot.store import Participation, Sighting, Store, connect_redis
+from bot.store.inflight import RECORD_TTL_S
 from tests.redis_server import RedisServer
 
 KEY = ThreadKey("T1", "C1", "1700000000.000100")
+NOW = 1_800_000_000.0  # the tests' clock: later than KEY's thread
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
-async def store(redis_url: str) -> Store:
-    client = connect_redis(redis_url)
-    yield Store(client, history_ttl_s=60, history_max_turns=4)
-    await client.aclose()
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def open_store(store_url: str, clock: Clock) -> AsyncIterator[Callable[..., Store]]:
+    """``open_store(**options)``: a store on the back-end under test (emptied first)."""
+    opened: list[Store] = []
+
+    def open_(**options: object) -> Store:
+        values: dict[str, object] = {"history_ttl_s": 3600, "history_max_turns": 4, "clock": clock}
+        values.update(options)
+        store = Store.open(connect_redis(store_url), **values)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.aclose()
+
+
+@pytest.fixture
+def store(open_store: Callable[..., Store]) -> Store:
+    return open_store()
+
+
+# -- thread memory -----------------------------------------------------------------------------
 
 
 async def test_history_round_trip_keeps_order_author_and_interruption(store: Store) -> None:
-    assert await store.knows(KEY) is False
+    assert await store.history.history(KEY) == []
     turns = [Turn("user", "hi", "U1", "1.1"), Turn("assistant", "hello", None, "1.2", True)]
-    await store.append_turns(KEY, turns)
-    assert await store.knows(KEY) is True
-    assert await store.history(KEY) == turns
+    assert await store.history.append(KEY, turns)
+    assert await store.history.history(KEY) == turns
+    assert await store.history.participation(KEY) is Participation.YES
 
 
-async def test_history_is_bounded_and_expires(store: Store, redis_client: aioredis.Redis) -> None:
+async def test_history_keeps_the_newest_turns_cut_to_what_a_prompt_holds(
+    open_store: Callable[..., Store], store_url: str
+) -> None:
+    store = open_store(turn_tokens=1000)
     for i in range(6):
-        await store.append_turns(KEY, [Turn("user", f"m{i}", "U1")])
-    assert [t.text for t in await store.history(KEY)] == ["m2", "m3", "m4", "m5"]
-    ttl = await redis_client.ttl("slackbot:thread:T1:C1:1700000000.000100")
-    assert 0 < ttl <= 60
+        await store.history.append(KEY, [Turn("user", f"m{i}", "U1")])
+    assert [t.text for t in await store.history.history(KEY)] == ["m2", "m3", "m4", "m5"]
+    await store.history.append(KEY, [Turn("user", "newest", "U1")], keep=2)
+    assert [t.text for t in await store.history.history(KEY)] == ["m5", "newest"]
 
-
-async def test_first_sighting_is_true_once_per_message_and_per_event(store: Store) -> None:
-    assert await store.first_sighting("T1", "C1", "1.1", "Ev1") is True
-    assert await store.first_sighting("T1", "C1", "1.1", "Ev1") is False  # Slack retry
-    assert await store.first_sighting("T1", "C1", "1.1", "Ev2") is False  # app_mention twin
-    assert await store.first_sighting("T1", "C1", "1.2", "Ev3") is True
-
-
-async def test_first_sighting_is_shared_between_two_store_clients(redis_url: str) -> None:
-    a, b = connect_redis(redis_url), connect_redis(redis_url)
+    await store.history.append(KEY, [Turn("user", "x" * 40_000, "U1")])
+    stored = (await store.history.history(KEY))[-1]
+    assert stored.text.endswith(TRUNCATED_MARK) and len(stored.text) < 4100
+    raw = redis.Redis.from_url(store_url)
     try:
-        results = await asyncio.gather(
-            *(Store(c).first_sighting("T1", "C1", "9.9", "Ev9") for c in (a, b, a, b))
+        assert raw.memory_usage("slackbot:thread:T1:C1:1700000000.000100") < 12_000
+        assert 0 < raw.ttl("slackbot:thread:T1:C1:1700000000.000100") <= 3600
+    finally:
+        raw.close()
+
+
+async def test_participation_is_only_denied_where_the_store_would_know(
+    store: Store, clock: Clock, store_url: str
+) -> None:
+    # A new store begins remembering now: a thread that began earlier may be the bot's.
+    assert await store.history.participation(KEY) is Participation.UNKNOWN
+    newer = ThreadKey("T1", "C1", f"{NOW + 10:.6f}")
+    clock.now += 20
+    assert await store.history.participation(newer) is Participation.NO
+    await store.history.engage(newer)
+    assert await store.history.participation(newer) is Participation.YES
+
+    # Slack said the bot is not in KEY: cached.
+    await store.history.not_mine(KEY)
+    assert await store.history.participation(KEY) is Participation.NO
+
+    # Past the history TTL the store may have forgotten a thread that began after its epoch.
+    stale = ThreadKey("T1", "C2", f"{NOW + 15:.6f}")
+    assert await store.history.participation(stale) is Participation.NO
+    clock.now += 7200
+    assert await store.history.participation(stale) is Participation.UNKNOWN
+
+    # Emptied: nothing it said "no" to before can be denied any more.
+    later = ThreadKey("T1", "C3", f"{clock.now - 5:.6f}")
+    assert await store.history.participation(later) is Participation.NO
+    raw = redis.Redis.from_url(store_url)
+    try:
+        raw.flushall()
+    finally:
+        raw.close()
+    clock.now += 1
+    assert await store.history.participation(later) is Participation.UNKNOWN
+
+
+async def test_a_thread_the_process_answered_in_is_known_while_the_store_is_down(
+    own_redis: RedisServer,
+) -> None:
+    store = Store.open(connect_redis(own_redis.url))
+    try:
+        await store.history.engage(KEY)
+        own_redis.stop()
+        other = ThreadKey("T1", "C1", "1700000001.000100")
+        assert await store.history.participation(KEY) is Participation.YES  # this process's
+        assert await store.history.participation(other) is Participation.UNKNOWN
+        assert await store.history.history(KEY) is None  # cannot say, rather than "nothing"
+        assert await store.history.append(KEY, [Turn("user", "lost", "U1")]) is False
+    finally:
+        await store.aclose()
+
+
+# -- dedupe ------------------------------------------------------------------------------------
+
+
+async def test_first_sighting_once_per_message_and_per_event(store: Store) -> None:
+    dedupe = store.dedupe
+    assert await dedupe.first_sighting("T1", "C1", "1.1", "Ev1") is Sighting.FIRST
+    assert await dedupe.first_sighting("T1", "C1", "1.1", "Ev1") is Sighting.REPEAT  # retry
+    assert await dedupe.first_sighting("T1", "C1", "1.1", "Ev2") is Sighting.REPEAT  # twin
+    assert await dedupe.first_sighting("T1", "C1", "1.2", "Ev3") is Sighting.FIRST
+
+
+async def test_first_sighting_is_shared_between_clients(open_store: Callable[..., Store]) -> None:
+    a, b = open_store(), open_store()
+    results = await asyncio.gather(
+        *(s.dedupe.first_sighting("T1", "C1", "9.9", "Ev9") for s in (a, b, a, b))
+    )
+    assert sorted(r.value for r in results) == ["first", "repeat", "repeat", "repeat"]
+
+
+async def test_a_redelivery_is_vouched_for_only_by_a_store_older_than_the_message(
+    store: Store, store_url: str
+) -> None:
+    await store.history.begin_epoch()  # at NOW
+    before, after = f"{NOW - 60:.6f}", f"{NOW + 60:.6f}"
+    assert await store.dedupe.first_sighting("T1", "C1", after, "E1", retry=True) is (
+        Sighting.FIRST
+    )  # its first delivery would have left a marker: it never came
+    assert await store.dedupe.first_sighting("T1", "C1", before, "E2", retry=True) is (
+        Sighting.UNVOUCHED
+    )
+    assert await store.dedupe.first_sighting("T1", "C1", before, "E2", retry=True) is (
+        Sighting.REPEAT
+    )
+    raw = redis.Redis.from_url(store_url)
+    try:
+        raw.delete("slackbot:epoch")  # an emptied store
+    finally:
+        raw.close()
+    late = f"{NOW + 120:.6f}"
+    assert await store.dedupe.first_sighting("T1", "C1", late, "E3", retry=True) is (
+        Sighting.UNVOUCHED
+    )
+    # A first delivery needs no vouching.
+    assert await store.dedupe.first_sighting("T1", "C1", f"{NOW + 130:.6f}", "E4") is (
+        Sighting.FIRST
+    )
+
+
+async def test_dedupe_during_an_outage_is_remembered_and_written_back(
+    own_redis: RedisServer,
+) -> None:
+    a, b = Store.open(connect_redis(own_redis.url)), Store.open(connect_redis(own_redis.url))
+    try:
+        own_redis.stop()
+        assert await a.dedupe.first_sighting("T1", "C1", "5.5", "E5") is Sighting.FIRST
+        assert await a.dedupe.first_sighting("T1", "C1", "5.5", "E5") is Sighting.REPEAT
+        # A fresh process cannot vouch for a redelivery while the store is down.
+        assert await b.dedupe.first_sighting("T1", "C1", "5.5", "E5", retry=True) is (
+            Sighting.UNVOUCHED
         )
+        own_redis.start()
+        assert await a.ping()  # back: what ``a`` marked meanwhile is written to the store
+        await a.guard.settle()
+        assert await b.dedupe.first_sighting("T1", "C1", "5.5", "E6") is Sighting.REPEAT
     finally:
         await a.aclose()
         await b.aclose()
-    assert sorted(results) == [False, False, False, True]
+
+
+# -- thread locks ------------------------------------------------------------------------------
 
 
 async def test_thread_lock_serialises_holders(store: Store) -> None:
     order: list[str] = []
 
     async def hold(name: str) -> None:
-        async with store.thread_lock(KEY, poll_s=0.01):
+        async with store.locks.hold(KEY, poll_s=0.01):
             order.append(f"{name}+")
             await asyncio.sleep(0.05)
             order.append(f"{name}-")
@@ -72,96 +222,197 @@ async def test_thread_lock_serialises_holders(store: Store) -> None:
     assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
 
 
-async def test_thread_lock_of_a_dead_holder_expires(
-    store: Store, redis_client: aioredis.Redis
-) -> None:
-    # A holder that died leaves its key; the lease lets the next one in.
-    await redis_client.set("slackbot:lock:T1:C1:1700000000.000100", "dead", px=200)
+async def test_thread_lock_of_a_dead_holder_expires(store: Store, store_url: str) -> None:
+    raw = aioredis.Redis.from_url(store_url)
+    await raw.set("slackbot:lock:T1:C1:1700000000.000100", "dead", px=200)
+    await raw.aclose()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with store.thread_lock(KEY, poll_s=0.02):
+    async with store.locks.hold(KEY, poll_s=0.02):
         waited = loop.time() - started
     assert 0.1 < waited < 2.0
 
 
-async def test_token_bucket_allows_burst_then_paces(redis_url: str) -> None:
-    now = [1000.0]
-    client = connect_redis(redis_url)
-    store = Store(client, clock=lambda: now[0])
-    try:
-        takes = [
-            await store.take_token("T1", "chat.update", per_minute=60, burst=3) for _ in range(4)
-        ]
-        assert takes[:3] == [0.0, 0.0, 0.0] and takes[3] == pytest.approx(1.0, abs=0.01)
-        now[0] += 1.0
-        assert await store.take_token("T1", "chat.update", per_minute=60, burst=3) == 0.0
-        # A reserve keeps the last tokens for final edits.
-        now[0] += 2.0
-        assert await store.take_token("T1", "chat.update", per_minute=60, burst=3, reserve=1) == 0.0
-        assert await store.take_token("T1", "chat.update", per_minute=60, burst=3, reserve=1) > 0
-        assert await store.take_token("T1", "chat.update", per_minute=60, burst=3) == 0.0
-        # A 429 pauses the whole workspace.
-        now[0] += 10
-        await store.pause("T1", "chat.update", 2.0)
-        assert await store.take_token("T1", "chat.update", per_minute=60, burst=3) > 1.0
-        assert await store.take_token("T2", "chat.update", per_minute=60, burst=3) == 0.0
-    finally:
-        await client.aclose()
+# -- budgets -----------------------------------------------------------------------------------
+
+
+async def test_token_bucket_allows_burst_then_paces(store: Store, clock: Clock) -> None:
+    budgets = store.budgets
+
+    async def take(team: str = "T1", reserve: int = 0) -> float | None:
+        return await budgets.take(team, "chat.update", per_minute=60, burst=3, reserve=reserve)
+
+    takes = [await take() for _ in range(4)]
+    assert takes[:3] == [0.0, 0.0, 0.0] and takes[3] == pytest.approx(1.0, abs=0.01)
+    clock.now += 1.0
+    assert await take() == 0.0
+    # A reserve keeps the last tokens for final edits.
+    clock.now += 2.0
+    assert await take(reserve=1) == 0.0
+    assert (await take(reserve=1) or 0) > 0
+    assert await take() == 0.0
+    # A 429 pauses the whole workspace.
+    clock.now += 10
+    await budgets.pause("T1", "chat.update", 2.0)
+    assert (await take() or 0) > 1.0
+    assert await take("T2") == 0.0
 
 
 async def test_a_streaming_replys_token_also_counts_the_workspaces_streaming_replies(
-    redis_url: str,
+    store: Store, clock: Clock
 ) -> None:
-    now = [1000.0]
-    client = connect_redis(redis_url)
-    store = Store(client, clock=lambda: now[0])
+    budgets = store.budgets
+
+    async def take(reply: str, team: str = "T1") -> tuple[float, int] | None:
+        return await budgets.take_streaming(
+            team, "chat.appendStream", reply, per_minute=60, burst=2, lease_s=5.0
+        )
+
+    assert await take("r1") == (0.0, 1)
+    assert await take("r2") == (0.0, 2)
+    taken = await take("r1")  # the same bucket as take: empty now
+    assert taken is not None and taken[0] == pytest.approx(1.0, abs=0.01) and taken[1] == 2
+    assert await take("r3", team="T2") == (0.0, 1)
+    # The same count as active_replies; a reply that stopped calling drops out.
+    assert await budgets.active_replies("T1", "chat.appendStream", "r2", lease_s=5.0) == 2
+    clock.now += 6.0
+    assert await budgets.active_replies("T1", "chat.appendStream", "r1", lease_s=5.0) == 1
+    await budgets.finished_reply("T1", "chat.appendStream", "r1")
+    assert await budgets.active_replies("T1", "chat.appendStream", "r9", lease_s=5.0) == 1
+
+
+# -- limits, usage, feedback -------------------------------------------------------------------
+
+
+async def test_rate_limit_counts_within_a_window(store: Store, clock: Clock) -> None:
+    clock.now = 3600 * 500_000.0  # the start of a window
+    waits = [await store.usage.hit_rate("T1", "U1", limit=2, window_s=3600) for _ in range(3)]
+    assert waits[:2] == [0.0, 0.0] and waits[2] == pytest.approx(3600)
+    assert await store.usage.hit_rate("T1", "U2", limit=2, window_s=3600) == 0.0
+    clock.now += 3600
+    assert await store.usage.hit_rate("T1", "U1", limit=2, window_s=3600) == 0.0
+
+
+async def test_usage_and_feedback_are_counted_per_day(store: Store) -> None:
+    usage = store.usage
+    await usage.record("T1", "C1", "U1", {"prompt_tokens": 10, "total_tokens": 15})
+    await usage.record("T1", "C2", "U2", {"total_tokens": 5})
+    assert await usage.tokens_today("T1", "U1") == (20, 15)
+    assert await usage.tokens_today("T2", "U1") == (0, 0)
+    assert await usage.record_feedback("T1", "C1", "9.1", "U1", "good") is None
+    assert await usage.record_feedback("T1", "C1", "9.1", "U1", "bad") == "good"
+    assert await usage.record_feedback("T1", "C1", "9.1", "U1", "bad") == "bad"
+
+
+# -- the stop relay ----------------------------------------------------------------------------
+
+
+async def test_a_stop_published_by_one_client_reaches_another(
+    open_store: Callable[..., Store],
+) -> None:
+    listener, speaker = open_store(), open_store()
+    received: asyncio.Queue[str] = asyncio.Queue()
+
+    async def listen() -> None:
+        async for reply_id in listener.stops.requests():
+            await received.put(reply_id)
+
+    task = asyncio.create_task(listen())
     try:
-
-        async def take(reply: str, team: str = "T1") -> tuple[float, int]:
-            return await store.take_token_streaming(
-                team, "chat.appendStream", reply, per_minute=60, burst=2, lease_s=5.0
-            )
-
-        assert await take("r1") == (0.0, 1)
-        assert await take("r2") == (0.0, 2)
-        wait, count = await take("r1")  # the same bucket as take_token: empty now
-        assert wait == pytest.approx(1.0, abs=0.01) and count == 2
-        assert await take("r3", team="T2") == (0.0, 1)
-        # The same count as active_replies; a reply that stopped calling drops out.
-        assert await store.active_replies("T1", "chat.appendStream", "r2", lease_s=5.0) == 2
-        now[0] += 6.0
-        assert await store.active_replies("T1", "chat.appendStream", "r1", lease_s=5.0) == 1
+        for _ in range(100):  # until the subscription is up
+            assert await speaker.stops.publish("r1")
+            try:
+                assert await asyncio.wait_for(received.get(), 0.05) == "r1"
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("the stop never arrived")
     finally:
-        await client.aclose()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# -- replies in flight -------------------------------------------------------------------------
+
+
+def _record(owner: str, ts: str = "1.2", **extra: object) -> dict[str, object]:
+    return {"owner": owner, "team": "T1", "channel": "C1", "thread_ts": "1.1", "ts": ts, **extra}
+
+
+async def test_orphans_are_the_replies_of_dead_owners_each_claimed_once(
+    open_store: Callable[..., Store],
+) -> None:
+    a, b = open_store(), open_store()
+    await a.inflight.heartbeat("alive", lease_s=30)
+    await a.inflight.track("r1", _record("alive"))
+    await a.inflight.track("r2", _record("dead", final=True))
+    await a.inflight.track("r3", _record("dead", ts="1.3"))
+    await a.inflight.track("r4", _record("alive", ts="1.4"))
+    await a.inflight.untrack("r4")
+    claimed = await asyncio.gather(a.inflight.orphans(), b.inflight.orphans())
+    found = sorted((r["ts"], r.get("final")) for batch in claimed for r in batch)
+    assert found == [("1.2", True), ("1.3", None)]
+    assert await a.inflight.orphans() == []
+
+
+async def test_records_expire_even_if_their_untrack_was_lost(
+    store: Store, clock: Clock, store_url: str
+) -> None:
+    await store.inflight.track("r1", _record("dead"))
+    raw = redis.Redis.from_url(store_url)
+    try:
+        assert 0 < raw.ttl("slackbot:reply:r1") <= RECORD_TTL_S
+        clock.now += RECORD_TTL_S + 1
+        raw.delete("slackbot:reply:r1")  # as the server's expiry would
+        assert await store.inflight.orphans() == []
+        assert raw.zcard("slackbot:replies") == 0  # the index does not grow either
+    finally:
+        raw.close()
+
+
+async def test_records_left_by_an_older_version_are_still_finished(
+    store: Store, store_url: str
+) -> None:
+    raw = redis.Redis.from_url(store_url)
+    try:
+        raw.hset("slackbot:inflight", "old", json.dumps(_record("gone-1")))
+        raw.hset("slackbot:inflight", "broken", "{not json")
+        assert [r["owner"] for r in await store.inflight.orphans()] == ["gone-1"]
+        assert raw.exists("slackbot:inflight") == 0
+    finally:
+        raw.close()
+
+
+# -- the outage policy (one server of the test's own, stopped and started) ---------------------
 
 
 async def test_outage_degrades_then_recovers_with_one_warning(
     own_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = connect_redis(own_redis.url)
-    store = Store(client)
+    store = Store.open(connect_redis(own_redis.url))
     try:
-        await store.append_turns(KEY, [Turn("user", "before", "U1")])
+        await store.history.append(KEY, [Turn("user", "before", "U1")])
         own_redis.stop()
         caplog.set_level(logging.INFO, logger="bot.store")
         loop = asyncio.get_running_loop()
         started = loop.time()
         for _ in range(3):
-            with pytest.raises(StoreUnavailable):
-                await store.history(KEY)
+            assert await store.history.history(KEY) is None
         assert loop.time() - started < 3.0  # fails fast, no multi-second stall per command
-        # Dedupe falls back to memory.
-        assert await store.first_sighting("T1", "C1", "5.5", "E5") is True
-        assert await store.first_sighting("T1", "C1", "5.5", "E5") is False
+        assert not store.healthy
+        assert await store.budgets.take("T1", "chat.update", per_minute=60, burst=3) is None
+        assert await store.usage.hit_rate("T1", "U1", limit=1, window_s=60) == 0.0
+        assert await store.inflight.orphans() == []
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "Redis unavailable" in warnings[0].getMessage()
         own_redis.start()
-        await store.append_turns(KEY, [Turn("user", "after", "U1")])
-        assert [t.text for t in await store.history(KEY)] == ["after"]  # a fresh server
+        await store.history.append(KEY, [Turn("user", "after", "U1")])
+        assert [t.text for t in await store.history.history(KEY) or []] == ["after"]
         assert store.healthy
         assert any("reachable again" in r.getMessage() for r in caplog.records)
     finally:
-        await client.aclose()
+        await store.aclose()
 
 
 async def test_connections_share_one_client_identity_worked_out_once(redis_url: str) -> None:

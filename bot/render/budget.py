@@ -2,7 +2,7 @@
 pace chat.appendStream the same way): one token bucket per workspace and method, shared by every
 reply and every replica (in Redis), with a local bucket standing in while Redis is unavailable.
 
-    budget = EditBudget(store, per_minute=45, burst=3, min_interval=1.0)
+    budget = EditBudget(store.budgets, per_minute=45, burst=3, min_interval=1.0)
     if await budget.acquire("T1", Priority.PROGRESS, give_up=closing, reply_id=reply_id):
         await slack.update(...)               # (waited for a token; the reply is counted)
     await budget.interval("T1", reply_id)     # this reply's fair spacing between its edits
@@ -33,8 +33,7 @@ import enum
 import time
 from collections.abc import Callable
 
-from bot.errors import StoreUnavailable
-from bot.store import Store
+from bot.store import SlackBudgets
 
 METHOD = "chat.update"  # the default method a budget paces
 
@@ -85,7 +84,7 @@ class EditBudget:
 
     def __init__(
         self,
-        store: Store,
+        store: SlackBudgets,
         *,
         per_minute: float,
         burst: int,
@@ -114,16 +113,12 @@ class EditBudget:
         call) the same round trip renews its lease and counts the workspace's streaming
         replies, which its next ``interval`` then uses instead of asking again."""
         reserve = max(0, min(self._reserve(team, priority), self._burst - 1))
-        try:
-            if reply_id is None:
-                return await self._store.take_token(
-                    team,
-                    self.method,
-                    per_minute=self._per_minute,
-                    burst=self._burst,
-                    reserve=reserve,
-                )
-            wait, self._counted[reply_id] = await self._store.take_token_streaming(
+        if reply_id is None:
+            wait = await self._store.take(
+                team, self.method, per_minute=self._per_minute, burst=self._burst, reserve=reserve
+            )
+        else:
+            taken = await self._store.take_streaming(
                 team,
                 self.method,
                 reply_id,
@@ -132,10 +127,13 @@ class EditBudget:
                 reserve=reserve,
                 lease_s=self._lease(team, reply_id),
             )
-            return wait
-        except StoreUnavailable:
-            # Each replica then spends the whole budget on its own: tolerable for an outage.
-            return self._bucket(team).take(reserve)
+            if taken is not None:
+                wait, self._counted[reply_id] = taken
+            else:
+                wait = None
+        # Redis unavailable: each replica then spends the whole budget on its own (tolerable
+        # for an outage).
+        return self._bucket(team).take(reserve) if wait is None else wait
 
     async def acquire(
         self,
@@ -204,10 +202,7 @@ class EditBudget:
     async def rate_limited(self, team: str, retry_after: float) -> None:
         """Slack said 429: every reply in the workspace holds its edits for ``retry_after``."""
         self._bucket(team).pause(retry_after)
-        try:
-            await self._store.pause(team, self.method, retry_after)
-        except StoreUnavailable:
-            pass
+        await self._store.pause(team, self.method, retry_after)
 
     async def interval(self, team: str, reply_id: str) -> float:
         """Seconds until this reply's next interim edit: its fair share of the workspace budget.
@@ -219,12 +214,11 @@ class EditBudget:
         local.add(reply_id)  # kept in step, so an outage starts from a fair count
         active = self._counted.pop(reply_id, None)  # counted by this call's token, if any
         if active is None:
-            try:
-                active = await self._store.active_replies(
-                    team, self.method, reply_id, lease_s=self._lease(team, reply_id)
-                )
-            except StoreUnavailable:
-                active = len(local)
+            active = await self._store.active_replies(
+                team, self.method, reply_id, lease_s=self._lease(team, reply_id)
+            )
+        if active is None:  # Redis unavailable
+            active = len(local)
         # Alone, a reply may use the burst: the bucket itself holds it to the sustained rate.
         # Shared, each reply's spacing is its fair share of that rate.
         share = active * 60.0 / self._per_minute if active > 1 else 0.0
@@ -245,10 +239,7 @@ class EditBudget:
             self._streaming[team] = max(1, self._streaming.get(team, 1) - 1)
         else:
             self._streaming.pop(team, None)
-        try:
-            await self._store.finished_reply(team, self.method, reply_id)
-        except StoreUnavailable:
-            pass
+        await self._store.finished_reply(team, self.method, reply_id)
 
     def _lease(self, team: str, reply_id: str) -> float:
         """How long ``reply_id`` counts as streaming after its last call: a little more than

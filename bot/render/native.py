@@ -271,6 +271,8 @@ class NativeReply:
                     log.exception("native stream failed in thread %s", self._where)
             if self.stopped.is_set() and outcome is not Outcome.SHUTDOWN:
                 outcome = self.outcome = Outcome.STOPPED
+            if self._tracker is not None:
+                await self._tracker.finishing(self)
             await self._finish(outcome, deadline)
         finally:
             self.state = State.CLOSED

@@ -153,6 +153,10 @@ class ReplyTracker(Protocol):
 
     async def shown(self, reply: TrackedReply, ts: str, rendered: str) -> None: ...
 
+    async def finishing(self, reply: TrackedReply) -> None:
+        """The reply's final form is about to be delivered: a reply found in flight after this
+        may already show it, and must not be overwritten."""
+
     async def closed(self, reply: TrackedReply) -> None: ...
 
 
@@ -335,6 +339,8 @@ class ReplyStream:
                     await self._flusher
                 except Exception:
                     log.exception("progress edits failed in thread %s", self._where)
+            if self._tracker is not None:
+                await self._tracker.finishing(self)
             await self._deliver_final(outcome, deadline)
         finally:
             self.state = State.CLOSED

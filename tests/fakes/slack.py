@@ -93,16 +93,19 @@ MAX_SUGGESTED_PROMPTS = 4
 
 # --------------------------------------------------------------------------- timestamps
 
-_ts_counter = itertools.count(1)
+_last_micros = 0
 
 
 def new_ts() -> str:
-    """A fresh message ts like ``"1700000000.000100"``, increasing across the whole process.
+    """A fresh message ts: the wall clock as Slack stamps messages (``"1764900000.123400"``),
+    strictly increasing across the whole process.
 
-    Shared by the event helpers and every ``FakeSlack``, so their timestamps never collide.
+    Shared by the event helpers and every ``FakeSlack``, so their timestamps never collide; the
+    bot compares them with its own clock (how far back its store remembers).
     """
-    micros = next(_ts_counter) * 100
-    return f"{1_700_000_000 + micros // 1_000_000}.{micros % 1_000_000:06d}"
+    global _last_micros
+    _last_micros = max(_last_micros + 100, int(time.time() * 1_000_000) // 100 * 100)
+    return f"{_last_micros // 1_000_000}.{_last_micros % 1_000_000:06d}"
 
 
 def _ts_key(ts: str) -> tuple[int, int]:

@@ -1,0 +1,249 @@
+"""Reading conversations back from Slack, the source of truth, where the store cannot answer:
+does the bot take part in this thread, what was said in it, was this message answered already.
+
+    recall = Recall(slack, store.history, reads, limit=100)
+    await recall.takes_part(key, bot_user="U0BOT")           # asks Slack; caches a "no"
+    turns = await recall.turns(key, inbound, own_replies)    # None: Slack would not say
+    await recall.answered(inbound, reply_thread)             # True / False / None
+
+This is the cold path: the turn calls it only when the store is down, emptied, or older than
+the thread (see bot/store/history.py). Reads are paced by a workspace budget shared by replicas
+(``reads``; some apps get one ``conversations.replies`` a minute), a thread is read once for a
+burst of messages (one read in flight per thread, its result reused while it is fresh enough),
+and at most ``max_pages`` pages are read, keeping the thread's parent and its newest messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.conversation import ThreadKey, Turn
+from bot.errors import SlackError, SlackRateLimited
+from bot.events import USER_SUBTYPES, Inbound, mention_pattern
+from bot.render.budget import EditBudget, Priority
+from bot.slack import SlackGateway
+from bot.store import ThreadMemory
+
+log = logging.getLogger(__name__)
+
+READ_METHOD = "conversations.replies"
+_CACHED_THREADS = 1000
+_NOT_MINE_LOCAL_S = 600.0  # a "no" kept here too, for when the store is down
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadView:
+    """What Slack showed of a thread at ``read_at`` (wall clock): its parent and newest
+    messages, oldest first, and whether every page was read."""
+
+    messages: tuple[dict[str, Any], ...]
+    complete: bool
+    read_at: float
+
+    def posted_by(self, user: str) -> bool | None:
+        """Whether ``user`` posted in the thread (None: not in what was read, which is not
+        all of it). The parent's ``reply_users`` names repliers beyond the pages read."""
+        if any(m.get("user") == user for m in self.messages):
+            return True
+        parent = self.messages[0] if self.messages else {}
+        repliers = parent.get("reply_users")
+        if isinstance(repliers, list) and user in repliers:
+            return True
+        if self.complete:
+            return False
+        count = parent.get("reply_users_count")
+        return False if isinstance(repliers, list) and count == len(repliers) else None
+
+    def covers(self, ts: str) -> bool:
+        """Whether this view holds everything posted before message ``ts`` (it was read later)."""
+        return self.read_at >= _seconds(ts)
+
+
+class Recall:
+    """The cold path to Slack's copy of conversations (see the module docstring)."""
+
+    def __init__(
+        self,
+        slack: SlackGateway,
+        memory: ThreadMemory,
+        reads: EditBudget,
+        *,
+        limit: int,
+        page_size: int = 200,
+        max_pages: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._slack = slack
+        self._memory = memory
+        self._reads = reads
+        self._limit = limit
+        self._page_size = page_size
+        self._max_pages = max_pages
+        self._clock = clock
+        self._views: OrderedDict[tuple[str, str], ThreadView] = OrderedDict()
+        self._reading: dict[tuple[str, str], asyncio.Task[ThreadView | None]] = {}
+        self._not_mine: OrderedDict[ThreadKey, float] = OrderedDict()
+
+    async def takes_part(self, key: ThreadKey, *, bot_user: str | None, wait: float) -> bool:
+        """Whether the bot has posted in the thread, as Slack shows it. Waits up to ``wait``
+        seconds for a read token; False when Slack cannot say (the message is not answered)."""
+        if bot_user is None:
+            return False
+        if self._not_mine.get(key, 0.0) > self._clock():
+            return False
+        view = await self.thread(key, wait=wait)
+        if view is None:
+            log.info("could not tell from Slack whether the bot is in thread %s", key)
+            return False
+        posted = view.posted_by(bot_user)
+        if posted is False:
+            self._remember_not_mine(key)
+            await self._memory.not_mine(key)
+        return bool(posted)
+
+    async def turns(
+        self, key: ThreadKey, inbound: Inbound, own_replies: Iterable[str], *, wait: float = 0.0
+    ) -> list[Turn] | None:
+        """The thread's earlier messages as turns (the newest that were read); None when
+        Slack would not say in time."""
+        view = await self.thread(key, wait=wait, fresh_for=inbound.ts)
+        if view is None:
+            return None
+        own = set(own_replies)
+        turns = (_turn_from_slack(m, inbound, own) for m in view.messages)
+        return [turn for turn in turns if turn is not None]
+
+    async def answered(self, inbound: Inbound, reply_thread: str | None) -> bool | None:
+        """Whether the bot has posted after ``inbound`` where it would answer it (the thread
+        ``reply_thread``, or the channel's top level); None when Slack would not say."""
+        if inbound.bot_user_id is None:
+            return None
+        if not await self._reads.acquire(
+            inbound.team, Priority.FINAL, deadline=asyncio.get_running_loop().time() + 10.0
+        ):
+            return None
+        try:
+            if reply_thread is None:
+                messages = await self._slack.channel_page(inbound.channel, oldest=inbound.ts)
+            else:
+                messages, _ = await self._slack.thread_page(
+                    inbound.channel, reply_thread, oldest=inbound.ts, limit=self._page_size
+                )
+        except SlackError as exc:
+            await self._note_failure(inbound.team, exc)
+            return None
+        later = (m for m in messages if _seconds(m.get("ts")) > _seconds(inbound.ts))
+        return any(m.get("user") == inbound.bot_user_id for m in later)
+
+    def forget(self, key: ThreadKey) -> None:
+        """The bot has just posted in the thread: what was read of it is out of date."""
+        self._views.pop((key.channel, key.thread_ts), None)
+        self._not_mine.pop(key, None)
+
+    async def thread(
+        self, key: ThreadKey, *, wait: float, fresh_for: str | None = None
+    ) -> ThreadView | None:
+        """The thread as Slack shows it: read once for every caller asking at the same time,
+        reused while it covers ``fresh_for`` (a message's ts; None: any view will do)."""
+        where = (key.channel, key.thread_ts)
+        view = self._views.get(where)
+        if view is not None and (fresh_for is None or view.covers(fresh_for)):
+            return view
+        reading = self._reading.get(where)
+        if reading is None:
+            reading = asyncio.create_task(self._read(key, wait))
+            self._reading[where] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(where, None))
+        view = await asyncio.shield(reading)
+        if view is not None:
+            self._views[where] = view
+            self._views.move_to_end(where)
+            while len(self._views) > _CACHED_THREADS:
+                self._views.popitem(last=False)
+        return view
+
+    async def _read(self, key: ThreadKey, wait: float) -> ThreadView | None:
+        """The parent and the newest messages (``limit`` in all) of at most ``max_pages`` pages.
+        The first page waits up to ``wait`` for a read token; a later one only reads if a token
+        is there at once (a strictly limited app reads one page)."""
+        loop = asyncio.get_running_loop()
+        parent: dict[str, Any] | None = None
+        newest: deque[dict[str, Any]] = deque(maxlen=max(self._limit - 1, 1))  # + the parent
+        cursor: str | None = None
+        read_at = self._clock()
+        for page in range(self._max_pages):
+            deadline = loop.time() + (wait if page == 0 else 0.0)
+            if not await self._reads.acquire(key.team, Priority.FINAL, deadline=deadline):
+                break
+            try:
+                messages, cursor = await self._slack.thread_page(
+                    key.channel, key.thread_ts, limit=self._page_size, cursor=cursor
+                )
+            except SlackError as exc:
+                await self._note_failure(key.team, exc)
+                if page == 0:
+                    log.info("could not read thread %s from Slack: %s", key, exc.error)
+                    return None
+                break
+            for message in messages:
+                if parent is None and message.get("ts") == key.thread_ts:
+                    parent = message
+                else:
+                    newest.append(message)
+            if cursor is None:
+                messages_read = [m for m in (parent,) if m is not None] + list(newest)
+                return ThreadView(tuple(messages_read), complete=True, read_at=read_at)
+        else:
+            log.info("thread %s is longer than %d pages; read its first pages", key, page + 1)
+        if parent is None and not newest:
+            return None
+        return ThreadView(
+            tuple([m for m in (parent,) if m is not None] + list(newest)),
+            complete=False,
+            read_at=read_at,
+        )
+
+    async def _note_failure(self, team: str, exc: SlackError) -> None:
+        if isinstance(exc, SlackRateLimited):
+            await self._reads.rate_limited(team, exc.retry_after)
+
+    def _remember_not_mine(self, key: ThreadKey) -> None:
+        self._not_mine[key] = self._clock() + _NOT_MINE_LOCAL_S
+        self._not_mine.move_to_end(key)
+        while len(self._not_mine) > _CACHED_THREADS:
+            self._not_mine.popitem(last=False)
+
+
+def _seconds(ts: object) -> float:
+    try:
+        return float(ts) if isinstance(ts, str | int | float) else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _turn_from_slack(message: dict[str, Any], inbound: Inbound, own: set[str]) -> Turn | None:
+    """One earlier thread message as a turn; None for the current message, this answer's own
+    messages and messages posted after it."""
+    ts = message.get("ts")
+    text = message.get("text")
+    if not isinstance(ts, str) or not isinstance(text, str) or ts in own:
+        return None
+    if _seconds(ts) >= _seconds(inbound.ts):
+        return None
+    if message.get("subtype") not in USER_SUBTYPES and message.get("subtype") != "bot_message":
+        return None
+    bot_user = inbound.bot_user_id
+    if bot_user and message.get("user") == bot_user:
+        return Turn("assistant", text, ts=ts)
+    if bot_user:
+        text = mention_pattern(bot_user).sub("", text).strip()
+    author = message.get("user") or message.get("bot_id")
+    if not text:
+        return None
+    return Turn("user", text, author=str(author) if author else None, ts=ts)

@@ -1,0 +1,121 @@
+"""Event dedupe: each posted message is answered once, across Slack's retries, the app_mention +
+message twins of one post, replicas and restarts.
+
+    dedupe = Dedupe(guard, KeySchema())
+    sighting = await dedupe.first_sighting("T1", "C1", "17.1", "Ev1", retry=False)
+    # Sighting.FIRST / REPEAT / UNVOUCHED (a redelivery the store cannot vouch for: ask Slack)
+
+While Redis is down this process's memory stands in, and what it marked is written to Redis
+once it is back, so a retry reaching another replica after the outage is still recognised.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from bot.errors import StoreUnavailable
+from bot.store.guard import Guard
+from bot.store.keys import KeySchema
+
+DEDUPE_TTL_S = 15 * 60  # Slack's last retry comes ~5 min after the event
+
+
+class Sighting(enum.Enum):
+    FIRST = "first"  # never seen: answer it
+    REPEAT = "repeat"  # a retry or a twin of a message already taken
+    UNVOUCHED = "unvouched"  # a redelivery the store cannot vouch for: was it answered?
+
+
+class Dedupe:
+    """First sightings of messages, shared through Redis, with a local stand-in."""
+
+    def __init__(
+        self, guard: Guard, keys: KeySchema, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._guard = guard
+        self._keys = keys
+        self._clock = clock
+        self._local: OrderedDict[str, float] = OrderedDict()  # key -> expiry
+        self._unsynced: set[str] = set()  # marked locally while Redis was down
+        guard.on_recovery(self._sync)
+
+    async def first_sighting(
+        self, team: str, channel: str, ts: str, event_id: str | None, *, retry: bool = False
+    ) -> Sighting:
+        """Claim the message ``ts`` (and the delivery ``event_id``). ``retry``: Slack says this
+        is a redelivery, so a store that lost or never had its first delivery's marker (it was
+        emptied, or the message predates it) cannot tell "never seen" from "forgotten"."""
+        names = [self._keys.seen_message(team, channel, ts)]
+        if event_id:
+            names.append(self._keys.seen_event(event_id))
+        epoch_key = self._keys.epoch
+
+        async def claim(r: aioredis.Redis) -> list[object]:
+            async with r.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.set(name, "1", nx=True, ex=DEDUPE_TTL_S)
+                if retry:
+                    pipe.get(epoch_key)
+                return list(await pipe.execute())
+
+        try:
+            results = await self._guard.run(claim, "dedupe")
+        except StoreUnavailable:
+            first = self._local_first(names, unsynced=True)
+            return Sighting.FIRST if first and not retry else _seen(first)
+        self._local_first(names, unsynced=False)  # remembered here too, for a later outage
+        if not all(results[: len(names)]):
+            return Sighting.REPEAT
+        if retry and not _remembers(results[-1], ts):
+            return Sighting.UNVOUCHED
+        return Sighting.FIRST
+
+    def _local_first(self, names: list[str], *, unsynced: bool) -> bool:
+        now = self._clock()
+        while self._local and next(iter(self._local.values())) < now:
+            expired, _ = self._local.popitem(last=False)
+            self._unsynced.discard(expired)
+        first = True
+        for name in names:
+            if name in self._local:
+                first = False
+            else:
+                self._local[name] = now + DEDUPE_TTL_S
+                if unsynced:
+                    self._unsynced.add(name)
+        return first
+
+    async def _sync(self) -> None:
+        """Write what was marked during the outage (each for the rest of its TTL)."""
+        now = self._clock()
+        pending = {n: self._local[n] - now for n in self._unsynced if n in self._local}
+        self._unsynced.clear()
+        if not pending:
+            return
+
+        async def write(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for name, left in pending.items():
+                    if left > 0:
+                        pipe.set(name, "1", nx=True, px=int(left * 1000))
+                await pipe.execute()
+
+        await self._guard.attempt(write, "dedupe", None)
+
+
+def _seen(first: bool) -> Sighting:
+    return Sighting.UNVOUCHED if first else Sighting.REPEAT
+
+
+def _remembers(epoch: object, ts: str) -> bool:
+    """Whether a store whose memory began at ``epoch`` would hold the marker of message ``ts``."""
+    try:
+        began = float(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
+        return float(ts) >= began
+    except ValueError:
+        return False  # no epoch: a new or emptied store

@@ -1,0 +1,160 @@
+"""Thread memory: the turns of each conversation, which threads the bot takes part in, and how far
+back the store's own memory reaches (its epoch).
+
+    memory = ThreadMemory(guard, KeySchema(), ttl_s=30 * 86400, max_turns=200, turn_tokens=8000)
+    await memory.append(key, [Turn("user", "hi", "U1")], keep=50)
+    turns = await memory.history(key)          # None: the store cannot say (it is down)
+    await memory.participation(key)            # YES / NO / UNKNOWN (ask Slack)
+
+Slack holds the conversation; this is the fast path. A "no" is only given where the store would
+know: the thread began after the store's epoch and within the history TTL. Otherwise (a new or
+emptied store, a thread older than the TTL, Redis down) the answer is ``UNKNOWN`` and the caller
+asks Slack, then caches a negative answer here with ``not_mine``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import redis.asyncio as aioredis
+
+from bot.conversation import ThreadKey, Turn, cut_to
+from bot.errors import StoreUnavailable
+from bot.store.guard import Guard
+from bot.store.keys import KeySchema
+
+NOT_MINE_TTL_S = 86400  # a thread where the bot had not posted, as Slack said
+_LOCAL_THREADS = 10_000  # threads this process took part in, remembered for an outage
+
+
+class Participation(enum.Enum):
+    """Whether the bot takes part in a thread, as far as the store can tell."""
+
+    YES = "yes"
+    NO = "no"
+    UNKNOWN = "unknown"  # down, emptied, or the thread predates the store's memory: ask Slack
+
+
+class ThreadMemory:
+    """History, engagement and the epoch; reads say ``None`` / ``UNKNOWN`` while Redis is down,
+    writes are best effort (lost during an outage: Slack still has the thread)."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        keys: KeySchema,
+        *,
+        ttl_s: float,
+        max_turns: int,
+        turn_tokens: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._guard = guard
+        self._keys = keys
+        self._ttl_s = ttl_s
+        self._ttl_ms = int(ttl_s * 1000)
+        self._max_turns = max_turns
+        self._turn_tokens = turn_tokens
+        self._clock = clock
+        self._engaged_here: OrderedDict[ThreadKey, None] = OrderedDict()
+
+    async def history(self, key: ThreadKey) -> list[Turn] | None:
+        """The thread's stored turns, oldest first; None when the store cannot say."""
+        name = self._keys.thread(key)
+        raw = await self._guard.attempt(lambda r: r.lrange(name, 0, -1), "history", None)
+        return None if raw is None else [Turn.from_json(item) for item in raw]
+
+    async def participation(self, key: ThreadKey) -> Participation:
+        """Whether the bot answered (or is answering) in this thread, if the store can say."""
+        if key in self._engaged_here:
+            return Participation.YES
+        names = (self._keys.thread(key), self._keys.engaged(key))
+        not_mine, epoch_key = self._keys.not_mine(key), self._keys.epoch
+
+        async def look(r: aioredis.Redis) -> list[object]:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.exists(*names)
+                pipe.exists(not_mine)
+                pipe.get(epoch_key)
+                return list(await pipe.execute())
+
+        try:
+            known, refused, epoch = await self._guard.run(look, "participation")
+        except StoreUnavailable:
+            return Participation.UNKNOWN
+        if known:
+            return Participation.YES
+        if refused:
+            return Participation.NO
+        began = _seconds(epoch)
+        if began is None:
+            began = await self.begin_epoch()  # a new or emptied store remembers from now
+        started = _seconds(key.thread_ts)
+        if started is not None and started >= max(began, self._clock() - self._ttl_s):
+            return Participation.NO  # any answer there would be remembered
+        return Participation.UNKNOWN
+
+    async def begin_epoch(self) -> float:
+        """Mark when this store began remembering, unless it already knows; returns the epoch."""
+        now = self._clock()
+        name = self._keys.epoch
+
+        async def mark(r: aioredis.Redis) -> object:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.set(name, repr(now), nx=True)
+                pipe.get(name)
+                return (await pipe.execute())[1]
+
+        return _seconds(await self._guard.attempt(mark, "epoch", None)) or now
+
+    async def engage(self, key: ThreadKey) -> None:
+        """Mark the thread as one the bot takes part in, as soon as it starts answering there:
+        a follow-up sent while the first answer is still streaming must not be ignored."""
+        self._remember(key)
+        name = self._keys.engaged(key)
+        await self._guard.attempt(lambda r: r.set(name, "1", px=self._ttl_ms), "engage", None)
+
+    async def append(self, key: ThreadKey, turns: Sequence[Turn], *, keep: int = 0) -> bool:
+        """Add turns (each cut to what a prompt can hold) and keep the newest ``keep`` (at most
+        ``max_turns``; 0: ``max_turns``). False when the store could not take them."""
+        self._remember(key)
+        name, engaged = self._keys.thread(key), self._keys.engaged(key)
+        stored = [cut_to(turn, self._turn_tokens).to_json() for turn in turns]
+        newest = min(keep or self._max_turns, self._max_turns)
+
+        async def write(r: aioredis.Redis) -> bool:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.rpush(name, *stored)
+                pipe.ltrim(name, -newest, -1)
+                pipe.pexpire(name, self._ttl_ms)
+                pipe.set(engaged, "1", px=self._ttl_ms)
+                await pipe.execute()
+            return True
+
+        return bool(stored) and await self._guard.attempt(write, "append", False)
+
+    async def not_mine(self, key: ThreadKey) -> None:
+        """Remember that Slack showed no message of the bot in this thread."""
+        name = self._keys.not_mine(key)
+        await self._guard.attempt(
+            lambda r: r.set(name, "1", ex=NOT_MINE_TTL_S), "participation", None
+        )
+
+    def _remember(self, key: ThreadKey) -> None:
+        self._engaged_here[key] = None
+        self._engaged_here.move_to_end(key)
+        if len(self._engaged_here) > _LOCAL_THREADS:
+            self._engaged_here.popitem(last=False)
+
+
+def _seconds(value: object) -> float | None:
+    """A Slack ts or stored epoch as seconds; None when absent or not a number."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return float(value) if isinstance(value, str | int | float) else None
+    except ValueError:
+        return None

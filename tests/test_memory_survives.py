@@ -1,0 +1,260 @@
+"""The bot's memory survives: restarts on the embedded store, Redis outages and an emptied store.
+Slack is the source of truth, read only where the store cannot answer — real processes, the
+real app over Socket Mode, real Redis servers and the fake Slack / OpenAI servers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.compose import RunningBot
+from tests.bot_process import bot_env, spawn_bot, stop_bot
+from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
+from tests.fakes.slack import FakeSlack, Message, mention_event, message_event
+from tests.redis_server import RedisServer
+from tests.test_e2e_rules import answered, bot_texts, settle
+from tests.views import working
+
+
+@pytest.fixture(autouse=True)
+def echo(llm: FakeOpenAI) -> None:
+    llm.default = echo_last_user  # each answer repeats the question: easy to tell apart
+
+
+def prompt(llm: FakeOpenAI, n: int = -1) -> list[str]:
+    """What the model was told in request ``n``, without the system prompt."""
+    return [str(m["content"]) for m in llm.requests[n].messages[1:]]
+
+
+def shown(slack: FakeSlack, ts: str) -> Message:
+    message = slack.message("C0CHAN", ts)
+    assert message is not None
+    return message
+
+
+def reads(slack: FakeSlack) -> int:
+    return len(slack.calls_to("conversations.replies")) + len(
+        slack.calls_to("conversations.history")
+    )
+
+
+async def test_the_embedded_store_keeps_memory_and_dedupe_across_a_restart(
+    slack: FakeSlack, llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = bot_env(slack, llm, None, DATA_DIR=str(tmp_path / "data"))  # no REDIS_URL
+    first = mention_event("remember the word banana")
+    proc = await spawn_bot(tmp_path / "bot1.log", env)
+    try:
+        await slack.wait_connected(timeout=30)
+        await slack.send_event(first, event_id="Ev0FIRST")
+        await answered(slack, "remember the word banana")
+    finally:
+        assert await stop_bot(proc) == 0  # as in an upgrade: SIGTERM, then start again
+
+    await slack.wait_for(lambda: slack.connected == 0, timeout=10, what="the old socket gone")
+    proc = await spawn_bot(tmp_path / "bot2.log", env)
+    try:
+        await slack.wait_connected(timeout=30)
+        await slack.send_event(message_event("which word?", thread_ts=first["ts"]))
+        await answered(slack, "which word?")
+        assert prompt(llm) == [
+            "remember the word banana",
+            "remember the word banana",
+            "which word?",
+        ]
+        # Slack redelivers the first mention (its ack was lost): the marker survived too.
+        retry = await slack.send_event(first, event_id="Ev0FIRST", retry_attempt=1, record=False)
+        await settle(slack, llm, [retry])
+    finally:
+        assert await stop_bot(proc) == 0
+    assert bot_texts(slack).count("remember the word banana") == 1
+    assert reads(slack) == 0  # all of it came from the store, none from Slack
+    for log in ("bot1.log", "bot2.log"):
+        assert "Traceback" not in (tmp_path / log).read_text()
+    assert not list((tmp_path / "data" / "clients").iterdir())  # nobody left registered
+
+
+async def test_a_killed_process_leaves_no_message_writing_on_the_embedded_store(
+    slack: FakeSlack, llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    llm.script(Answer(text="word " * 400, chunk_size=5, token_delay=0.05))
+    env = bot_env(slack, llm, None, DATA_DIR=str(tmp_path / "data"), REPLY_LEASE="2")
+    doomed = await spawn_bot(tmp_path / "doomed.log", env)
+    await slack.wait_connected(timeout=30)
+    await slack.send_event(mention_event("write a lot"))
+    await slack.wait_for(
+        lambda: any(m.text.startswith("word") for m in slack.bot_messages()), timeout=15
+    )
+    await stop_bot(doomed, signal.SIGKILL)  # the server it started lives on
+    reply = next(m for m in slack.bot_messages() if m.text.startswith("word"))
+    assert working(reply)
+
+    survivor = await spawn_bot(tmp_path / "survivor.log", env)
+    try:
+        await slack.wait_for(lambda: not working(shown(slack, reply.ts)), timeout=20)
+    finally:
+        assert await stop_bot(survivor) == 0
+    assert "please ask again" in str(shown(slack, reply.ts).blocks)
+
+
+async def test_follow_ups_are_answered_through_an_outage_and_an_emptied_store(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, own_redis: RedisServer
+) -> None:
+    async with start_bot(redis_url=own_redis.url):
+        before = mention_event("alpha")
+        await slack.send_event(before)
+        await answered(slack, "alpha")
+
+        own_redis.stop()
+        # A thread answered before the outage: the store cannot say, Slack can.
+        await slack.send_event(message_event("alpha again", thread_ts=before["ts"]))
+        await answered(slack, "alpha again")
+        assert prompt(llm) == ["alpha", "alpha", "alpha again"]
+        # One answered during it.
+        during = mention_event("beta")
+        await slack.send_event(during)
+        await answered(slack, "beta")
+        await slack.send_event(message_event("beta again", thread_ts=during["ts"]))
+        await answered(slack, "beta again")
+        assert prompt(llm) == ["beta", "beta", "beta again"]
+
+        own_redis.start()  # empty: it keeps nothing on disk
+        await slack.send_event(message_event("alpha once more", thread_ts=before["ts"]))
+        await answered(slack, "alpha once more")
+        assert prompt(llm) == [
+            "alpha",
+            "alpha",
+            "alpha again",
+            "alpha again",
+            "alpha once more",
+        ]
+        # Stored again: the next follow-up needs no read.
+        done = reads(slack)
+        await slack.send_event(message_event("alpha, last", thread_ts=before["ts"]))
+        await answered(slack, "alpha, last")
+        assert reads(slack) == done
+        assert prompt(llm)[-3:] == ["alpha once more", "alpha once more", "alpha, last"]
+
+
+async def test_the_normal_path_reads_nothing_from_slack(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    parent = slack.add_message("C0CHAN", "people talking", user="U0ALICE")
+    first = mention_event("one")
+    envelopes = [
+        await slack.send_event(first),
+        # Human chatter in a thread the store knows is not the bot's: no read either.
+        await slack.send_event(message_event("not for the bot", thread_ts=parent)),
+    ]
+    await answered(slack, "one")
+    for text in ("two", "three"):
+        await slack.send_event(message_event(text, thread_ts=first["ts"]))
+        await answered(slack, text)
+    await settle(slack, llm, envelopes)
+    assert reads(slack) == 0
+    assert "not for the bot" not in bot_texts(slack)
+
+
+async def test_a_burst_in_a_thread_the_store_lost_reads_it_once(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    first = mention_event("start")
+    await slack.send_event(first)
+    await answered(slack, "start")
+    redis_server.flush()
+    for n in range(3):
+        await slack.send_event(message_event(f"follow-up {n}", thread_ts=first["ts"]))
+    for n in range(3):
+        await answered(slack, f"follow-up {n}")
+    assert len(slack.calls_to("conversations.replies")) == 1
+    assert prompt(llm, 1)[:2] == ["start", "start"]
+
+
+async def test_human_threads_older_than_the_store_are_read_once_then_cached_as_not_mine(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_client: Any
+) -> None:
+    old = slack.add_message("C0CHAN", "an old conversation", user="U0ALICE")
+    await redis_client.set("slackbot:epoch", repr(time.time() + 5))  # the store is newer
+    envelopes = [
+        await slack.send_event(message_event(f"chatter {n}", thread_ts=old, user="U0BOB"))
+        for n in range(3)
+    ]
+    await settle(slack, llm, envelopes)
+    assert bot_texts(slack) == ["sentinel"]
+    assert len(slack.calls_to("conversations.replies")) == 1
+    assert await redis_client.exists(f"slackbot:notmine:T0001:C0CHAN:{old}") == 1
+
+
+async def test_a_redelivery_the_store_cannot_vouch_for_is_checked_against_slack(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    once = mention_event("once")
+    await slack.send_event(once, event_id="Ev0ONCE")
+    await answered(slack, "once")
+    redis_server.flush()  # the store forgot it answered
+    envelopes = [await slack.send_event(once, event_id="Ev0ONCE", retry_attempt=1, record=False)]
+    # A message whose first delivery never reached the bot: answered on its retry.
+    lost = mention_event("never acked")
+    envelopes.append(await slack.send_event(lost, event_id="Ev0LOST", retry_attempt=2))
+    await answered(slack, "never acked")
+    await settle(slack, llm, envelopes)
+    assert bot_texts(slack).count("once") == 1
+    assert len(llm.requests) == 3  # once, never acked, sentinel
+
+
+async def test_a_thread_slack_will_not_let_the_bot_read_is_answered_with_what_is_known(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    parent = slack.add_message("C0CHAN", "people talking", user="U0ALICE")
+    slack.fail_next("conversations.replies", "ratelimited", retry_after=30)
+    started = time.monotonic()
+    await slack.send_event(mention_event("what is this about?", thread_ts=parent))
+    await answered(slack, "what is this about?")
+    assert time.monotonic() - started < 10  # not held for the 30 s Retry-After
+    assert prompt(llm) == ["what is this about?"]
+
+
+async def test_summoned_into_a_long_thread_the_prompt_has_its_newest_messages(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    parent = slack.add_message("C0CHAN", "message 0", user="U0ALICE")
+    for n in range(1, 1000):
+        user = "U0ALICE" if n % 2 else "U0BOB"
+        slack.add_message("C0CHAN", f"message {n}", user=user, thread_ts=parent)
+    await slack.send_event(mention_event("summarise", thread_ts=parent))
+    await answered(slack, "[U0USER] summarise")
+    told = prompt(llm)
+    assert told[0] == "[U0ALICE] message 0"  # the thread's opening message stays
+    assert told[-2:] == ["[U0ALICE] message 999", "[U0USER] summarise"]
+    assert "[U0BOB] message 902" in told and "[U0BOB] message 900" not in told
+    assert len(told) == 100 + 1  # BACKFILL_LIMIT, and the question
+    assert len(slack.calls_to("conversations.replies")) == 5  # 1000 messages, 200 a page
+
+
+async def test_recovery_never_rewrites_a_finished_answer(
+    bot: RunningBot, slack: FakeSlack, redis_client: Any
+) -> None:
+    finished = slack.add_message("C0CHAN", "the complete answer", user="U0BOT", bot_id="B0BOT")
+    native = slack.add_message("C0CHAN", "a streamed answer", user="U0BOT", bot_id="B0BOT")
+    records: dict[str, dict[str, Any]] = {
+        # Its final edit landed, then the untrack was lost in a Redis blip.
+        "r1": {"text": "the comp", "ts": finished},
+        # A native reply whose final text was on its way.
+        "r2": {"text": "a stream", "ts": native, "native": True, "final": True},
+    }
+    for reply_id, fields in records.items():
+        record = {"owner": "gone-1", "team": "T0001", "channel": "C0CHAN", "thread_ts": None}
+        await redis_client.set(f"slackbot:reply:{reply_id}", json.dumps({**record, **fields}))
+        await redis_client.zadd("slackbot:replies", {reply_id: time.time() + 600})
+    inflight = bot.turns._tracker  # the same object the composition root wired
+    assert inflight is not None
+    await inflight.sweep()  # type: ignore[attr-defined]
+    assert shown(slack, finished).text == "the complete answer"
+    assert shown(slack, native).text == "a streamed answer"
+    assert not slack.calls_to("chat.update")
+    assert await redis_client.zcard("slackbot:replies") == 0
