@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -135,6 +136,23 @@ async def test_a_thread_the_process_answered_in_is_known_while_the_store_is_down
         assert await store.history.append(KEY, [Turn("user", "lost", "U1")]) is False
     finally:
         await store.aclose()
+
+
+async def test_threads_engaged_during_an_outage_are_known_to_every_replica_after_it(
+    own_redis: RedisServer,
+) -> None:
+    a, b = Store.open(connect_redis(own_redis.url)), Store.open(connect_redis(own_redis.url))
+    try:
+        now_key = ThreadKey("T1", "C1", f"{time.time():.6f}")
+        own_redis.stop()
+        await a.history.engage(now_key)  # answered there while Redis was down
+        own_redis.start()
+        assert await a.ping()
+        await a.guard.settle()
+        assert await b.history.participation(now_key) is Participation.YES
+    finally:
+        await a.aclose()
+        await b.aclose()
 
 
 # -- dedupe ------------------------------------------------------------------------------------

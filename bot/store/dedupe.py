@@ -35,10 +35,16 @@ class Dedupe:
     """First sightings of messages, shared through Redis, with a local stand-in."""
 
     def __init__(
-        self, guard: Guard, keys: KeySchema, *, clock: Callable[[], float] = time.time
+        self,
+        guard: Guard,
+        keys: KeySchema,
+        *,
+        ttl_s: float = DEDUPE_TTL_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._guard = guard
         self._keys = keys
+        self._ttl_s = ttl_s
         self._clock = clock
         self._local: OrderedDict[str, float] = OrderedDict()  # key -> expiry
         self._unsynced: set[str] = set()  # marked locally while Redis was down
@@ -58,7 +64,7 @@ class Dedupe:
         async def claim(r: aioredis.Redis) -> list[object]:
             async with r.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.set(name, "1", nx=True, ex=DEDUPE_TTL_S)
+                    pipe.set(name, "1", nx=True, px=int(self._ttl_s * 1000))
                 if retry:
                     pipe.get(epoch_key)
                 return list(await pipe.execute())
@@ -85,7 +91,7 @@ class Dedupe:
             if name in self._local:
                 first = False
             else:
-                self._local[name] = now + DEDUPE_TTL_S
+                self._local[name] = now + self._ttl_s
                 if unsynced:
                     self._unsynced.add(name)
         return first

@@ -60,6 +60,8 @@ class ThreadMemory:
         self._turn_tokens = turn_tokens
         self._clock = clock
         self._engaged_here: OrderedDict[ThreadKey, None] = OrderedDict()
+        self._unsynced: set[ThreadKey] = set()  # engaged while Redis was down
+        guard.on_recovery(self._sync)
 
     async def history(self, key: ThreadKey) -> list[Turn] | None:
         """The thread's stored turns, oldest first; None when the store cannot say."""
@@ -115,7 +117,11 @@ class ThreadMemory:
         a follow-up sent while the first answer is still streaming must not be ignored."""
         self._remember(key)
         name = self._keys.engaged(key)
-        await self._guard.attempt(lambda r: r.set(name, "1", px=self._ttl_ms), "engage", None)
+        written = await self._guard.attempt(
+            lambda r: r.set(name, "1", px=self._ttl_ms), "engage", None
+        )
+        if written is None:
+            self._unsynced.add(key)  # other replicas learn of it once Redis is back
 
     async def append(self, key: ThreadKey, turns: Sequence[Turn], *, keep: int = 0) -> bool:
         """Add turns (each cut to what a prompt can hold) and keep the newest ``keep`` (at most
@@ -142,6 +148,22 @@ class ThreadMemory:
         await self._guard.attempt(
             lambda r: r.set(name, "1", ex=NOT_MINE_TTL_S), "participation", None
         )
+
+    async def _sync(self) -> None:
+        """Write the engagements made during an outage, so every replica places those threads
+        (their turns are read back from Slack when next needed)."""
+        pending, self._unsynced = self._unsynced, set()
+        names = [self._keys.engaged(key) for key in pending]
+        if not names:
+            return
+
+        async def write(r: aioredis.Redis) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.set(name, "1", px=self._ttl_ms)
+                await pipe.execute()
+
+        await self._guard.attempt(write, "engage", None)
 
     def _remember(self, key: ThreadKey) -> None:
         self._engaged_here[key] = None
