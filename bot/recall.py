@@ -119,6 +119,26 @@ class Recall:
         turns = (_turn_from_slack(m, inbound, own) for m in view.messages)
         return [turn for turn in turns if turn is not None]
 
+    async def channel_turns(
+        self, inbound: Inbound, own_replies: Iterable[str]
+    ) -> list[Turn] | None:
+        """The newest top-level messages before ``inbound`` in its channel (a DM's running
+        conversation) as turns, oldest first; None when Slack would not say at once."""
+        deadline = asyncio.get_running_loop().time()
+        if not await self._reads.acquire(inbound.team, Priority.FINAL, deadline=deadline):
+            return None
+        try:
+            messages = await self._slack.channel_page(
+                inbound.channel, latest=inbound.ts, limit=max(self._limit, 1)
+            )
+        except SlackError as exc:
+            await self._note_failure(inbound.team, exc)
+            log.info("could not read %s from Slack: %s", inbound.channel, exc.error)
+            return None
+        own = set(own_replies)
+        turns = (_turn_from_slack(m, inbound, own) for m in reversed(messages))
+        return [turn for turn in turns if turn is not None]
+
     async def answered(self, inbound: Inbound, reply_thread: str | None) -> bool | None:
         """Whether the bot has posted after ``inbound`` where it would answer it (the thread
         ``reply_thread``, or the channel's top level); None when Slack would not say."""

@@ -192,12 +192,20 @@ class SlackGateway:
         return _page(data)
 
     async def channel_page(
-        self, channel: str, *, limit: int = 100, oldest: str | None = None
+        self,
+        channel: str,
+        *,
+        limit: int = 100,
+        oldest: str | None = None,
+        latest: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The newest top-level messages of a channel (after ``oldest``), newest first."""
+        """The newest top-level messages of a channel (between ``oldest`` and ``latest``,
+        both excluded), newest first."""
         args: dict[str, Any] = {"channel": channel, "limit": limit}
         if oldest is not None:
             args["oldest"] = oldest
+        if latest is not None:
+            args["latest"] = latest
         data = await self._call("conversations.history", args, read=True)
         return _page(data)[0]
 

@@ -417,12 +417,21 @@ class Turns:
     async def _history(
         self, key: ThreadKey, inbound: Inbound, reply: ReplyStream | NativeReply
     ) -> list[Turn]:
-        """The thread's turns from the store; where it has none (the bot was summoned into the
-        thread, or the store lost it or is down) from Slack, stored again when the store is up."""
-        history = await self._store.history.history(key)
-        if history or not inbound.in_thread or self._options.backfill_limit == 0:
+        """The conversation's turns from the store; where it has none (the bot was summoned into
+        the thread, the store lost it or is down) from Slack, stored again when the store is up.
+        A DM's top-level conversation is read back only where the store may have lost it."""
+        memory = self._store.history
+        history = await memory.history(key)
+        if history or self._options.backfill_limit == 0:
             return history or []
-        recalled = await self._recall.turns(key, inbound, reply.message_ts)
+        if inbound.in_thread:
+            recalled = await self._recall.turns(key, inbound, reply.message_ts)
+        elif key.thread_ts == DM_TOP_LEVEL and (
+            history is None or not await memory.remembers_all()
+        ):
+            recalled = await self._recall.channel_turns(inbound, reply.message_ts)
+        else:
+            return []
         if not recalled:
             return history or []  # Slack would not say in time: answered with what is known
         if history is not None:

@@ -67,13 +67,14 @@ async def test_the_embedded_store_keeps_memory_and_dedupe_across_a_restart(
             "remember the word banana",
             "which word?",
         ]
+        assert reads(slack) == 0  # all of it came from the store, none from Slack
         # Slack redelivers the first mention (its ack was lost): the marker survived too.
         retry = await slack.send_event(first, event_id="Ev0FIRST", retry_attempt=1, record=False)
         await settle(slack, llm, [retry])
     finally:
         assert await stop_bot(proc) == 0
     assert bot_texts(slack).count("remember the word banana") == 1
-    assert reads(slack) == 0  # all of it came from the store, none from Slack
+    assert not slack.calls_to("conversations.replies")  # the retry needed no check either
     for log in ("bot1.log", "bot2.log"):
         assert "Traceback" not in (tmp_path / log).read_text()
     assert not list((tmp_path / "data" / "clients").iterdir())  # nobody left registered
@@ -142,8 +143,10 @@ async def test_follow_ups_are_answered_through_an_outage_and_an_emptied_store(
 
 
 async def test_the_normal_path_reads_nothing_from_slack(
-    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_client: Any
 ) -> None:
+    # A store that has remembered for longer than HISTORY_TTL_DAYS: what it lacks, never was.
+    await redis_client.set("slackbot:epoch", repr(time.time() - 31 * 86400))
     parent = slack.add_message("C0CHAN", "people talking", user="U0ALICE")
     first = mention_event("one")
     envelopes = [
@@ -158,6 +161,23 @@ async def test_the_normal_path_reads_nothing_from_slack(
     await settle(slack, llm, envelopes)
     assert reads(slack) == 0
     assert "not for the bot" not in bot_texts(slack)
+
+
+async def test_a_dm_conversation_the_store_lost_is_read_back_from_slack(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    await slack.send_event(message_event("my name is Ada", channel="D0DM", channel_type="im"))
+    await answered(slack, "my name is Ada")
+    redis_server.flush()
+    await slack.send_event(message_event("what is my name?", channel="D0DM", channel_type="im"))
+    await answered(slack, "what is my name?")
+    assert prompt(llm) == ["my name is Ada", "my name is Ada", "what is my name?"]
+    # Stored again: the next message needs no read.
+    done = reads(slack)
+    await slack.send_event(message_event("and now?", channel="D0DM", channel_type="im"))
+    await answered(slack, "and now?")
+    assert reads(slack) == done
+    assert prompt(llm)[:3] == ["my name is Ada", "my name is Ada", "what is my name?"]
 
 
 async def test_a_burst_in_a_thread_the_store_lost_reads_it_once(

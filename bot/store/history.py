@@ -99,6 +99,14 @@ class ThreadMemory:
             return Participation.NO  # any answer there would be remembered
         return Participation.UNKNOWN
 
+    async def remembers_all(self) -> bool:
+        """Whether an empty history here means there is none: the store has remembered for
+        longer than the history TTL (else a conversation it lacks may predate it)."""
+        epoch = _seconds(
+            await self._guard.attempt(lambda r: r.get(self._keys.epoch), "epoch", None)
+        )
+        return epoch is not None and epoch <= self._clock() - self._ttl_s
+
     async def begin_epoch(self) -> float:
         """Mark when this store began remembering, unless it already knows; returns the epoch."""
         now = self._clock()
