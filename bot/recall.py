@@ -87,7 +87,8 @@ class Recall:
         self._max_pages = max_pages
         self._clock = clock
         self._views: OrderedDict[tuple[str, str], ThreadView] = OrderedDict()
-        self._reading: dict[tuple[str, str], asyncio.Task[ThreadView | None]] = {}
+        # Reads in flight: when each began, and the read.
+        self._reading: dict[tuple[str, str], tuple[float, asyncio.Task[ThreadView | None]]] = {}
         self._not_mine: OrderedDict[ThreadKey, float] = OrderedDict()
 
     async def takes_part(self, key: ThreadKey, *, bot_user: str | None, wait: float) -> bool:
@@ -176,17 +177,23 @@ class Recall:
         if view is not None and (fresh_for is None or view.covers(fresh_for)):
             return view
         reading = self._reading.get(where)
-        if reading is None:
-            reading = asyncio.create_task(self._read(key, wait))
-            self._reading[where] = reading
-            reading.add_done_callback(lambda _: self._reading.pop(where, None))
-        view = await asyncio.shield(reading)
+        if reading is None or (fresh_for is not None and reading[0] < _seconds(fresh_for)):
+            # No read in flight, or one begun before the message it is for was posted.
+            task = asyncio.create_task(self._read(key, wait))
+            reading = self._reading[where] = (self._clock(), task)
+            task.add_done_callback(lambda done: self._forget_read(where, done))
+        view = await asyncio.shield(reading[1])
         if view is not None:
             self._views[where] = view
             self._views.move_to_end(where)
             while len(self._views) > _CACHED_THREADS:
                 self._views.popitem(last=False)
         return view
+
+    def _forget_read(self, where: tuple[str, str], done: asyncio.Task[ThreadView | None]) -> None:
+        reading = self._reading.get(where)
+        if reading is not None and reading[1] is done:
+            del self._reading[where]
 
     async def _read(self, key: ThreadKey, wait: float) -> ThreadView | None:
         """The parent and the newest messages (``limit`` in all) of at most ``max_pages`` pages.
