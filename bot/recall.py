@@ -39,12 +39,11 @@ _NOT_MINE_LOCAL_S = 600.0  # a "no" kept here too, for when the store is down
 
 @dataclass(frozen=True, slots=True)
 class ThreadView:
-    """What Slack showed of a thread at ``read_at`` (wall clock): its parent and newest
-    messages, oldest first, and whether every page was read."""
+    """What Slack showed of a thread: its parent and newest messages, oldest first, and
+    whether every page was read."""
 
     messages: tuple[dict[str, Any], ...]
     complete: bool
-    read_at: float
 
     def posted_by(self, user: str) -> bool | None:
         """Whether ``user`` posted in the thread (None: not in what was read, which is not
@@ -61,8 +60,11 @@ class ThreadView:
         return False if isinstance(repliers, list) and count == len(repliers) else None
 
     def covers(self, ts: str) -> bool:
-        """Whether this view holds everything posted before message ``ts`` (it was read later)."""
-        return self.read_at >= _seconds(ts)
+        """Whether this view holds everything posted before message ``ts``: it shows that
+        message or a later one (Slack's clock, not ours), or it is all that could be read."""
+        if not self.complete:
+            return True
+        return any(_seconds(m.get("ts")) >= _seconds(ts) for m in self.messages)
 
 
 class Recall:
@@ -87,8 +89,7 @@ class Recall:
         self._max_pages = max_pages
         self._clock = clock
         self._views: OrderedDict[tuple[str, str], ThreadView] = OrderedDict()
-        # Reads in flight: when each began, and the read.
-        self._reading: dict[tuple[str, str], tuple[float, asyncio.Task[ThreadView | None]]] = {}
+        self._reading: dict[tuple[str, str], asyncio.Task[ThreadView | None]] = {}
         self._not_mine: OrderedDict[ThreadKey, float] = OrderedDict()
 
     async def takes_part(self, key: ThreadKey, *, bot_user: str | None, wait: float) -> bool:
@@ -177,23 +178,24 @@ class Recall:
         if view is not None and (fresh_for is None or view.covers(fresh_for)):
             return view
         reading = self._reading.get(where)
-        if reading is None or (fresh_for is not None and reading[0] < _seconds(fresh_for)):
-            # No read in flight, or one begun before the message it is for was posted.
-            task = asyncio.create_task(self._read(key, wait))
-            reading = self._reading[where] = (self._clock(), task)
-            task.add_done_callback(lambda done: self._forget_read(where, done))
-        view = await asyncio.shield(reading[1])
+        if reading is not None:
+            view = await asyncio.shield(reading)
+            if view is None or fresh_for is None or view.covers(fresh_for):
+                return view
+            # That read began before the message it is wanted for was posted: read again.
+        reading = self._reading[where] = asyncio.create_task(self._read(key, wait))
+        reading.add_done_callback(lambda done: self._forget_read(where, done))
+        return await asyncio.shield(reading)
+
+    def _forget_read(self, where: tuple[str, str], done: asyncio.Task[ThreadView | None]) -> None:
+        if self._reading.get(where) is done:
+            del self._reading[where]
+        view = None if done.cancelled() or done.exception() else done.result()
         if view is not None:
             self._views[where] = view
             self._views.move_to_end(where)
             while len(self._views) > _CACHED_THREADS:
                 self._views.popitem(last=False)
-        return view
-
-    def _forget_read(self, where: tuple[str, str], done: asyncio.Task[ThreadView | None]) -> None:
-        reading = self._reading.get(where)
-        if reading is not None and reading[1] is done:
-            del self._reading[where]
 
     async def _read(self, key: ThreadKey, wait: float) -> ThreadView | None:
         """The parent and the newest messages (``limit`` in all) of at most ``max_pages`` pages.
@@ -203,7 +205,6 @@ class Recall:
         parent: dict[str, Any] | None = None
         newest: deque[dict[str, Any]] = deque(maxlen=max(self._limit - 1, 1))  # + the parent
         cursor: str | None = None
-        read_at = self._clock()
         for page in range(self._max_pages):
             deadline = loop.time() + (wait if page == 0 else 0.0)
             if not await self._reads.acquire(key.team, Priority.FINAL, deadline=deadline):
@@ -225,15 +226,13 @@ class Recall:
                     newest.append(message)
             if cursor is None:
                 messages_read = [m for m in (parent,) if m is not None] + list(newest)
-                return ThreadView(tuple(messages_read), complete=True, read_at=read_at)
+                return ThreadView(tuple(messages_read), complete=True)
         else:
             log.info("thread %s is longer than %d pages; read its first pages", key, page + 1)
         if parent is None and not newest:
             return None
         return ThreadView(
-            tuple([m for m in (parent,) if m is not None] + list(newest)),
-            complete=False,
-            read_at=read_at,
+            tuple([m for m in (parent,) if m is not None] + list(newest)), complete=False
         )
 
     async def _note_failure(self, team: str, exc: SlackError) -> None:
