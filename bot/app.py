@@ -20,6 +20,7 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,8 @@ from bot.store import Participation, Store
 from bot.turn import Turns
 
 log = logging.getLogger(__name__)
+
+PARTICIPATION_LOOKUP_S = 1.0  # well within Slack's 3 s to acknowledge an event
 
 
 def build_app(
@@ -148,7 +151,12 @@ def build_app(
         else:
             team = str(body.get("team_id") or event.get("team") or "")
             key = ThreadKey(team, str(event.get("channel")), thread_ts)
-            known = await store.history.participation(key)
+            try:
+                # Matchers run before Slack gets its ack: a hung Redis must not delay it.
+                async with asyncio.timeout(PARTICIPATION_LOOKUP_S):
+                    known = await store.history.participation(key)
+            except TimeoutError:
+                known = Participation.UNKNOWN
         context["participation"] = known
         return known
 

@@ -85,6 +85,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         stack.push_async_callback(store.aclose)
         if await store.ping():
             await store.history.begin_epoch()
+            await store.check_eviction()
         else:
             log.warning("Redis is not reachable at start-up; answering from Slack until it is")
         budget = EditBudget(
@@ -131,9 +132,6 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         )
         slack = SlackGateway(web, metrics)
         stops = StopSignals(store.stops)
-        inflight = InFlight(
-            store.inflight, slack, owner=new_owner_id(), lease_s=settings.reply_lease
-        )
         recall = Recall(
             slack,
             store.history,
@@ -145,6 +143,9 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 min_interval=0.0,
             ),
             limit=settings.backfill_limit,
+        )
+        inflight = InFlight(
+            store.inflight, slack, recall, owner=new_owner_id(), lease_s=settings.reply_lease
         )
         turns = Turns(
             stops=stops,

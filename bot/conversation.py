@@ -52,6 +52,16 @@ class Turn:
         )
 
 
+def ts_seconds(ts: object) -> float:
+    """A Slack ts (or a stored time) as seconds; 0.0 when absent or not a number."""
+    if isinstance(ts, bytes):
+        ts = ts.decode(errors="replace")
+    try:
+        return float(ts) if isinstance(ts, str | int | float) else 0.0
+    except ValueError:
+        return 0.0
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free upper-ish estimate: ~4 UTF-8 bytes a token, plus per-message overhead.
 

@@ -4,9 +4,12 @@ OOM, lost node) so no message stays "writing…" — and never overwrites an ans
 shows its final form (a reply is marked final before its final delivery, and an edited reply's
 message is read back from Slack before it is touched).
 
-    inflight = InFlight(store.inflight, slack, owner="host-1234", lease_s=30)
+    inflight = InFlight(store.inflight, slack, recall, owner="host-1234", lease_s=30)
     reply = ReplyStream(..., tracker=inflight)
-    task = asyncio.create_task(inflight.run())    # heartbeat + sweep at start and periodically
+    task = asyncio.create_task(inflight.run())    # heartbeat; sweeps at start and periodically
+
+A reply whose message Slack would not show (rate-limited, down) is put back and tried again at
+the next sweep, until its record expires.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import socket
 from typing import Any
 
 from bot.errors import SlackError
+from bot.recall import Recall
 from bot.render.reply import (
     FAILED_TEXT,
     INDICATOR_BLOCK_ID,
@@ -45,10 +49,17 @@ class InFlight:
     """The registry of this process's replies in flight, and the finisher of orphaned ones."""
 
     def __init__(
-        self, registry: InFlightRegistry, slack: SlackGateway, *, owner: str, lease_s: float
+        self,
+        registry: InFlightRegistry,
+        slack: SlackGateway,
+        recall: Recall,
+        *,
+        owner: str,
+        lease_s: float,
     ) -> None:
         self._registry = registry
         self._slack = slack
+        self._recall = recall
         self.owner = owner
         self._lease = lease_s
         self._records: dict[str, dict[str, Any]] = {}  # by reply id: what it was last said to show
@@ -77,24 +88,36 @@ class InFlight:
         await self._registry.untrack(reply.id)
 
     async def run(self) -> None:
-        """Heartbeat every third of the lease; sweep for orphans at once and every lease."""
+        """Heartbeat every third of the lease; sweep for orphans at once and every lease (in a
+        task of its own: a slow sweep must not let this process's lease lapse)."""
         beats = 0
-        while True:
-            alive = await self._registry.heartbeat(self.owner, self._lease)
-            if alive and beats % 3 == 0:
-                await self.sweep()
-            beats += 1
-            await asyncio.sleep(self._lease / 3)
+        sweeper: asyncio.Task[int] | None = None
+        try:
+            while True:
+                alive = await self._registry.heartbeat(self.owner, self._lease)
+                if alive and beats % 3 == 0 and (sweeper is None or sweeper.done()):
+                    sweeper = asyncio.create_task(self.sweep(), name="in-flight-sweep")
+                beats += 1
+                await asyncio.sleep(self._lease / 3)
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                await asyncio.gather(sweeper, return_exceptions=True)
 
     async def sweep(self) -> int:
         """Finish every orphaned reply; returns how many were finished."""
         finished = 0
-        for record in await self._registry.orphans():
-            if await self._finish(record):
+        for reply_id, record in await self._registry.orphans():
+            outcome = await self._finish(record)
+            if outcome is None:
+                await self._registry.track(reply_id, record)  # tried again at the next sweep
+            elif outcome:
                 finished += 1
         return finished
 
-    async def _finish(self, record: dict[str, Any]) -> bool:
+    async def _finish(self, record: dict[str, Any]) -> bool | None:
+        """Give an orphaned reply its last form: True when done, False when there was nothing
+        to do (it shows its last form already, or is gone), None when Slack would not say."""
         channel, ts = record.get("channel"), record.get("ts")
         if not isinstance(channel, str) or not isinstance(ts, str):
             return False
@@ -112,8 +135,15 @@ class InFlight:
             head, tail = split(text, _RECOVERED_LIMIT)
             text = render_final(head) + ("\n…" if tail else "") if head.strip() else ""
         else:
-            working = await self._still_working(channel, ts, thread_ts)
-            if working is False or (working is None and record.get("final")):
+            readable, message = await self._recall.message(
+                str(record.get("team") or ""),
+                channel,
+                ts,
+                thread_ts=thread_ts if isinstance(thread_ts, str) else None,
+            )
+            if not readable:
+                return None
+            if message is None or not _shows_working(message):
                 log.info("a reply left in flight in %s already shows its last form", channel)
                 return False
         note = Outcome.SHUTDOWN.note or FAILED_TEXT
@@ -130,20 +160,12 @@ class InFlight:
                 continue
             log.info("finished a reply left in flight by %s in %s", record.get("owner"), channel)
             return True
-        return False
+        return None
 
-    async def _still_working(self, channel: str, ts: str, thread_ts: object) -> bool | None:
-        """Whether the message still shows the working indicator (None: Slack did not say)."""
-        try:
-            message = await self._slack.message(
-                channel, ts, thread_ts=thread_ts if isinstance(thread_ts, str) else None
-            )
-        except SlackError as exc:
-            log.info("could not read orphaned reply %s/%s: %s", channel, ts, exc.error)
-            return None
-        if message is None:
-            return False  # deleted: nothing is left writing
-        blocks = message.get("blocks")
-        return isinstance(blocks, list) and any(
-            isinstance(b, dict) and b.get("block_id") == INDICATOR_BLOCK_ID for b in blocks
-        )
+
+def _shows_working(message: dict[str, Any]) -> bool:
+    """Whether a message still shows the working indicator (its interim form)."""
+    blocks = message.get("blocks")
+    return isinstance(blocks, list) and any(
+        isinstance(b, dict) and b.get("block_id") == INDICATOR_BLOCK_ID for b in blocks
+    )

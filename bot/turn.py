@@ -196,7 +196,10 @@ class Turns:
         try:
             with correlation(inbound.event_id or f"{inbound.channel}/{inbound.ts}"):
                 if if_taking_part and not await self._recall.takes_part(
-                    inbound.key, bot_user=inbound.bot_user_id, wait=PARTICIPATION_WAIT_S
+                    inbound.key,
+                    bot_user=inbound.bot_user_id,
+                    wait=PARTICIPATION_WAIT_S,
+                    fresh_for=inbound.ts,
                 ):
                     self._count("ignored")
                     return
@@ -434,8 +437,7 @@ class Turns:
             return []
         if not recalled:
             return history or []  # Slack would not say in time: answered with what is known
-        if history is not None:
-            await self._store.history.append(key, recalled, keep=self._worth_keeping(recalled))
+        await memory.append(key, recalled, keep=self._worth_keeping(recalled))
         return recalled
 
     async def _save(

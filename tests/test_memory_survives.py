@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot.compose import RunningBot
+from bot.render.reply import INDICATOR_BLOCK_ID
 from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, Message, mention_event, message_event
@@ -116,6 +117,12 @@ async def test_follow_ups_are_answered_through_an_outage_and_an_emptied_store(
         await slack.send_event(message_event("alpha again", thread_ts=before["ts"]))
         await answered(slack, "alpha again")
         assert prompt(llm) == ["alpha", "alpha", "alpha again"]
+        # Read once: the process keeps what it wrote until Redis is back.
+        done = reads(slack)
+        await slack.send_event(message_event("alpha third", thread_ts=before["ts"]))
+        await answered(slack, "alpha third")
+        assert reads(slack) == done
+        assert prompt(llm)[-3:] == ["alpha again", "alpha again", "alpha third"]
         # One answered during it.
         during = mention_event("beta")
         await slack.send_event(during)
@@ -132,6 +139,8 @@ async def test_follow_ups_are_answered_through_an_outage_and_an_emptied_store(
             "alpha",
             "alpha again",
             "alpha again",
+            "alpha third",
+            "alpha third",
             "alpha once more",
         ]
         # Stored again: the next follow-up needs no read.
@@ -242,18 +251,20 @@ async def test_a_thread_slack_will_not_let_the_bot_read_is_answered_with_what_is
 async def test_summoned_into_a_long_thread_the_prompt_has_its_newest_messages(
     bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
 ) -> None:
+    # 2,500 messages: more than the ten pages of 200 a read may take.
     parent = slack.add_message("C0CHAN", "message 0", user="U0ALICE")
-    for n in range(1, 1000):
+    for n in range(1, 2500):
         user = "U0ALICE" if n % 2 else "U0BOB"
         slack.add_message("C0CHAN", f"message {n}", user=user, thread_ts=parent)
     await slack.send_event(mention_event("summarise", thread_ts=parent))
     await answered(slack, "[U0USER] summarise")
     told = prompt(llm)
     assert told[0] == "[U0ALICE] message 0"  # the thread's opening message stays
-    assert told[-2:] == ["[U0ALICE] message 999", "[U0USER] summarise"]
-    assert "[U0BOB] message 902" in told and "[U0BOB] message 900" not in told
+    assert told[-2:] == ["[U0ALICE] message 2499", "[U0USER] summarise"]
+    assert "[U0ALICE] message 2401" in told and "[U0BOB] message 2400" not in told
     assert len(told) == 100 + 1  # BACKFILL_LIMIT, and the question
-    assert len(slack.calls_to("conversations.replies")) == 5  # 1000 messages, 200 a page
+    # Not walked page by page: the first page, then its tail (in a page or two).
+    assert len(slack.calls_to("conversations.replies")) <= 3
 
 
 async def test_recovery_never_rewrites_a_finished_answer(
@@ -278,3 +289,27 @@ async def test_recovery_never_rewrites_a_finished_answer(
     assert shown(slack, native).text == "a streamed answer"
     assert not slack.calls_to("chat.update")
     assert await redis_client.zcard("slackbot:replies") == 0
+
+
+async def test_recovery_waits_until_slack_shows_the_message_before_finishing_it(
+    bot: RunningBot, slack: FakeSlack, redis_client: Any
+) -> None:
+    working_blocks = [{"type": "context", "block_id": INDICATOR_BLOCK_ID, "elements": []}]
+    ts = slack.add_message(
+        "C0CHAN", "half an answ", user="U0BOT", bot_id="B0BOT", blocks=working_blocks
+    )
+    # Its final edit was on its way when the process died; Slack still shows it writing.
+    record = {"owner": "gone-1", "team": "T0001", "channel": "C0CHAN", "thread_ts": None}
+    record.update(ts=ts, text="half an answ", final=True)
+    await redis_client.set("slackbot:reply:r1", json.dumps(record))
+    await redis_client.zadd("slackbot:replies", {"r1": time.time() + 600})
+    inflight = bot.turns._tracker
+    assert inflight is not None
+    slack.fail_next("conversations.replies", "ratelimited", retry_after=1)
+    assert await inflight.sweep() == 0  # type: ignore[attr-defined]
+    assert working(shown(slack, ts))
+    assert await redis_client.zcard("slackbot:replies") == 1  # kept for the next sweep
+    assert await inflight.sweep() == 1  # type: ignore[attr-defined]
+    assert not working(shown(slack, ts))
+    assert "please ask again" in str(shown(slack, ts).blocks)
+    assert shown(slack, ts).text == "half an answ"

@@ -72,7 +72,7 @@ async def test_a_limited_app_still_finds_the_bot_beyond_its_one_page(
         recall = recall_on(limited, session, store)
         key = ThreadKey(TEAM, CHANNEL, parent)
         follow_up = inbound(parent)  # posted, then the bot asks whether it is in the thread
-        assert await recall.takes_part(key, bot_user=BOT, wait=5.0)
+        assert await recall.takes_part(key, bot_user=BOT, wait=5.0, fresh_for=follow_up.ts)
         # The same read serves the context: the opening message and what fit on its page.
         turns = await recall.turns(key, follow_up, [])
     assert turns is not None and turns[0].text == "the question" and len(turns) == 15
@@ -87,7 +87,8 @@ async def test_a_thread_without_the_bot_is_read_once_and_remembered_as_not_its(
         recall = recall_on(limited, session, store)
         key = ThreadKey(TEAM, CHANNEL, parent)
         for _ in range(3):
-            assert not await recall.takes_part(key, bot_user=BOT, wait=5.0)
+            chatter = inbound(parent)
+            assert not await recall.takes_part(key, bot_user=BOT, wait=5.0, fresh_for=chatter.ts)
     assert len(limited.calls_to("conversations.replies")) == 1
     assert await store.history.participation(key) is Participation.NO
 
@@ -102,7 +103,37 @@ async def test_a_read_slack_refuses_leaves_the_answer_to_what_is_known(
         # The minute's read is spent: context is not waited for, participation gives up.
         assert await recall.turns(ThreadKey(TEAM, CHANNEL, second), inbound(second), []) is None
         key = ThreadKey(TEAM, CHANNEL, second)
-        assert not await recall.takes_part(key, bot_user=BOT, wait=0.2)
+        assert not await recall.takes_part(
+            key, bot_user=BOT, wait=0.2, fresh_for=inbound(second).ts
+        )
     assert len(limited.calls_to("conversations.replies")) == 1
     # Not knowing is not a "no": nothing was cached against the thread.
     assert await store.history.participation(key) is not Participation.NO
+
+
+async def test_a_no_read_long_ago_is_read_again(slack: FakeSlack, store: Store) -> None:
+    parent = long_thread(slack, 3)
+    key = ThreadKey(TEAM, CHANNEL, parent)
+    now = {"wall": 1_000.0, "monotonic": 0.0}
+    async with aiohttp.ClientSession() as session:
+        gateway = SlackGateway(connect_slack(slack.bot_token, slack.api_url, session))
+        reads = EditBudget(
+            store.budgets, method=READ_METHOD, per_minute=60, burst=5, min_interval=0
+        )
+        recall = Recall(
+            gateway,
+            store.history,
+            reads,
+            limit=100,
+            clock=lambda: now["wall"],
+            monotonic=lambda: now["monotonic"],
+        )
+        assert not await recall.takes_part(
+            key, bot_user=BOT, wait=1.0, fresh_for=inbound(parent).ts
+        )
+        # An hour later the bot has answered there through another replica.
+        slack.add_message(CHANNEL, "an answer", user=BOT, bot_id=slack.bot_id, thread_ts=parent)
+        now["wall"] += 3600
+        now["monotonic"] += 3600
+        assert await recall.takes_part(key, bot_user=BOT, wait=1.0, fresh_for=inbound(parent).ts)
+    assert len(slack.calls_to("conversations.replies")) == 2

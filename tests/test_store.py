@@ -369,8 +369,8 @@ async def test_orphans_are_the_replies_of_dead_owners_each_claimed_once(
     await a.inflight.track("r4", _record("alive", ts="1.4"))
     await a.inflight.untrack("r4")
     claimed = await asyncio.gather(a.inflight.orphans(), b.inflight.orphans())
-    found = sorted((r["ts"], r.get("final")) for batch in claimed for r in batch)
-    assert found == [("1.2", True), ("1.3", None)]
+    found = sorted((i, r["ts"], r.get("final")) for batch in claimed for i, r in batch)
+    assert found == [("r2", "1.2", True), ("r3", "1.3", None)]
     assert await a.inflight.orphans() == []
 
 
@@ -396,7 +396,7 @@ async def test_records_left_by_an_older_version_are_still_finished(
     try:
         raw.hset("slackbot:inflight", "old", json.dumps(_record("gone-1")))
         raw.hset("slackbot:inflight", "broken", "{not json")
-        assert [r["owner"] for r in await store.inflight.orphans()] == ["gone-1"]
+        assert [(i, r["owner"]) for i, r in await store.inflight.orphans()] == [("old", "gone-1")]
         assert raw.exists("slackbot:inflight") == 0
     finally:
         raw.close()

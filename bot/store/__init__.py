@@ -20,6 +20,7 @@ answers while Redis is unavailable, and the guard logs the outage once.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from bot.store.keys import KeySchema
 from bot.store.locks import ThreadLocks
 from bot.store.relay import StopRelay
 from bot.store.usage import Usage
+
+log = logging.getLogger("bot.store")
 
 __all__ = [
     "Dedupe",
@@ -104,6 +107,20 @@ class Store:
 
     async def ping(self) -> bool:
         return await self.guard.ping()
+
+    async def check_eviction(self) -> None:
+        """Warn when Redis may evict keys under memory pressure: a thread's keys evicted while
+        the store's epoch stays would make the bot ignore follow-ups there."""
+        info = await self.guard.attempt(lambda r: r.info("memory"), "info", None)
+        if not isinstance(info, dict):
+            return
+        policy = str(info.get("maxmemory_policy") or "noeviction")
+        if int(info.get("maxmemory") or 0) and policy != "noeviction":
+            log.warning(
+                "Redis evicts keys when full (maxmemory-policy %s): set it to noeviction, or "
+                "follow-ups in threads whose keys were evicted may go unanswered",
+                policy,
+            )
 
     async def aclose(self) -> None:
         """Let commands abandoned by cancelled callers finish, then close the client."""

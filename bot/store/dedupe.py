@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
+from bot.conversation import ts_seconds
 from bot.errors import StoreUnavailable
 from bot.store.guard import Guard
 from bot.store.keys import KeySchema
@@ -119,9 +120,7 @@ def _seen(first: bool) -> Sighting:
 
 
 def _remembers(epoch: object, ts: str) -> bool:
-    """Whether a store whose memory began at ``epoch`` would hold the marker of message ``ts``."""
-    try:
-        began = float(epoch.decode() if isinstance(epoch, bytes) else str(epoch))
-        return float(ts) >= began
-    except ValueError:
-        return False  # no epoch: a new or emptied store
+    """Whether a store whose memory began at ``epoch`` would hold the marker of message ``ts``
+    (no epoch: a new or emptied store)."""
+    began = ts_seconds(epoch)
+    return 0 < began <= ts_seconds(ts)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # sun_path holds 108 bytes on Linux and 104 on macOS, each with a terminating NUL.
 _MAX_SOCKET_PATH = 103
 _LOCK_TIMEOUT_S = 30.0
+_MAX_LOADING_S = 600.0
 
 
 def find_server_binary() -> Path:
@@ -312,11 +313,17 @@ class EmbeddedServer:
         return "loading" if reply.startswith(b"-LOADING") else "ready"
 
     async def _until_ready(self, running: Callable[[], bool]) -> Literal["ready", "exited", "slow"]:
-        deadline = time.monotonic() + self._ready_timeout_s
+        started = time.monotonic()
+        deadline = started + self._ready_timeout_s
         delay = 0.001
         while True:
-            if await self._ping(min(1.0, max(deadline - time.monotonic(), 0.1))) == "ready":
+            state = await self._ping(min(1.0, max(deadline - time.monotonic(), 0.1)))
+            if state == "ready":
                 return "ready"
+            if state == "loading":
+                # Replaying a large append-only file: it is making progress, so it gets time
+                # (up to _MAX_LOADING_S), rather than being killed and replayed again forever.
+                deadline = max(deadline, min(time.monotonic() + 1.0, started + _MAX_LOADING_S))
             if not running():
                 return "exited"
             if time.monotonic() > deadline:
@@ -328,6 +335,7 @@ class EmbeddedServer:
     async def _locked(self) -> AsyncIterator[None]:
         try:
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.data_dir.chmod(0o700)  # it holds conversations: for this user only
             fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 
-from bot.conversation import ThreadKey, Turn, cut_to
+from bot.conversation import ThreadKey, Turn, cut_to, ts_seconds
 from bot.errors import StoreUnavailable
 from bot.store.guard import Guard
 from bot.store.keys import KeySchema
@@ -60,19 +60,27 @@ class ThreadMemory:
         self._turn_tokens = turn_tokens
         self._clock = clock
         self._engaged_here: OrderedDict[ThreadKey, None] = OrderedDict()
-        self._unsynced: set[ThreadKey] = set()  # engaged while Redis was down
+        # Written while Redis was down: the turns (this process's copy, used until Redis is
+        # back) and the threads whose stored history is then out of date.
+        self._outage_turns: OrderedDict[ThreadKey, list[Turn]] = OrderedDict()
+        self._unsynced: set[ThreadKey] = set()
         guard.on_recovery(self._sync)
 
     async def history(self, key: ThreadKey) -> list[Turn] | None:
-        """The thread's stored turns, oldest first; None when the store cannot say."""
+        """The thread's stored turns, oldest first. While Redis is down: what this process
+        wrote of the thread meanwhile, or None (the store cannot say)."""
         name = self._keys.thread(key)
         raw = await self._guard.attempt(lambda r: r.lrange(name, 0, -1), "history", None)
-        return None if raw is None else [Turn.from_json(item) for item in raw]
+        if raw is None:
+            return self._outage_turns.get(key)
+        return [Turn.from_json(item) for item in raw]
 
     async def participation(self, key: ThreadKey) -> Participation:
         """Whether the bot answered (or is answering) in this thread, if the store can say."""
         if key in self._engaged_here:
             return Participation.YES
+        if not self._guard.healthy:
+            return Participation.UNKNOWN  # not another wait on a server known to be down
         names = (self._keys.thread(key), self._keys.engaged(key))
         not_mine, epoch_key = self._keys.not_mine(key), self._keys.epoch
 
@@ -91,21 +99,20 @@ class ThreadMemory:
             return Participation.YES
         if refused:
             return Participation.NO
-        began = _seconds(epoch)
-        if began is None:
-            began = await self.begin_epoch()  # a new or emptied store remembers from now
-        started = _seconds(key.thread_ts)
-        if started is not None and started >= max(began, self._clock() - self._ttl_s):
+        # A new or emptied store (no epoch) remembers from now.
+        began = ts_seconds(epoch) or await self.begin_epoch()
+        started = ts_seconds(key.thread_ts)
+        if started and started >= max(began, self._clock() - self._ttl_s):
             return Participation.NO  # any answer there would be remembered
         return Participation.UNKNOWN
 
     async def remembers_all(self) -> bool:
         """Whether an empty history here means there is none: the store has remembered for
         longer than the history TTL (else a conversation it lacks may predate it)."""
-        epoch = _seconds(
+        epoch = ts_seconds(
             await self._guard.attempt(lambda r: r.get(self._keys.epoch), "epoch", None)
         )
-        return epoch is not None and epoch <= self._clock() - self._ttl_s
+        return 0 < epoch <= self._clock() - self._ttl_s
 
     async def begin_epoch(self) -> float:
         """Mark when this store began remembering, unless it already knows; returns the epoch."""
@@ -118,7 +125,7 @@ class ThreadMemory:
                 pipe.get(name)
                 return (await pipe.execute())[1]
 
-        return _seconds(await self._guard.attempt(mark, "epoch", None)) or now
+        return ts_seconds(await self._guard.attempt(mark, "epoch", None)) or now
 
     async def engage(self, key: ThreadKey) -> None:
         """Mark the thread as one the bot takes part in, as soon as it starts answering there:
@@ -129,14 +136,16 @@ class ThreadMemory:
             lambda r: r.set(name, "1", px=self._ttl_ms), "engage", None
         )
         if written is None:
-            self._unsynced.add(key)  # other replicas learn of it once Redis is back
+            self._unsynced.add(key)
 
     async def append(self, key: ThreadKey, turns: Sequence[Turn], *, keep: int = 0) -> bool:
         """Add turns (each cut to what a prompt can hold) and keep the newest ``keep`` (at most
-        ``max_turns``; 0: ``max_turns``). False when the store could not take them."""
+        ``max_turns``; 0: ``max_turns``). False when the store could not take them (they are
+        kept in this process until Redis is back)."""
         self._remember(key)
         name, engaged = self._keys.thread(key), self._keys.engaged(key)
-        stored = [cut_to(turn, self._turn_tokens).to_json() for turn in turns]
+        cut = [cut_to(turn, self._turn_tokens) for turn in turns]
+        stored = [turn.to_json() for turn in cut]
         newest = min(keep or self._max_turns, self._max_turns)
 
         async def write(r: aioredis.Redis) -> bool:
@@ -148,7 +157,16 @@ class ThreadMemory:
                 await pipe.execute()
             return True
 
-        return bool(stored) and await self._guard.attempt(write, "append", False)
+        if not stored:
+            return False
+        if await self._guard.attempt(write, "append", False):
+            return True
+        self._unsynced.add(key)
+        self._outage_turns[key] = [*self._outage_turns.get(key, ()), *cut][-newest:]
+        self._outage_turns.move_to_end(key)
+        if len(self._outage_turns) > _LOCAL_THREADS:
+            self._outage_turns.popitem(last=False)
+        return False
 
     async def not_mine(self, key: ThreadKey) -> None:
         """Remember that Slack showed no message of the bot in this thread."""
@@ -158,17 +176,19 @@ class ThreadMemory:
         )
 
     async def _sync(self) -> None:
-        """Write the engagements made during an outage, so every replica places those threads
-        (their turns are read back from Slack when next needed)."""
+        """After an outage: every replica is to place the threads this process answered in
+        meanwhile, and their stored history, which lacks those answers, is dropped (read back
+        from Slack, complete, when next needed)."""
         pending, self._unsynced = self._unsynced, set()
-        names = [self._keys.engaged(key) for key in pending]
-        if not names:
+        self._outage_turns.clear()
+        if not pending:
             return
 
         async def write(r: aioredis.Redis) -> None:
             async with r.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.set(name, "1", px=self._ttl_ms)
+                for key in pending:
+                    pipe.delete(self._keys.thread(key))
+                    pipe.set(self._keys.engaged(key), "1", px=self._ttl_ms)
                 await pipe.execute()
 
         await self._guard.attempt(write, "engage", None)
@@ -178,13 +198,3 @@ class ThreadMemory:
         self._engaged_here.move_to_end(key)
         if len(self._engaged_here) > _LOCAL_THREADS:
             self._engaged_here.popitem(last=False)
-
-
-def _seconds(value: object) -> float | None:
-    """A Slack ts or stored epoch as seconds; None when absent or not a number."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    try:
-        return float(value) if isinstance(value, str | int | float) else None
-    except ValueError:
-        return None

@@ -5,10 +5,11 @@ replica can finish the replies of a process that died.
     await registry.heartbeat("host-1", lease_s=30)
     await registry.track("r1", {"owner": "host-1", "channel": "C1", "ts": "17.2", ...})
     await registry.untrack("r1")
-    orphans = await registry.orphans()      # records of dead owners, each claimed by one caller
+    orphans = await registry.orphans()      # (reply id, record) of dead owners, each claimed once
 
 Records expire (``RECORD_TTL_S``), so a reply whose untrack was lost in a Redis blip cannot stay
-registered forever. Writes are best effort; ``orphans`` is empty while Redis is unavailable.
+registered forever; an untrack lost in an outage is done again once Redis answers. Writes are
+best effort; ``orphans`` is empty while Redis is unavailable.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class InFlightRegistry:
         self._guard = guard
         self._keys = keys
         self._clock = clock
+        self._unsynced: set[str] = set()  # untracked while Redis was down
+        guard.on_recovery(self._sync)
 
     async def heartbeat(self, owner: str, lease_s: float) -> bool:
         """This process is alive for ``lease_s`` more seconds; False while Redis is down."""
@@ -55,26 +58,34 @@ class InFlightRegistry:
 
         await self._guard.attempt(write, "track", None)
 
-    async def untrack(self, reply_id: str) -> None:
-        name, index = self._keys.reply(reply_id), self._keys.replies
+    async def untrack(self, *reply_ids: str) -> None:
+        names = [self._keys.reply(reply_id) for reply_id in reply_ids]
+        index = self._keys.replies
 
-        async def forget(r: aioredis.Redis) -> None:
+        async def forget(r: aioredis.Redis) -> bool:
             async with r.pipeline(transaction=False) as pipe:
-                pipe.delete(name)
-                pipe.zrem(index, reply_id)
+                pipe.delete(*names)
+                pipe.zrem(index, *reply_ids)
                 await pipe.execute()
+            return True
 
-        await self._guard.attempt(forget, "track", None)
+        if reply_ids and not await self._guard.attempt(forget, "track", False):
+            self._unsynced.update(reply_ids)
 
-    async def orphans(self) -> list[dict[str, Any]]:
-        """Records of replies whose owner stopped heartbeating, each claimed by this caller
-        (removed from the registry, so two replicas never finish the same one)."""
+    async def _sync(self) -> None:
+        pending, self._unsynced = self._unsynced, set()
+        await self.untrack(*pending)
+
+    async def orphans(self) -> list[tuple[str, dict[str, Any]]]:
+        """(reply id, record) of replies whose owner stopped heartbeating, each claimed by this
+        caller (removed from the registry, so two replicas never finish the same one; ``track``
+        puts one back that could not be finished yet)."""
         return await self._guard.attempt(self._claim_orphans, "orphans", [])
 
-    async def _claim_orphans(self, r: aioredis.Redis) -> list[dict[str, Any]]:
+    async def _claim_orphans(self, r: aioredis.Redis) -> list[tuple[str, dict[str, Any]]]:
         index = self._keys.replies
         await r.zremrangebyscore(index, "-inf", self._clock())  # their records expired too
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in await r.zrange(index, 0, -1)]
+        ids = [_text(i) for i in await r.zrange(index, 0, -1)]
         raws = await r.mget([self._keys.reply(i) for i in ids]) if ids else []
         candidates: list[tuple[str, dict[str, Any]]] = []
         for reply_id, raw in zip(ids, raws, strict=True):
@@ -91,23 +102,25 @@ class InFlightRegistry:
             claimed = await r.delete(self._keys.reply(reply_id))
             await r.zrem(index, reply_id)
             if claimed:
-                orphans.append(record)
+                orphans.append((reply_id, record))
         return orphans + await self._claim_legacy(r, alive)
 
-    async def _claim_legacy(self, r: aioredis.Redis, alive: set[str]) -> list[dict[str, Any]]:
+    async def _claim_legacy(
+        self, r: aioredis.Redis, alive: set[str]
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Records an older version left in one hash (no expiry): finished the same way."""
         name = self._keys.legacy_inflight
         entries = await r.hgetall(name)
         if not entries:
             return []
-        records = {field: _record(raw) or {} for field, raw in entries.items()}
+        records = {_text(field): _record(raw) or {} for field, raw in entries.items()}
         alive |= await self._alive(r, {str(rec.get("owner")) for rec in records.values()})
         orphans = []
         for field, record in records.items():
             if str(record.get("owner")) in alive:
                 continue
             if await r.hdel(name, field) and record:
-                orphans.append(record)
+                orphans.append((field, record))
         return orphans
 
     async def _alive(self, r: aioredis.Redis, owners: set[str]) -> set[str]:
@@ -130,3 +143,7 @@ def _record(raw: object) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and record.get("owner") else None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
