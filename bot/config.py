@@ -19,8 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot.errors import ConfigError
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant in a Slack workspace. Answer clearly and concisely. "
-    "Messages from people are prefixed with their Slack user id in brackets."
+    "You are a helpful assistant in a Slack workspace. Answer clearly and concisely."
 )
 
 

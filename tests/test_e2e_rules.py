@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -39,6 +40,12 @@ async def settle(slack: FakeSlack, llm: FakeOpenAI, envelopes: list[str]) -> Non
         await slack.wait_ack(envelope)
     await slack.send_event(message_event("sentinel", channel="D0SENT", channel_type="im"))
     await answered(slack, "sentinel")
+
+
+def said(user: str, text: str) -> str:
+    """A person's message as the model sees it where several people talk (see
+    bot.conversation.prompt_window)."""
+    return json.dumps({"from": user, "text": text}, ensure_ascii=False)
 
 
 def bot_texts(slack: FakeSlack) -> list[str]:
@@ -100,22 +107,22 @@ async def test_summoned_into_a_thread_reads_it_once_then_uses_redis(
     parent = slack.add_message("C0CHAN", "Deploy failed on prod", user="U0ALICE")
     slack.add_message("C0CHAN", "Looks like the DB migration", user="U0BOB", thread_ts=parent)
     await slack.send_event(mention_event("what went wrong?", thread_ts=parent))
-    await answered(slack, "[U0USER] what went wrong?")
+    await answered(slack, said("U0USER", "what went wrong?"))
     prompt = [m["content"] for m in llm.requests[0].messages[1:]]
     assert prompt == [
-        "[U0ALICE] Deploy failed on prod",
-        "[U0BOB] Looks like the DB migration",
-        "[U0USER] what went wrong?",
+        said("U0ALICE", "Deploy failed on prod"),
+        said("U0BOB", "Looks like the DB migration"),
+        said("U0USER", "what went wrong?"),
     ]
     assert len(slack.calls_to("conversations.replies")) == 1
 
     await slack.send_event(message_event("and now?", thread_ts=parent, user="U0BOB"))
-    await answered(slack, "[U0BOB] and now?")
+    await answered(slack, said("U0BOB", "and now?"))
     assert len(slack.calls_to("conversations.replies")) == 1  # Redis is the source now
     assert [m["content"] for m in llm.requests[1].messages[1:]][-3:] == [
-        "[U0USER] what went wrong?",
-        "[U0USER] what went wrong?",  # the bot's answer (an echo)
-        "[U0BOB] and now?",
+        said("U0USER", "what went wrong?"),
+        said("U0USER", "what went wrong?"),  # the bot's answer (an echo)
+        said("U0BOB", "and now?"),
     ]
 
 

@@ -18,7 +18,7 @@ from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, Message, mention_event, message_event
 from tests.redis_server import RedisServer
-from tests.test_e2e_rules import answered, bot_texts, settle
+from tests.test_e2e_rules import answered, bot_texts, said, settle
 from tests.views import working
 
 
@@ -257,11 +257,11 @@ async def test_summoned_into_a_long_thread_the_prompt_has_its_newest_messages(
         user = "U0ALICE" if n % 2 else "U0BOB"
         slack.add_message("C0CHAN", f"message {n}", user=user, thread_ts=parent)
     await slack.send_event(mention_event("summarise", thread_ts=parent))
-    await answered(slack, "[U0USER] summarise")
+    await answered(slack, said("U0USER", "summarise"))
     told = prompt(llm)
-    assert told[0] == "[U0ALICE] message 0"  # the thread's opening message stays
-    assert told[-2:] == ["[U0ALICE] message 2499", "[U0USER] summarise"]
-    assert "[U0ALICE] message 2401" in told and "[U0BOB] message 2400" not in told
+    assert told[0] == said("U0ALICE", "message 0")  # the thread's opening message stays
+    assert told[-2:] == [said("U0ALICE", "message 2499"), said("U0USER", "summarise")]
+    assert said("U0ALICE", "message 2401") in told and said("U0BOB", "message 2400") not in told
     assert len(told) == 100 + 1  # BACKFILL_LIMIT, and the question
     # Not walked page by page: the first page, then its tail (in a page or two).
     assert len(slack.calls_to("conversations.replies")) <= 3
