@@ -1,10 +1,14 @@
 # syntax=docker/dockerfile:1
-# Build stage: install the package and its dependencies into /install.
+# Build stage: install the locked dependencies, then the package, into /install.
 FROM python:3.11-slim AS build
 WORKDIR /src
+# Exactly the versions (and files: hashes) in requirements.lock, nothing resolved at build time;
+# its own layer, so a code change does not reinstall them.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --prefix=/install --no-deps --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY bot ./bot
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install --no-deps .
 
 # Runtime stage: no build tools, a non-root user, a health check on /healthz.
 FROM python:3.11-slim

@@ -12,10 +12,14 @@ if [ ! -x .venv/bin/python ]; then
     rm -rf .venv && python3 -m venv .venv
   fi
 fi
-spec="."
-[ "${1:-}" = "test" ] && spec=".[test]"
-stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)-${1:-run}"
+# Dependencies come from the lock (exact versions, hashes checked), the same one the Docker image
+# installs; then the project itself, editable, so tests import the working tree's bot/.
+lock="requirements.lock"
+[ "${1:-}" = "test" ] && lock="requirements-test.lock"
+stamp=".venv/.installed-$(cat pyproject.toml "$lock" | sha1sum | cut -c1-12)-${1:-run}"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
+  pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+  "${pip[@]}" --require-hashes --no-deps -r "$lock"
+  "${pip[@]}" --no-deps -e .
   touch "$stamp"
 fi
