@@ -122,6 +122,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             model=settings.openai_model,
             temperature=settings.openai_temperature,
             idle_timeout=settings.model_idle_timeout,
+            max_answer_tokens=settings.max_answer_tokens,
             api=settings.openai_api_mode,
         )
         policy = load_policy(
@@ -170,6 +171,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 prompt_token_budget=settings.prompt_token_budget,
                 message_char_limit=settings.message_char_limit,
                 final_edit_deadline=settings.final_edit_deadline,
+                max_answer_chars=settings.max_answer_chars,
                 backfill_limit=settings.backfill_limit,
                 dm_reply_mode=settings.dm_reply_mode,
                 feedback_buttons=settings.feedback_buttons,
@@ -214,6 +216,11 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
                 bolt=app if http_mode else None,
                 metrics=metrics,
                 checks={"slack": slack_ready, "redis": store.ping},
+                signing_secret=(
+                    settings.slack_signing_secret.get_secret_value()
+                    if http_mode and settings.slack_signing_secret
+                    else None
+                ),
             ),
             settings.http_host,
             settings.http_port,

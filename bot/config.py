@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     openai_api_mode: Literal["chat", "responses"] = "chat"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     model_idle_timeout: float = Field(60.0, gt=0)
+    max_answer_tokens: int = Field(4096, ge=0)
+    max_answer_chars: int = Field(20_000, ge=1000)
 
     # Thread memory
     redis_url: str | None = None

@@ -6,7 +6,8 @@
     ├── ModelError             the model failed before or during the answer
     │   ├── ModelUnavailable   failed before the first token (HTTP error, connection refused)
     │   ├── ModelInterrupted   the stream broke mid-answer (error event, disconnect, truncation)
-    │   └── ModelIdle          no token for ``idle_timeout`` seconds
+    │   ├── ModelIdle          no token for ``idle_timeout`` seconds
+    │   └── AnswerTooLong      the answer passed ``MAX_ANSWER_CHARS``; the rest is not read
     └── SlackError             a Web API call failed
         ├── SlackRateLimited   HTTP 429; ``retry_after`` seconds to wait
         ├── SlackTransient     5xx, connection reset or timeout: worth retrying
@@ -48,6 +49,10 @@ class ModelInterrupted(ModelError):
 
 class ModelIdle(ModelInterrupted):
     """No token arrived for the configured idle timeout."""
+
+
+class AnswerTooLong(ModelInterrupted):
+    """The answer passed its length cap; what fits is shown, the rest is not read."""
 
 
 class SlackError(BotError):

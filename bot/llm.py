@@ -78,9 +78,15 @@ class ChatModel:
         temperature: float | None = None,
         idle_timeout: float = 60.0,
         api: Literal["chat", "responses"] = "chat",
+        max_answer_tokens: int = 0,
     ) -> None:
         self._client = client
         self._api = api
+        self._max_tokens = max_answer_tokens
+        # OpenAI's own API wants max_completion_tokens (its reasoning models refuse
+        # max_tokens); OpenAI-compatible servers (vLLM, Ollama, llama.cpp) know max_tokens.
+        hosted = str(client.base_url).startswith("https://api.openai.com/")
+        self._max_tokens_field = "max_completion_tokens" if hosted else "max_tokens"
         self._model = model
         self._temperature = temperature
         self._idle_timeout = idle_timeout
@@ -104,9 +110,13 @@ class ChatModel:
         body: dict[str, Any] = {"model": model or self._model, "stream": True}
         if self._api == "responses":
             body["input"] = messages  # role/content messages are valid Responses input
+            if self._max_tokens:
+                body["max_output_tokens"] = self._max_tokens
         else:
             body["messages"] = messages
             body["stream_options"] = {"include_usage": True}
+            if self._max_tokens:
+                body[self._max_tokens_field] = self._max_tokens
         temperature = temperature if temperature is not None else self._temperature
         if temperature is not None:
             body["temperature"] = temperature

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from bot.admission import Admission, Entry
 from bot.conversation import ThreadKey, Turn, newest_within, prompt_window
-from bot.errors import ModelInterrupted, ModelUnavailable, SlackError
+from bot.errors import AnswerTooLong, ModelInterrupted, ModelUnavailable, SlackError
 from bot.events import Inbound
 from bot.llm import AnswerStream, ChatModel
 from bot.logs import correlation
@@ -68,6 +68,7 @@ class TurnOptions:
     prompt_token_budget: int
     message_char_limit: int
     final_edit_deadline: float
+    max_answer_chars: int = 20_000
     backfill_limit: int = 100
     dm_reply_mode: Literal["top", "thread"] = "top"
     feedback_buttons: bool = False
@@ -91,31 +92,51 @@ TITLE_LENGTH = 60  # an assistant thread's title: the start of its first questio
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request over a limit: ``note`` tells the person why (None: they were told already in
+    this window, and the bot stays silent rather than post again)."""
+
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
-    """Abuse limits, counted in Redis (0 = off). While Redis is down they are not enforced."""
+    """Abuse limits, counted in Redis (0 = off). While Redis is down they are not enforced.
+    A person is told once per window that they are over a limit; later requests in the window
+    are dropped silently, so refusals cannot flood a channel either."""
 
     user_requests: int = 0
     user_window_s: float = 3600.0
     user_daily_tokens: int = 0
     workspace_daily_tokens: int = 0
 
-    async def refusal(self, store: Store, inbound: Inbound) -> str | None:
-        """A friendly note when ``inbound`` is over a limit, else None (and the request counts)."""
+    async def refusal(self, store: Store, inbound: Inbound) -> Refusal | None:
+        """Why ``inbound`` is over a limit, else None (and the request counts)."""
         usage = store.usage
         if self.user_daily_tokens or self.workspace_daily_tokens:
             team_used, user_used = await usage.tokens_today(inbound.team, inbound.user)
             if self.workspace_daily_tokens and team_used >= self.workspace_daily_tokens:
-                return QUOTA_TEXT.format(whose="This workspace's")
+                note = QUOTA_TEXT.format(whose="This workspace's")
+                return await self._once(store, inbound, "quota", 86400, note)
             if self.user_daily_tokens and user_used >= self.user_daily_tokens:
-                return QUOTA_TEXT.format(whose="Your")
+                note = QUOTA_TEXT.format(whose="Your")
+                return await self._once(store, inbound, "quota", 86400, note)
         if self.user_requests:
             wait = await usage.hit_rate(
                 inbound.team, inbound.user, limit=self.user_requests, window_s=self.user_window_s
             )
             if wait > 0:
                 minutes = max(1, math.ceil(wait / 60))
-                return RATE_TEXT.format(n=self.user_requests, minutes=minutes)
+                note = RATE_TEXT.format(n=self.user_requests, minutes=minutes)
+                return await self._once(store, inbound, "rate", self.user_window_s, note)
         return None
+
+    @staticmethod
+    async def _once(
+        store: Store, inbound: Inbound, why: str, window_s: float, note: str
+    ) -> Refusal:
+        first = await store.usage.first_refusal(inbound.team, inbound.user, why, window_s=window_s)
+        return Refusal(note if first else None)
 
 
 class Turns:
@@ -230,13 +251,17 @@ class Turns:
             self._count("deduplicated")
             return
         self._count("answered")
+        # Empty mentions count against the limits too: help notes are posts like any other.
+        refusal = await self._limits.refusal(self._store, inbound)
+        if refusal is not None:
+            if refusal.note is not None:
+                await self._slack.post(inbound.channel, refusal.note, thread_ts=reply_thread)
+            else:
+                log.info("%s is over a limit and was told so already", inbound.user)
+            return
         if not inbound.text:
             if inbound.mentioned or inbound.is_dm:
                 await self._slack.post(inbound.channel, HELP_TEXT, thread_ts=reply_thread)
-            return
-        refusal = await self._limits.refusal(self._store, inbound)
-        if refusal:
-            await self._slack.post(inbound.channel, refusal, thread_ts=reply_thread)
             return
         profile = self._policy.profile(inbound.channel)
         reply = self._reply(inbound, reply_thread)
@@ -361,8 +386,13 @@ class Turns:
         any replica, or Slack's own stop of a native stream)."""
 
         async def read() -> None:
-            async with answer:
+            room = self._options.max_answer_chars  # what is left of the answer's length cap
+            async with answer:  # closes the model stream however reading ends
                 async for delta in answer:
+                    if len(delta) > room:
+                        reply.append(delta[:room])
+                        raise AnswerTooLong(f"over {self._options.max_answer_chars} characters")
+                    room -= len(delta)
                     reply.append(delta)
 
         pressed = self._stops.register(reply.id) if self._stops is not None else asyncio.Event()

@@ -27,6 +27,7 @@
     {p}:inflight                              (before 2026-12) hash reply id → JSON record; still
                                               swept, never written
     {p}:rate:{team}:{user}:{window}           request count in a fixed window — per-user rate limit
+    {p}:refused:{team}:{user}:{why}:{window}  "1", the window — the person was told of that limit
     {p}:usage:{team}:{yyyymmdd}               hash {scope}:{prompt|completion|total}_tokens and
                                               {scope}:replies, scope = team | channel:C | user:U;
                                               team:feedback_{good|bad}: votes cast that day
@@ -98,6 +99,9 @@ class KeySchema:
 
     def rate(self, team: str, user: str, window: int) -> str:
         return f"{self.prefix}:rate:{team}:{user}:{window}"
+
+    def refused(self, team: str, user: str, why: str, window: str) -> str:
+        return f"{self.prefix}:refused:{team}:{user}:{why}:{window}"
 
     def usage(self, team: str, day: str) -> str:
         return f"{self.prefix}:usage:{team}:{day}"

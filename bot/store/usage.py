@@ -57,6 +57,19 @@ class Usage:
             return 0.0
         return (window + 1) * window_s - now
 
+    async def first_refusal(self, team: str, user: str, why: str, *, window_s: float) -> bool:
+        """Whether ``user`` is to be told of limit ``why`` now: once per window of ``window_s``
+        (a day's window for ``window_s`` = 86400 is the UTC day). True while Redis is down."""
+        now = self._clock()
+        window = int(now // window_s)
+        name = self._keys.refused(team, user, why, str(window))
+        ttl = max(1, int((window + 1) * window_s - now) + 1)
+        # SET NX answers None when the marker was there; the default (Redis down) is "tell".
+        told: object = await self._guard.attempt(
+            lambda r: r.set(name, "1", nx=True, ex=ttl), "refusal", "down"
+        )
+        return told is not None
+
     async def record(self, team: str, channel: str, user: str, usage: dict[str, int]) -> None:
         """Add a reply's token usage to today's counters of its workspace, channel and user."""
         keys = [self._today(team)]
