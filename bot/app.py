@@ -14,8 +14,12 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
     message  · anything else                     → acknowledge and ignore (no 404, no retries)
     assistant_thread_started                     → greeting + suggested prompts in the thread
     assistant_thread_context_changed             → acknowledge quietly
-    action   · stop_reply                        → stop the reply it names, on any replica
+    action   · stop_reply                        → stop the reply it names, on any replica (the
+                                                   asker only; others are told so)
     action   · reply_feedback                    → store and count the vote, thank the clicker
+
+CHANNELS_FILE's allow/deny lists apply to every route: messages (bot/turn.py), buttons and
+assistant threads (here and bot/assistant.py).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from bot.assistant import AssistantThreads
 from bot.conversation import ThreadKey
 from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern, retry_attempt
 from bot.metrics import Metrics
+from bot.policy import Policy
 from bot.render.feedback import FEEDBACK_ACTION_ID
 from bot.render.reply import STOP_ACTION_ID
-from bot.stops import StopSignals
+from bot.stops import StopClick, StopSignals
 from bot.store import Participation, Store
 from bot.turn import Turns
 
@@ -55,6 +60,7 @@ def build_app(
     metrics: Metrics,
     stops: StopSignals,
     assistant: AssistantThreads,
+    policy: Policy,
     signing_secret: str | None,
 ) -> AsyncApp:
     """The Bolt app with every route registered; ``signing_secret`` None means Socket Mode."""
@@ -106,9 +112,15 @@ def build_app(
 
     async def stop(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
-        for action in body.get("actions") or ():
-            if action.get("action_id") == STOP_ACTION_ID and isinstance(action.get("value"), str):
-                await stops.request(action["value"])
+        click = StopClick.from_body(body)
+        if click is None:
+            log.info("ignored a malformed Stop click")
+        elif not policy.allows(channel=click.channel, user=click.user):
+            log.info(
+                "ignored Stop by %s in %s: not allowed by CHANNELS_FILE", click.user, click.channel
+            )
+        else:
+            await stops.press(click)
 
     async def thread_started(event: dict[str, Any]) -> None:
         await assistant.started(event)

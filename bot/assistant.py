@@ -20,6 +20,7 @@ from typing import Any
 from bot.config import SuggestedPrompt
 from bot.errors import SlackError
 from bot.metrics import Metrics
+from bot.policy import Policy
 from bot.render.feedback import Vote, feedback_vote
 from bot.slack import SlackGateway
 from bot.store import Store
@@ -88,6 +89,7 @@ class AssistantThreads:
         slack: SlackGateway,
         store: Store,
         metrics: Metrics,
+        policy: Policy,
         greeting: str,
         prompts: Sequence[SuggestedPrompt],
         prompts_title: str,
@@ -95,6 +97,7 @@ class AssistantThreads:
         self._slack = slack
         self._store = store
         self._metrics = metrics
+        self._policy = policy
         self._greeting = greeting.strip()
         self._prompts = [{"title": p.title, "message": p.message} for p in prompts]
         self._prompts_title = prompts_title.strip() or None
@@ -105,6 +108,10 @@ class AssistantThreads:
         channel, thread_ts = thread.get("channel_id"), thread.get("thread_ts")
         if not isinstance(channel, str) or not channel or not isinstance(thread_ts, str):
             log.info("ignored assistant_thread_started without channel_id / thread_ts")
+            return
+        user = thread.get("user_id")
+        if not self._policy.allows(channel=channel, user=user if isinstance(user, str) else ""):
+            log.info("no greeting for %s in %s: not allowed by CHANNELS_FILE", user, channel)
             return
         if self._greeting:
             try:
@@ -128,6 +135,9 @@ class AssistantThreads:
             click = FeedbackClick.from_body(body)
         except MalformedPayload as exc:
             log.info("ignored malformed feedback click: %s", exc)
+            return
+        if not self._policy.allows(channel=click.channel, user=click.user):
+            log.info("ignored feedback by %s: not allowed by CHANNELS_FILE", click.user)
             return
         self._metrics.feedback.labels(vote=click.vote).inc()
         # Counted above even when the store is down (it logs the outage).

@@ -132,7 +132,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             ),
         )
         slack = SlackGateway(web, metrics)
-        stops = StopSignals(store.stops)
+        stops = StopSignals(store.stops, slack, admins_may_stop=settings.stop_by_admins)
         recall = Recall(
             slack,
             store.history,
@@ -184,10 +184,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             store=store,
             metrics=metrics,
             stops=stops,
+            policy=policy,
             assistant=AssistantThreads(
                 slack=slack,
                 store=store,
                 metrics=metrics,
+                policy=policy,
                 greeting=settings.assistant_greeting,
                 prompts=settings.assistant_prompts,
                 prompts_title=settings.assistant_prompts_title,

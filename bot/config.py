@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     status_refresh: float = Field(90.0, ge=1, le=115)
     feedback_buttons: bool = True
     reply_lease: float = Field(30.0, ge=1)
+    stop_by_admins: bool = False
 
     # Per-channel behaviour and abuse limits
     channels_file: str | None = None

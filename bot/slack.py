@@ -92,6 +92,12 @@ class SlackGateway:
             args["thread_ts"] = thread_ts
         await self._call("chat.postEphemeral", args)
 
+    async def user(self, user: str) -> dict[str, Any]:
+        """The person's user object (``users.info``): ``is_admin``, ``is_owner`` …"""
+        data = await self._call("users.info", {"user": user}, read=True)
+        found = data.get("user")
+        return found if isinstance(found, dict) else {}
+
     # -- native streams (chat.startStream / appendStream / stopStream) -----------------------
 
     async def start_stream(

@@ -302,6 +302,7 @@ class Turns:
                 split=split,
                 final_deadline=self._options.final_edit_deadline,
                 stop_button=self._stops is not None,
+                asker=inbound.user,
                 feedback=self._options.feedback_buttons,
                 tracker=self._tracker,
                 metrics=self._metrics,

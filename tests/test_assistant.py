@@ -325,3 +325,30 @@ def test_python_m_bot_with_too_many_prompts_stops_with_one_readable_message(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "ASSISTANT_PROMPTS: Value error, at most 4 prompts" in result.stderr
+
+
+# -- CHANNELS_FILE applies to buttons and greetings too (issue 15, finding 6) --------------------
+
+
+async def test_deny_lists_apply_to_votes_and_greetings(
+    start_bot: Any, slack: FakeSlack, redis_client: Any, tmp_path: Any
+) -> None:
+    policy = tmp_path / "channels.toml"
+    policy.write_text('[access]\ndeny_users = ["U0SPAM"]\n', encoding="utf-8")
+    async with start_bot(channels_file=str(policy)) as running:
+        thread_ts, answer = answer_in_thread(slack)
+        denied = click("bad", answer, user="U0SPAM", thread_ts=thread_ts)
+        allowed = click("good", answer, user="U0USER", thread_ts=thread_ts)
+        await slack.wait_ack(await slack.send_interactive(denied))
+        greeting = assistant_thread_started_event(user="U0SPAM", channel="D0SPAM")
+        await slack.wait_ack(await slack.send_event(greeting))
+        # Someone allowed, after them: their click is handled, so the denied ones had their turn.
+        await slack.wait_ack(await slack.send_interactive(allowed))
+        await slack.wait_for(lambda: bool(slack.ephemerals_for("U0USER")))
+        assert votes_metric(running, "good") == 1 and votes_metric(running, "bad") == 0
+    assert not slack.ephemerals_for("U0SPAM")
+    assert await redis_client.hgetall(f"slackbot:feedback:T0001:C0CHAN:{answer}") == {
+        b"U0USER": b"good"
+    }
+    assert not slack.bot_messages("D0SPAM")  # no greeting
+    assert slack.prompts("D0SPAM", greeting["assistant_thread"]["thread_ts"]) is None

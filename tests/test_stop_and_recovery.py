@@ -129,3 +129,57 @@ async def test_an_orphaned_placeholder_becomes_the_note(
     await slack.wait_for(lambda: "please ask again" in slack.message("C0CHAN", ts).text)
     assert len([c for c in slack.ok_calls("chat.update") if c.args["ts"] == ts]) == 1
     assert await redis_client.hlen("slackbot:inflight") == 0
+
+
+# -- who may stop (issue 15, finding 6) ----------------------------------------------------------
+
+
+async def test_only_the_person_who_asked_can_stop_the_answer(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(SLOW)
+    slack.users["U0ADMIN"] = "An Admin"
+    slack.admins.add("U0ADMIN")
+    async with start_bot():
+        event = mention_event("write a lot", user="U0ASKER")
+        await slack.send_event(event)
+        reply = await streaming_reply(slack)
+        value = stop_value(reply)
+        assert value is not None
+
+        async def press(user: str) -> None:
+            payload = block_actions_payload(
+                STOP_ACTION_ID, value=value, user=user, message_ts=reply.ts, thread_ts=event["ts"]
+            )
+            await slack.wait_ack(await slack.send_interactive(payload))
+
+        for someone in ("U0NOSY", "U0ADMIN"):  # admins only with STOP_BY_ADMINS
+            await press(someone)
+            await slack.wait_for(lambda who=someone: bool(slack.ephemerals_for(who)), timeout=3)
+            (told,) = slack.ephemerals_for(someone)
+            assert told.text == "Only the person who asked can stop this answer."
+            assert working(slack.message("C0CHAN", reply.ts))  # still writing
+        await press("U0ASKER")
+        await slack.wait_for(
+            lambda: "Stopped" in str(slack.message("C0CHAN", reply.ts).blocks), timeout=1.5
+        )
+
+
+async def test_admins_may_stop_any_answer_when_allowed(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    llm.script(SLOW)
+    slack.users["U0ADMIN"] = "An Admin"
+    slack.admins.add("U0ADMIN")
+    async with start_bot(stop_by_admins=True):
+        event = mention_event("write a lot", user="U0ASKER")
+        await slack.send_event(event)
+        reply = await streaming_reply(slack)
+        payload = block_actions_payload(
+            STOP_ACTION_ID, value=stop_value(reply) or "", user="U0ADMIN", message_ts=reply.ts
+        )
+        await slack.send_interactive(payload)
+        await slack.wait_for(
+            lambda: "Stopped" in str(slack.message("C0CHAN", reply.ts).blocks), timeout=3
+        )
+    assert not slack.ephemerals_for("U0ADMIN")

@@ -190,12 +190,14 @@ class ReplyStream:
         edit_timeout: float = 3.0,
         jitter: Callable[[], float] = random.random,
         stop_button: bool = False,
+        asker: str = "",
         feedback: bool = False,
         tracker: ReplyTracker | None = None,
         metrics: Metrics | None = None,
         reply_id: str | None = None,
     ) -> None:
         self.id = reply_id or secrets.token_hex(6)
+        self._asker = asker  # who may press Stop (see bot/stops.py)
         self._feedback = feedback
         # Never set here: the edit renderer's Stop is a button of its own (bot/stops.py). A
         # native stream sets it when the person pressed Slack's stop (see bot/render/native.py).
@@ -656,7 +658,7 @@ class ReplyStream:
             else [_section(rendered), _indicator(WRITING)]
         )
         if self._stop_button:
-            blocks.append(stop_controls(self.id))
+            blocks.append(stop_controls(self.id, self._asker))
         return blocks
 
     async def _track(self, rendered: str) -> None:
@@ -699,8 +701,9 @@ def _section(text: str) -> dict[str, Any]:
 STOP_ACTION_ID = "stop_reply"
 
 
-def stop_controls(reply_id: str) -> dict[str, Any]:
-    """The actions block with the Stop button; its value names the reply to stop."""
+def stop_controls(reply_id: str, asker: str = "") -> dict[str, Any]:
+    """The actions block with the Stop button; its value names the reply to stop and the
+    person who asked (Slack returns the value as sent: a clicker cannot change it)."""
     return {
         "type": "actions",
         "block_id": "reply_controls",
@@ -709,7 +712,7 @@ def stop_controls(reply_id: str) -> dict[str, Any]:
                 "type": "button",
                 "action_id": STOP_ACTION_ID,
                 "text": {"type": "plain_text", "text": "Stop"},
-                "value": reply_id,
+                "value": f"{reply_id}:{asker}" if asker else reply_id,
             }
         ],
     }

@@ -582,6 +582,7 @@ class FakeSlack:
         self.bot_tokens: dict[str, str] = {bot_token: team_id, **(extra_tokens or {})}
         self.missing_channels: set[str] = set()
         self.users: dict[str, str] = {"U0USER": "Test User", bot_user_id: "testbot"}
+        self.admins: set[str] = set()  # users.info says is_admin for these
 
         self.calls: list[Call] = []
         self.acks: dict[str, dict[str, Any]] = {}
@@ -1536,6 +1537,8 @@ class FakeSlack:
                 "name": handle,
                 "real_name": name,
                 "is_bot": user_id == self.bot_user_id,
+                "is_admin": user_id in self.admins,
+                "is_owner": False,
                 "deleted": False,
                 "profile": {"real_name": name, "display_name": name},
             }
