@@ -63,6 +63,7 @@ class InFlight:
         self.owner = owner
         self._lease = lease_s
         self._records: dict[str, dict[str, Any]] = {}  # by reply id: what it was last said to show
+        self.swept = asyncio.Event()  # set once a sweep has run (tests wait for the first)
 
     async def shown(self, reply: TrackedReply, ts: str, rendered: str) -> None:
         record: dict[str, Any] = {
@@ -113,6 +114,7 @@ class InFlight:
                 await self._registry.track(reply_id, record)  # tried again at the next sweep
             elif outcome:
                 finished += 1
+        self.swept.set()
         return finished
 
     async def _finish(self, record: dict[str, Any]) -> bool | None:

@@ -182,10 +182,10 @@ async def test_a_vote_is_stored_counted_and_thanked(
 
     (thanks,) = slack.ephemerals_for("U0USER")
     assert (thanks.channel, thanks.thread_ts, thanks.text) == ("C0CHAN", thread_ts, THANKS)
-    assert await redis_client.hgetall(f"slackbot:feedback:T0001:C0CHAN:{answer}") == {
+    assert await redis_client.hgetall(f"slackbot:{{T0001}}:feedback:C0CHAN:{answer}") == {
         b"U0USER": b"good"
     }
-    assert await redis_client.ttl(f"slackbot:feedback:T0001:C0CHAN:{answer}") > 29 * 86400
+    assert await redis_client.ttl(f"slackbot:{{T0001}}:feedback:C0CHAN:{answer}") > 29 * 86400
     assert await _daily_votes(redis_client) == {"good": 1, "bad": 0}
     assert votes_metric(bot, "good") == 1
 
@@ -204,7 +204,7 @@ async def test_a_changed_vote_replaces_the_earlier_one(
         await slack.send_interactive(click(vote, answer, user=user, thread_ts=thread_ts))
         await slack.wait_for(lambda n=expected: len(slack.ephemerals) == n)  # one at a time
 
-    assert await redis_client.hgetall(f"slackbot:feedback:T0001:C0CHAN:{answer}") == {
+    assert await redis_client.hgetall(f"slackbot:{{T0001}}:feedback:C0CHAN:{answer}") == {
         b"U0USER": b"bad",
         b"U0OTHER": b"good",
     }
@@ -234,7 +234,7 @@ async def test_a_malformed_click_is_ignored(
         lambda: any("ignored malformed feedback" in r.getMessage() for r in caplog.records)
     )
     assert slack.ephemerals == []
-    assert await redis_client.keys("slackbot:feedback:*") == []
+    assert await redis_client.keys("slackbot:*:feedback:*") == []
     assert votes_metric(bot, "good") == 0
 
 
@@ -258,7 +258,7 @@ async def test_a_click_while_redis_is_down_is_still_thanked_and_counted(
 
 
 async def _daily_votes(redis_client: Any) -> dict[str, int]:
-    (key,) = await redis_client.keys("slackbot:usage:T0001:*")
+    (key,) = await redis_client.keys("slackbot:{T0001}:usage:*")
     values = await redis_client.hmget(key, ["team:feedback_good", "team:feedback_bad"])
     return {"good": int(values[0] or 0), "bad": int(values[1] or 0)}
 
@@ -347,7 +347,7 @@ async def test_deny_lists_apply_to_votes_and_greetings(
         await slack.wait_for(lambda: bool(slack.ephemerals_for("U0USER")))
         assert votes_metric(running, "good") == 1 and votes_metric(running, "bad") == 0
     assert not slack.ephemerals_for("U0SPAM")
-    assert await redis_client.hgetall(f"slackbot:feedback:T0001:C0CHAN:{answer}") == {
+    assert await redis_client.hgetall(f"slackbot:{{T0001}}:feedback:C0CHAN:{answer}") == {
         b"U0USER": b"good"
     }
     assert not slack.bot_messages("D0SPAM")  # no greeting

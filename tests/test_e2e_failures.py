@@ -118,7 +118,7 @@ async def test_an_exception_in_the_turn_leaves_no_writing_message(
 ) -> None:
     parent = slack.add_message(CHANNEL, "an earlier question")
     # A corrupt history entry makes reading the thread's context fail after the placeholder.
-    await redis_client.rpush(f"slackbot:thread:T0001:{CHANNEL}:{parent}", "{not json")
+    await redis_client.rpush(f"slackbot:{{T0001}}:thread:{CHANNEL}:{parent}", "{not json")
     async with start_bot():
         await slack.send_event(mention_event("and now?", thread_ts=parent))
         message = await final_reply(slack, parent)

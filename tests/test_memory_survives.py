@@ -4,6 +4,7 @@ real app over Socket Mode, real Redis servers and the fake Slack / OpenAI server
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -216,7 +217,7 @@ async def test_human_threads_older_than_the_store_are_read_once_then_cached_as_n
     await settle(slack, llm, envelopes)
     assert bot_texts(slack) == ["sentinel"]
     assert len(slack.calls_to("conversations.replies")) == 1
-    assert await redis_client.exists(f"slackbot:notmine:T0001:C0CHAN:{old}") == 1
+    assert await redis_client.exists(f"slackbot:{{T0001}}:notmine:C0CHAN:{old}") == 1
 
 
 async def test_a_redelivery_the_store_cannot_vouch_for_is_checked_against_slack(
@@ -294,6 +295,9 @@ async def test_recovery_never_rewrites_a_finished_answer(
 async def test_recovery_waits_until_slack_shows_the_message_before_finishing_it(
     bot: RunningBot, slack: FakeSlack, redis_client: Any
 ) -> None:
+    inflight = bot.turns._tracker
+    assert inflight is not None
+    await asyncio.wait_for(inflight.swept.wait(), 10)  # type: ignore[attr-defined]  # its own, at start
     working_blocks = [{"type": "context", "block_id": INDICATOR_BLOCK_ID, "elements": []}]
     ts = slack.add_message(
         "C0CHAN", "half an answ", user="U0BOT", bot_id="B0BOT", blocks=working_blocks
@@ -303,8 +307,6 @@ async def test_recovery_waits_until_slack_shows_the_message_before_finishing_it(
     record.update(ts=ts, text="half an answ", final=True)
     await redis_client.set("slackbot:reply:r1", json.dumps(record))
     await redis_client.zadd("slackbot:replies", {"r1": time.time() + 600})
-    inflight = bot.turns._tracker
-    assert inflight is not None
     slack.fail_next("conversations.replies", "ratelimited", retry_after=1)
     assert await inflight.sweep() == 0  # type: ignore[attr-defined]
     assert working(shown(slack, ts))

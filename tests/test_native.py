@@ -90,7 +90,7 @@ async def test_a_native_stream_shows_text_early_and_ends_with_feedback_buttons(
             )
         )
         await slack.wait_ack(ack)
-        votes_key = f"slackbot:feedback:T0001:C0CHAN:{ts}"
+        votes_key = f"slackbot:{{T0001}}:feedback:C0CHAN:{ts}"
         await slack.wait_for(lambda: bool(slack.ephemerals_for("U0USER")), timeout=5)
         votes = await redis_client.hgetall(votes_key)
         counted = running.metrics.registry.get_sample_value(
@@ -261,7 +261,7 @@ async def test_mentions_and_broadcasts_the_model_writes_stay_plain_text(
         final = await settled(slack, "C0CHAN", start.response["ts"], "the answer")
     for token in ("<!here>", "<@U0BOSS>", "<#C0GEN>"):
         assert token not in final.text
-    assert final.text.replace("\u200b", "") == "Ping <!here> and <@U0BOSS> in <#C0GEN>"
+    assert final.text.replace("\u2060", "") == "Ping <!here> and <@U0BOSS> in <#C0GEN>"
 
 
 async def test_with_no_start_budget_left_auto_answers_by_edits_without_a_429(

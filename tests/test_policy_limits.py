@@ -102,7 +102,7 @@ async def test_daily_token_quota_and_usage_counters(
         await slack.send_event(mention_event("another", channel="C0GEN"))
         await answered(slack, QUOTA_TEXT.format(whose="Your"))
     assert len(llm.requests) == 1
-    (key,) = await redis_client.keys("slackbot:usage:T0001:*")
+    (key,) = await redis_client.keys("slackbot:{T0001}:usage:*")
     counters = {k.decode(): int(v) for k, v in (await redis_client.hgetall(key)).items()}
     assert (
         counters["team:replies"]

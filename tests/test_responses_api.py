@@ -40,7 +40,7 @@ async def test_both_model_apis_give_the_same_answer_and_usage(
     assert request.path.endswith("/responses" if mode == "responses" else "/chat/completions")
     prompt = request.body["input" if mode == "responses" else "messages"]
     assert prompt[-1] == {"role": "user", "content": "compare"}
-    (key,) = await redis_client.keys("slackbot:usage:T0001:*")
+    (key,) = await redis_client.keys("slackbot:{T0001}:usage:*")
     counters = {k.decode(): int(v) for k, v in (await redis_client.hgetall(key)).items()}
     assert counters["user:U0USER:total_tokens"] > 0
     assert counters["team:completion_tokens"] > 0

@@ -14,8 +14,10 @@ import redis
 import redis.asyncio as aioredis
 
 from bot.conversation import TRUNCATED_MARK, ThreadKey, Turn
-from bot.store import Participation, Sighting, Store, connect_redis
+from bot.store import KeySchema, Participation, Sighting, Store, connect_redis
+from bot.store.client import redis_url_problem
 from bot.store.inflight import RECORD_TTL_S
+from bot.store.migrate import migrate
 from tests.redis_server import RedisServer
 
 KEY = ThreadKey("T1", "C1", "1700000000.000100")
@@ -83,8 +85,8 @@ async def test_history_keeps_the_newest_turns_cut_to_what_a_prompt_holds(
     assert stored.text.endswith(TRUNCATED_MARK) and len(stored.text) < 4100
     raw = redis.Redis.from_url(store_url)
     try:
-        assert raw.memory_usage("slackbot:thread:T1:C1:1700000000.000100") < 12_000
-        assert 0 < raw.ttl("slackbot:thread:T1:C1:1700000000.000100") <= 3600
+        assert raw.memory_usage("slackbot:{T1}:thread:C1:1700000000.000100") < 12_000
+        assert 0 < raw.ttl("slackbot:{T1}:thread:C1:1700000000.000100") <= 3600
     finally:
         raw.close()
 
@@ -242,7 +244,7 @@ async def test_thread_lock_serialises_holders(store: Store) -> None:
 
 async def test_thread_lock_of_a_dead_holder_expires(store: Store, store_url: str) -> None:
     raw = aioredis.Redis.from_url(store_url)
-    await raw.set("slackbot:lock:T1:C1:1700000000.000100", "dead", px=200)
+    await raw.set("slackbot:{T1}:lock:C1:1700000000.000100", "dead", px=200)
     await raw.aclose()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -448,3 +450,83 @@ async def test_connections_share_one_client_identity_worked_out_once(redis_url: 
         for connection in connections:
             await pool.release(connection)
         await client.aclose()
+
+
+# -- schema and connections ----------------------------------------------------------------------
+
+
+async def test_an_upgrade_renames_the_old_keys_and_keeps_their_ttls(
+    store: Store, store_url: str
+) -> None:
+    raw = redis.Redis.from_url(store_url)
+    try:
+        raw.rpush("slackbot:thread:T1:C1:17.1", Turn("user", "kept", "U1").to_json())
+        raw.expire("slackbot:thread:T1:C1:17.1", 500)
+        raw.set("slackbot:engaged:T1:C1:17.1", "1", ex=500)
+        raw.hset("slackbot:feedback:T1:C1:17.2", "U1", "good")
+        raw.hset("slackbot:usage:T1:20261205", "team:total_tokens", 7)
+        raw.set("slackbot:seen:msg:T1:C1:17.3", "1", ex=60)
+        # Written by an upgraded replica meanwhile: the newer copy wins.
+        raw.rpush("slackbot:{T1}:thread:C1:17.4", Turn("user", "newer", "U1").to_json())
+        raw.rpush("slackbot:thread:T1:C1:17.4", Turn("user", "older", "U1").to_json())
+        raw.set("slackbot:unrelated", "1")
+        raw.delete("slackbot:schema")
+
+        assert await migrate(store.guard, KeySchema()) == 5
+        assert [
+            t.text for t in await store.history.history(ThreadKey("T1", "C1", "17.1")) or []
+        ] == ["kept"]
+        assert 0 < raw.ttl("slackbot:{T1}:thread:C1:17.1") <= 500
+        assert await store.history.participation(ThreadKey("T1", "C1", "17.1")) is Participation.YES
+        assert raw.hget("slackbot:{T1}:usage:20261205", "team:total_tokens") == b"7"
+        assert await store.dedupe.first_sighting("T1", "C1", "17.3", None) is Sighting.REPEAT
+        assert [
+            t.text for t in await store.history.history(ThreadKey("T1", "C1", "17.4")) or []
+        ] == ["newer"]
+        assert raw.exists("slackbot:thread:T1:C1:17.4", "slackbot:thread:T1:C1:17.1") == 0
+        assert raw.get("slackbot:unrelated") == b"1"
+        assert raw.get("slackbot:schema") == b"2"
+        assert await migrate(store.guard, KeySchema()) == 0  # once
+    finally:
+        raw.close()
+
+
+async def test_a_message_delivered_twice_at_once_is_answered_exactly_once(
+    open_store: Callable[..., Store],
+) -> None:
+    # The message marker and the event marker of each delivery, claimed concurrently by four
+    # clients: exactly one may answer (not zero, as two markers set separately allowed).
+    stores = [open_store() for _ in range(4)]
+    for n in range(50):
+        ts = f"{NOW + n:.6f}"
+        results = await asyncio.gather(
+            *(s.dedupe.first_sighting("T1", "C1", ts, f"Ev{n}") for s in stores)
+        )
+        assert [r for r in results if r is Sighting.FIRST] == [Sighting.FIRST], (n, results)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("memcached://localhost", "expected redis://"),
+        ("redis+cluster://", "no host:port"),
+        ("redis+cluster://10.0.0.1:port", "is not host:port"),
+        ("redis+sentinel://10.0.0.1:26379", "names the master"),
+        ("redis+sentinel://10.0.0.1:26379/mymaster/zero", "must be a number"),
+    ],
+)
+def test_a_malformed_redis_url_is_refused_in_words(url: str, problem: str) -> None:
+    message = redis_url_problem(url)
+    assert message is not None and problem in message
+
+
+def test_every_documented_redis_url_form_is_accepted() -> None:
+    for url in (
+        "redis://localhost:6379/0",
+        "rediss://:pw@redis.example.com:6380/1",
+        "unix:///run/redis.sock",
+        "redis+cluster://10.0.0.1:6379,10.0.0.2:6379",
+        "rediss+cluster://user:pw@10.0.0.1:6379/",
+        "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/0?sentinel_password=spw",
+    ):
+        assert redis_url_problem(url) is None, url

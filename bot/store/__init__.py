@@ -24,16 +24,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from bot.errors import ConfigError
 from bot.store.budgets import SlackBudgets
+from bot.store.client import connect_redis, is_cluster
 from bot.store.dedupe import Dedupe, Sighting
-from bot.store.guard import Guard, connect_redis
+from bot.store.guard import Guard
 from bot.store.history import Participation, ThreadMemory
 from bot.store.inflight import InFlightRegistry
 from bot.store.keys import KeySchema
 from bot.store.locks import ThreadLocks
+from bot.store.migrate import migrate
 from bot.store.relay import StopRelay
 from bot.store.usage import Usage
 
@@ -107,6 +111,24 @@ class Store:
 
     async def ping(self) -> bool:
         return await self.guard.ping()
+
+    async def prepare(self) -> None:
+        """At start-up, with Redis reachable: refuse a plain URL to a cluster node, rename keys
+        of an older schema, mark the epoch, warn when Redis may evict keys."""
+        cluster = is_cluster(self.guard.redis)
+        if not cluster:
+            nothing: dict[str, Any] = {}
+            info = await self.guard.attempt(lambda r: r.info("cluster"), "info", nothing)
+            if isinstance(info, dict) and str(info.get("cluster_enabled")) == "1":
+                raise ConfigError(
+                    [
+                        "REDIS_URL points at one node of a Redis Cluster: use "
+                        "redis+cluster://host:port[,host:port…] so the bot follows the cluster"
+                    ]
+                )
+        await migrate(self.guard, self.history.keys, cluster=cluster)
+        await self.history.begin_epoch()
+        await self.check_eviction()
 
     async def check_eviction(self) -> None:
         """Warn when Redis may evict keys under memory pressure: a thread's keys evicted while

@@ -49,6 +49,7 @@ class Dedupe:
         self._clock = clock
         self._local: OrderedDict[str, float] = OrderedDict()  # key -> expiry
         self._unsynced: set[str] = set()  # marked locally while Redis was down
+        self._claim = guard.redis.register_script(_CLAIM_LUA)
         guard.on_recovery(self._sync)
 
     async def first_sighting(
@@ -59,26 +60,26 @@ class Dedupe:
         emptied, or the message predates it) cannot tell "never seen" from "forgotten"."""
         names = [self._keys.seen_message(team, channel, ts)]
         if event_id:
-            names.append(self._keys.seen_event(event_id))
+            names.append(self._keys.seen_event(team, event_id))
+        ttl_ms = int(self._ttl_s * 1000)
         epoch_key = self._keys.epoch
 
-        async def claim(r: aioredis.Redis) -> list[object]:
-            async with r.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.set(name, "1", nx=True, px=int(self._ttl_s * 1000))
-                if retry:
-                    pipe.get(epoch_key)
-                return list(await pipe.execute())
+        async def claim(r: aioredis.Redis) -> bool:
+            # One script over keys of one slot (the workspace's): with a marker per key set
+            # separately, two deliveries racing could each find the other's marker first and
+            # nobody would answer.
+            return bool(await self._claim(keys=names, args=[ttl_ms], client=r))
 
         try:
-            results = await self._guard.run(claim, "dedupe")
+            first = await self._guard.run(claim, "dedupe")
+            epoch = await self._guard.run(lambda r: r.get(epoch_key), "dedupe") if retry else None
         except StoreUnavailable:
             first = self._local_first(names, unsynced=True)
             return Sighting.FIRST if first and not retry else _seen(first)
         self._local_first(names, unsynced=False)  # remembered here too, for a later outage
-        if not all(results[: len(names)]):
+        if not first:
             return Sighting.REPEAT
-        if retry and not _remembers(results[-1], ts):
+        if retry and not _remembers(epoch, ts):
             return Sighting.UNVOUCHED
         return Sighting.FIRST
 
@@ -124,3 +125,17 @@ def _remembers(epoch: object, ts: str) -> bool:
     (no epoch: a new or emptied store)."""
     began = ts_seconds(epoch)
     return 0 < began <= ts_seconds(ts)
+
+
+# KEYS: the markers of one message (all of one workspace).  ARGV: their TTL (ms).  Sets them all
+# and returns 1 when none was set, else 0: exactly one delivery of a message sees 1.
+_CLAIM_LUA = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    for _, other in ipairs(KEYS) do redis.call('SET', other, '1', 'PX', ARGV[1], 'NX') end
+    return 0
+  end
+end
+for _, key in ipairs(KEYS) do redis.call('SET', key, '1', 'PX', ARGV[1]) end
+return 1
+"""

@@ -1,7 +1,7 @@
 """The store's one outage policy: every Redis call goes through ``Guard``, which translates Redis
 failures, tracks health and says so once per outage.
 
-    guard = Guard(connect_redis("redis://localhost:6379/0"))
+    guard = Guard(connect_redis("redis://localhost:6379/0"))   # bot/store/client.py
     turns = await guard.run(lambda r: r.lrange(name, 0, -1), "history")     # StoreUnavailable
     await guard.attempt(lambda r: r.set(name, "1"), "engage", None)         # None while down
 
@@ -20,48 +20,16 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from bot.errors import StoreUnavailable
 
 log = logging.getLogger("bot.store")
 T = TypeVar("T")
 
-#: What a Redis call may raise while the server is down or unreachable.
-REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
-
-
-def connect_redis(url: str) -> aioredis.Redis:
-    """A client that fails fast while Redis is down instead of stalling every command."""
-    # A pool that waits for a free connection instead of failing: a burst of replies must not
-    # look like an outage (redis-py's default pool raises past 100 connections).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=1024,
-        timeout=2.0,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-        health_check_interval=15,
-        **_driver_info(),
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
-def _driver_info() -> dict[str, Any]:
-    """What each connection tells Redis about its client (CLIENT SETINFO), worked out once.
-
-    Left to redis-py 8, every new connection looks its own version up in the installed
-    packages' metadata (``importlib.metadata``), and a burst of replies opens hundreds of
-    connections (measured in bench/README.md). Older redis-py has no ``DriverInfo``.
-    """
-    try:
-        from redis.driver_info import DriverInfo
-    except ImportError:
-        return {}
-    return {"driver_info": DriverInfo()}
+#: What a Redis call may raise while the server is down or unreachable (a cluster's errors are
+#: not RedisErrors: a slot no node covers, a cluster nobody answers for).
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 
 
 class Guard:

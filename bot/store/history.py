@@ -53,7 +53,7 @@ class ThreadMemory:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._guard = guard
-        self._keys = keys
+        self.keys = self._keys = keys
         self._ttl_s = ttl_s
         self._ttl_ms = int(ttl_s * 1000)
         self._max_turns = max_turns
