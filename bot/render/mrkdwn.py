@@ -20,6 +20,16 @@ Choices (each is pinned by a test):
   ``<url>`` for autolinks and bare URLs, ``<url|alt>`` for images. Only ``http(s)://`` and
   ``mailto:`` destinations become links (percent-encoded, so no ``|``, ``<`` or ``>``); any
   other destination shows as ``label (destination)``. Labels are plain text.
+* **Links that cannot lie.** A link or image whose label names another place than its target
+  (a URL, domain or address of another host, see :func:`disguised`) shows as
+  ``label (<target>)``: the label as plain text, then the real target as a bare ``<url>``,
+  which Slack displays as the URL itself — the one thing the model cannot dress up. (Rather
+  than only the target, so a false alarm such as ``[Node.js](https://nodejs.org)`` still
+  reads well.) An autolink whose displayed form differs from its target shows the target.
+* **Mentions that cannot ping.** ``@here``, ``@channel`` and ``@everyone`` get a word joiner
+  (U+2060) after the ``@``: invisible, reads and wraps as written, but no longer the keyword
+  Slack looks for (see :func:`neutralise_mentions`). The blocks carrying the text are sent with
+  ``verbatim: true`` (bot/render/reply.py), so Slack parses nothing in them by itself.
 * **Literal markers.** mrkdwn has no escape for ``*``, ``_``, ``~`` and `````, so literal ones
   are left as written; runs of three or more backticks (which would open or close a Slack code
   block) get a zero-width space between the backticks, and a backtick inside a code span
@@ -49,17 +59,23 @@ Choices (each is pinned by a test):
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 from markdown_it.rules_inline import StateInline
+from markdown_it.rules_inline import autolink as _commonmark_autolink
+from markdown_it.rules_inline import image as _commonmark_image
+from markdown_it.rules_inline import link as _commonmark_link
 from markdown_it.rules_inline import newline as _commonmark_newline
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
 
-__all__ = ["parse", "to_mrkdwn"]
+__all__ = ["UnsafeMarkdown", "guard_markdown", "neutralise_mentions", "parse", "to_mrkdwn"]
 
 _BULLETS = ("•", "◦", "▪")
 _TASK_BOXES = {True: "☑", False: "☐"}
@@ -93,7 +109,7 @@ def to_mrkdwn(markdown: str, *, final: bool = False) -> str:
     env: dict[str, Any] = {} if final else {_GROWING: None}
     tokens = _PARSER.parse(markdown, env)
     growing = None if final else _last_inline(tokens)
-    return _Renderer(growing).document(SyntaxTreeNode(tokens)).strip("\n")
+    return _inert_mrkdwn(_Renderer(growing).document(SyntaxTreeNode(tokens)).strip("\n"))
 
 
 def parse(markdown: str, env: dict[str, Any] | None = None) -> list[Token]:
@@ -209,6 +225,9 @@ def _dangling_link(state: StateInline, silent: bool) -> bool:
             return False
         resume = label_end + 2 if paren else label_end + 1
     if not silent:
+        seen = _seen(state)
+        if seen is not None:
+            seen.append(_Seen(src, "dangling", pos))
         token = state.push("mrkdwn_dangling_open", "", 1)
         token.meta = {"image": image, "closed": closed, "paren": paren}
         state.pos, state.posMax = bracket + 1, label_stop
@@ -311,7 +330,8 @@ def _link_url(href: str) -> str | None:
     return _escape(href)
 
 
-def _link(href: str, label: str, *, show_unsafe_href: bool = True) -> str:
+def _link(href: str, label: str, *, show_unsafe_href: bool = True, auto: bool = False) -> str:
+    """A Slack link; ``auto``: an autolink or bare URL, whose label is the URL itself."""
     label = " ".join(label.split())
     url = _link_url(href)
     if url is None:
@@ -321,6 +341,9 @@ def _link(href: str, label: str, *, show_unsafe_href: bool = True) -> str:
         return text
     if not label or label == href:
         return f"<{url}>"
+    if disguised(label, href):
+        # Slack shows a ``<url>`` link as the URL itself: the one thing the model cannot dress up.
+        return f"<{url}>" if auto else f"{_escape(label)} (<{url}>)"
     return f"<{url}|{_escape(label)}>"
 
 
@@ -564,7 +587,8 @@ class _Renderer:
                 self._walk(node.children, pieces, inner, growing=growing, top=False, flat=flat)
                 pieces.append(closing)
             elif kind == "link":
-                pieces.append(_link(str(node.attrGet("href") or ""), self._plain(node)))
+                href, auto = str(node.attrGet("href") or ""), node.info == "auto"
+                pieces.append(_link(href, self._plain(node), auto=auto))
             elif kind == "image":
                 src = str(node.attrGet("src") or "")
                 pieces.append(_link(src, self._plain(node), show_unsafe_href=False))
@@ -613,3 +637,489 @@ class _Renderer:
             else:
                 out.append(child.content)
         return "".join(out)
+
+
+# --- links that cannot lie, mentions that cannot ping ---------------------------------------
+
+# A word of a link label that names a place: a URL with a scheme, ``mailto:``, an e-mail address
+# or a bare domain (``good.com``, ``www.good.com/x``, ``good.com:8080``). The last label of a
+# domain is letters (of any script) or punycode, so ``v1.2`` and ``e.g.`` are not domains;
+# ``Node.js`` and ``main.py`` are, and cost only a visible host (see :func:`disguised`).
+_DOMAIN = r"(?:[^\W_](?:[\w-]*[^\W_])?\.)+(?:[^\W\d_]{2,}|xn--[a-z0-9-]+)\.?"
+_DOMAIN_WORD = re.compile(rf"({_DOMAIN})(?::\d+)?(?:[/?#]\S*)?", re.IGNORECASE)
+_EMAIL_WORD = re.compile(rf"[^\s@<>()\[\]]+@{_DOMAIN}", re.IGNORECASE)
+_SCHEME_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_WORD_EDGES = "\"'()[]{}<>.,;:!?*_~`"
+
+# Neutralising: U+2060 WORD JOINER goes right after the ``@`` of ``@here``, ``@channel`` and
+# ``@everyone`` (and after the ``<`` of ``<!here>``, ``<@U1>``, ``<#C1>``, ``<!subteam^S1>``).
+# It is invisible and, unlike a zero-width space, no line-break opportunity, and unlike a
+# zero-width joiner it joins nothing (emoji), so the text reads and wraps exactly as written —
+# but Slack no longer finds the keyword right after the ``@`` (or the token right after ``<``).
+# Not when the ``@`` continues a word, address or URL (``me@here.io``, ``x.io/@here``).
+_WORD_JOINER = "\u2060"
+_BROADCAST = re.compile(r"(?<![^\W_])(?<![/.@+\-:=%&?#;])@(?=here|channel|everyone)", re.IGNORECASE)
+_SPECIAL_TOKEN = re.compile(r"(?:<|&lt;?+|&#0*60;?+|&#x0*3c;?+)(?=[!@#])", re.IGNORECASE)
+
+
+def _host(name: str) -> str:
+    """A host as compared: lower case, IDNA (punycode), no trailing dot, no ``www.``."""
+    host = name.lower().rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return host.removeprefix("www.")
+
+
+def _address(address: str) -> str:
+    local, _, domain = address.rpartition("@")
+    return f"{local.lower()}@{_host(domain)}"
+
+
+def _claims(label: str) -> list[tuple[str, str]]:
+    """What a label says it points at, per word: ("host", name) or ("email", address)."""
+    claims = []
+    for raw in label.split():
+        word = raw.strip(_WORD_EDGES)
+        if word.lower().startswith("mailto:"):
+            claims.append(("email", unquote(word[7:].split("?", 1)[0])))
+        elif _SCHEME_URL.match(word):
+            try:
+                host = urlsplit(word).hostname or ""
+            except ValueError:
+                host = ""
+            claims.append(("host", host))
+        elif _EMAIL_WORD.fullmatch(word):
+            claims.append(("email", word))
+        elif match := _DOMAIN_WORD.fullmatch(word):
+            claims.append(("host", match.group(1)))
+    return claims
+
+
+def disguised(label: str, href: str) -> bool:
+    """Whether a link's visible ``label`` names another place than ``href`` goes to.
+
+    A label is checked when a word of it looks like a URL, a domain or an e-mail address: each
+    such word must name the target's host (case, a trailing dot and ``www.`` aside) — or, for an
+    address, the ``mailto:`` target's address. A label that spells a host in another script
+    than the target's punycode (``gооgle.com`` with Cyrillic o's) counts as disguised too, so the
+    user sees the ``xn--`` form. Labels that name nothing (``docs``, ``click here``) are fine.
+
+    >>> disguised("https://good.com", "https://evil.com"), disguised("GOOD.com/x", "https://good.com")
+    (True, False)
+    """
+    claims = _claims(label)
+    if not claims:
+        return False
+    if href.lower().startswith("mailto:"):
+        address = unquote(href[7:].split("?", 1)[0])
+        target_address = _address(address) if "@" in address else ""
+        target_host = target_address.rpartition("@")[2]
+    else:
+        target_address = ""
+        try:
+            target_host = _host(urlsplit(href).hostname or "")
+        except ValueError:
+            target_host = ""
+    for kind, claim in claims:
+        if not claim.isascii():
+            return True
+        if kind == "email":
+            if not target_address or _address(claim) != target_address:
+                return True
+        elif not target_host or _host(claim) != target_host:
+            return True
+    return False
+
+
+def neutralise_mentions(text: str, before: str = "") -> str:
+    """``text`` with no ``@here``/``@channel``/``@everyone`` and no ``<!…>``, ``<@…>``, ``<#…>``
+    (also written with ``&lt;``) left for Slack to act on; ``before``: the text preceding it.
+
+    >>> neutralise_mentions("@here, <!channel> me@here.io") == "@\\u2060here, <\\u2060!channel> me@here.io"
+    True
+    """
+    context = before[-8:]
+    whole = context + text
+    cuts = sorted(
+        match.end()
+        for pattern in (_BROADCAST, _SPECIAL_TOKEN)
+        for match in pattern.finditer(whole)
+        if match.end() >= len(context)
+    )
+    if not cuts:
+        return text
+    out, last = [], len(context)
+    for cut in cuts:
+        out.append(whole[last:cut])
+        last = cut
+    out.append(whole[last:])
+    return _WORD_JOINER.join(out)
+
+
+def _inert_mrkdwn(out: str) -> str:
+    """Rendered mrkdwn with every ``@here``/``@channel``/``@everyone`` neutralised, outside the
+    links' URLs (every ``<`` left in ``out`` opens a link this module wrote)."""
+    if "@" not in out:
+        return out
+    parts = re.split(r"(<[^<>]*>)", out)
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            parts[index] = _BROADCAST.sub("@" + _WORD_JOINER, part)
+        elif "|" in part:
+            url, label = part[1:-1].split("|", 1)
+            parts[index] = f"<{url}|{_BROADCAST.sub('@' + _WORD_JOINER, label)}>"
+    return "".join(parts)
+
+
+# --- Markdown for Slack's native streams -----------------------------------------------------
+#
+# A native stream sends the model's Markdown itself (``markdown_text``), and Slack only ever
+# appends: text sent cannot be taken back. :func:`guard_markdown` therefore decides, for the
+# text about to be appended, what Slack may see of it — with the text already sent as context:
+#
+# * a link or image whose label names another place than its target (see :func:`disguised`)
+#   becomes ``label (<target>)``: the label as plain text, the real target as an autolink,
+#   which Slack shows as the URL itself;
+# * a reference-style link (``[label][ref]``, ``[label]``) becomes an inline link to the target
+#   markdown-it resolved, so a definition Slack reads differently (or one still being written)
+#   cannot retarget it; a bracket pair that is not a link gets its ``]`` escaped (``[a\]``, shown
+#   as ``[a]``), so no definition arriving later can turn it into one;
+# * every ``<`` that does not open an autolink is followed by a word joiner, so nothing the
+#   model writes becomes Slack's own ``<url|label>`` or ``<!here>``; a ``|`` inside an autolink
+#   is percent-encoded;
+# * mentions are neutralised as in mrkdwn (:func:`neutralise_mentions`);
+# * what could still change meaning when more text comes — an unfinished link (``[text](htt``),
+#   ``<…`` without its ``>``, a definition on the last line, a trailing ``!``, ``@ev`` or ``&l`` — is
+#   held back until it is complete (an unfinished link label longer than ``_HOLD_LABEL`` is let
+#   go as literal text instead: its ``[`` escaped).
+#
+# Each rewrite only makes text more literal or is a complete construct of its own, so what was
+# sent stays correct whatever follows. The parser's view of the source (block maps, and inline
+# positions the guard's rules record) locates each construct in the text; where it cannot
+# (rare layouts, e.g. an escaped ``|`` in a table cell holding a link), :class:`UnsafeMarkdown`
+# tells the caller to show the answer some other way.
+
+
+class UnsafeMarkdown(Exception):
+    """:func:`guard_markdown` could not place a rewrite the text needs."""
+
+
+_SPANS = "guard_spans"  # env key: the list the guard's inline rules record into
+_HOLD_LABEL = 1000  # characters an unfinished link label may be held back, at most
+_PARTIAL_TAIL = re.compile(r"(?:!|@[A-Za-z]{0,8}|&[#\w]{0,7}|<[^\s<>]{0,300})?\Z")
+_LINKISH = re.compile(r"[\[\]<]")
+_MD_SPECIAL = re.compile(r"([\\`\[\]<>|])")
+_ENTITY_LT = re.compile(r"(?:&lt;?+|&#0*60;?+|&#x0*3c;?+)(?=[^\s\u2060])", re.IGNORECASE)
+_REFERENCE_TAIL = re.compile(r"\[[^\]]*\]?\Z")
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A construct the guard's inline rules found, at positions of the inline source ``src``."""
+
+    src: str
+    kind: str  # link, image, bracket, autolink, lt, dangling
+    start: int
+    end: int = 0  # past the construct; for a bracket pair: the position of its ``]``
+    label_end: int = 0  # the position of a link's ``]``
+    token: Token | None = None
+    label: str = ""
+
+
+def _seen(state: StateInline) -> list[_Seen] | None:
+    seen = state.env.get(_SPANS)
+    return seen if isinstance(seen, list) else None
+
+
+def _tokens_text(tokens: list[Token] | None) -> str:
+    """The plain text of inline tokens (a link label, image alt text)."""
+    out = []
+    for token in tokens or []:
+        if token.type in ("softbreak", "hardbreak"):
+            out.append(" ")
+        elif token.type == "image":
+            out.append(_tokens_text(token.children))
+        elif token.type in ("text", "text_special", "code_inline", "html_inline"):
+            out.append(token.content)
+    return "".join(out)
+
+
+def _guard_link(state: StateInline, silent: bool) -> bool:
+    seen = _seen(state)
+    if seen is None or silent or state.src[state.pos] != "[":
+        return False
+    start, count = state.pos, len(state.tokens)
+    label_end = state.md.helpers.parseLinkLabel(state, start, True)
+    if _commonmark_link(state, False):
+        index = next(i for i in range(count, len(state.tokens)) if state.tokens[i].nesting == 1)
+        token = state.tokens[index]
+        label = _tokens_text(state.tokens[index + 1 : -1])
+        seen.append(_Seen(state.src, "link", start, state.pos, label_end, token, label))
+        return True
+    if state.linkLevel == 0:
+        close = state.md.helpers.parseLinkLabel(state, start)
+        if close >= 0:
+            seen.append(_Seen(state.src, "bracket", start, close))
+    return False
+
+
+def _guard_image(state: StateInline, silent: bool) -> bool:
+    seen = _seen(state)
+    src, start = state.src, state.pos
+    if seen is None or silent or not src.startswith("![", start):
+        return False
+    label_end = state.md.helpers.parseLinkLabel(state, start + 1)
+    if not _commonmark_image(state, False):
+        return False
+    token = state.tokens[-1]
+    seen.append(
+        _Seen(src, "image", start, state.pos, label_end, token, _tokens_text(token.children))
+    )
+    return True
+
+
+def _guard_autolink(state: StateInline, silent: bool) -> bool:
+    seen = _seen(state)
+    if seen is None or silent or state.src[state.pos] != "<":
+        return False
+    start = state.pos
+    if _commonmark_autolink(state, False):
+        seen.append(_Seen(state.src, "autolink", start, state.pos))
+        return True
+    seen.append(_Seen(state.src, "lt", start))
+    return False
+
+
+def _guard_escaped_lt(state: StateInline, silent: bool) -> bool:
+    """``\\<`` is a literal ``<`` in Markdown; Slack might not read the escape: neutralise it."""
+    seen = _seen(state)
+    if seen is not None and not silent and state.src.startswith("\\<", state.pos):
+        seen.append(_Seen(state.src, "lt", state.pos + 1))
+    return False
+
+
+def _build_guard_parser() -> MarkdownIt:
+    md = _build_parser()
+    md.options["store_labels"] = True  # a reference link's label, to spot one still defined
+    # Indented code is read as text: if Slack shows it as a paragraph, its links are checked.
+    md.disable("code")
+    md.inline.ruler.before("link", "guard_link", _guard_link)
+    md.inline.ruler.before("image", "guard_image", _guard_image)
+    md.inline.ruler.before("autolink", "guard_autolink", _guard_autolink)
+    md.inline.ruler.before("escape", "guard_escaped_lt", _guard_escaped_lt)
+    return md
+
+
+def _md_text(text: str) -> str:
+    """Plain text as Markdown that forms no link, code span or table cell."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def _md_url(href: str) -> str:
+    """``href`` (normalized: percent-encoded) safe inside ``<…>`` and ``(…)``."""
+    for char, code in (("|", "%7C"), ("(", "%28"), (")", "%29"), ("<", "%3C"), (">", "%3E")):
+        href = href.replace(char, code)
+    return "".join(
+        ch if ch.isprintable() and not ch.isspace() else f"%{ord(ch):02X}" for ch in href
+    )
+
+
+class _Source:
+    """Where the inline sources of a parsed document lie in the document's text."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.split("\n")
+        self.starts = [0]
+        for line in self.lines:
+            self.starts.append(self.starts[-1] + len(line) + 1)
+        self._cells: dict[int, int] = {}  # line → where the next table cell's search starts
+
+    def locator(self, token: Token, *, cell: bool) -> Callable[[int], int] | None:
+        """Document offset of each position of ``token.content``; None when it cannot be
+        placed. Table cells must be asked for in order (each is searched after the last)."""
+        if not token.map:
+            return None
+        segment_starts: list[int] = []
+        text_starts: list[int] = []
+        offset = 0
+        for index, segment in enumerate(token.content.split("\n")):
+            number = token.map[0] + index
+            if number >= len(self.lines):
+                return None
+            line = self.lines[number]
+            core = segment.lstrip(" \t")
+            lead = len(segment) - len(core)
+            if cell:
+                column = line.find(core, self._cells.get(number, 0)) if "|" not in core else -1
+                if column < 0:
+                    self._cells[number] = len(line)  # cells after an unplaceable one: unplaced
+                    return None
+                self._cells[number] = column + len(core)
+            else:
+                column = line.rfind(core) if core else 0
+                if column < 0:
+                    return None
+            segment_starts.append(offset)
+            text_starts.append(self.starts[number] + column - lead)
+            offset += len(segment) + 1
+
+        def at(position: int) -> int:
+            index = bisect_right(segment_starts, position) - 1
+            return text_starts[index] + position - segment_starts[index]
+
+        return at
+
+
+def guard_markdown(sent: str, pending: str, *, final: bool = False) -> tuple[str, int]:
+    """What Slack's ``markdown_text`` may show of ``pending``, appended to ``sent`` (both the
+    model's Markdown, as written): ``(text, used)``, where ``text`` stands for the first
+    ``used`` characters of ``pending`` and the rest must wait for more text (``final=True``:
+    there is no more, nothing waits). See the comment above. Raises :class:`UnsafeMarkdown`.
+
+    >>> guard_markdown("", "See [https://good.com](https://evil.com) and [docs](https://x.io/d")
+    ('See https://good.com (<https://evil.com>) and ', 45)
+    """
+    if not pending:
+        return "", 0
+    tail = None if final else _PARTIAL_TAIL.search(pending)
+    held = len(tail.group()) if tail else 0
+    if not _LINKISH.search(pending):
+        used = len(pending) - held
+        return _inert_markdown(pending[:used], sent), used
+    base = len(sent)
+    text = (sent + pending).replace("\r", " ").replace("\0", "\ufffd")
+    env: dict[str, Any] = {_SPANS: []}
+    if not final:
+        env[_GROWING] = None
+    tokens = _GUARD_PARSER.parse(text, env)
+    source = _Source(text)
+    holds = [len(text) - held]
+    # A definition on the last line may still be growing: hold it, and links that use it.
+    growing_refs: set[str] = set()
+    if not final and not text.endswith("\n"):
+        last = len(source.lines) - 1
+        for label, ref in (env.get("references") or {}).items():
+            lines = ref.get("map") or (0, 0)
+            if lines[0] <= last < lines[1]:
+                growing_refs.add(label)
+                if source.starts[lines[0]] >= base:
+                    holds.append(source.starts[lines[0]])
+    by_src: dict[int, list[_Seen]] = {}
+    for item in env[_SPANS]:
+        by_src.setdefault(id(item.src), []).append(item)
+    edits: list[tuple[int, int, str]] = []
+    in_cell = False
+    growing = None if final else _last_inline(tokens)
+    for token in tokens:
+        if token.type in ("th_open", "td_open"):
+            in_cell = True
+        elif token.type in ("th_close", "td_close"):
+            in_cell = False
+        if token.type != "inline" or not token.content:
+            continue
+        # (A one-character source may be shared by several tokens: its records then apply to
+        # each, which can only hold back more than needed.)
+        found = by_src.get(id(token.content))
+        at = source.locator(token, cell=in_cell) if found or in_cell else None
+        if not found:
+            continue
+        if at is None:
+            raise UnsafeMarkdown("a construct could not be placed in the source")
+        for item in found:
+            _guard_one(item, at, text, base, token is growing, growing_refs, edits, holds)
+    stop = min(hold for hold in holds if hold >= base)
+    out: list[str] = []
+    position = base
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], -e[1])):
+        if start < position or start >= stop:
+            continue  # inside a construct rewritten whole, or held back
+        if end > stop:
+            stop = start
+            break
+        out += (text[position:start], replacement)
+        position = end
+    out.append(text[position:stop])
+    return _inert_markdown("".join(out), text[:base]), stop - base
+
+
+def _guard_one(
+    item: _Seen,
+    at: Callable[[int], int],
+    text: str,
+    base: int,
+    growing: bool,
+    growing_refs: set[str],
+    edits: list[tuple[int, int, str]],
+    holds: list[int],
+) -> None:
+    """The rewrite (or hold) one construct needs; see :func:`guard_markdown`."""
+    src = item.src
+
+    def place(position: int, expected: str) -> int:
+        offset = at(position)
+        if offset >= base and (offset >= len(text) or text[offset] not in expected):
+            raise UnsafeMarkdown(f"expected {expected!r} at {offset}")
+        return offset
+
+    if item.kind == "dangling":
+        bracket = item.start + (1 if src[item.start] == "!" else 0)
+        offset = place(bracket, "[")
+        if offset >= base:
+            if len(text) - offset <= _HOLD_LABEL:
+                start = at(item.start)  # the ``!`` of an image, if not sent yet
+                holds.append(start if start >= base else offset)
+            else:
+                edits.append((offset, offset, "\\"))
+    elif item.kind == "bracket":
+        offset = place(item.end, "]")
+        if offset < base:
+            return
+        if growing and _REFERENCE_TAIL.match(src, item.end + 1):
+            holds.append(place(item.start, "["))  # ``[a][b`` may become a reference link
+        else:
+            edits.append((offset, offset, "\\"))
+    elif item.kind == "lt":
+        offset = place(item.start, "<")
+        following = src[item.start + 1 : item.start + 2]
+        if offset >= base and following and not following.isspace():
+            edits.append((offset + 1, offset + 1, _WORD_JOINER))
+    elif item.kind == "autolink":
+        start = place(item.start, "<")
+        end = place(item.end - 1, ">") + 1
+        if start >= base and "|" in text[start:end]:
+            edits.append((start, end, text[start:end].replace("|", "%7C")))
+    elif item.token is not None:  # link or image
+        start = place(item.start, "[!")
+        end = place(item.end - 1, ")]") + 1
+        if end <= base:
+            return  # sent whole: decided then
+        token = item.token
+        href = str(token.attrGet("src" if item.kind == "image" else "href") or "")
+        reference = src[item.end - 1] == "]"
+        lying = disguised(item.label, href)
+        if start < base:
+            # Its start went out before it was complete, which the holds are there to prevent.
+            # A literal start (a long label let go) keeps Slack from reading a link; otherwise
+            # the text must not be streamed.
+            if (lying or reference) and text[start - 1 : start] != "\\":
+                raise UnsafeMarkdown("a link began in text already sent")
+            return
+        if reference and growing_refs and token.meta.get("label") in growing_refs:
+            holds.append(start)
+        elif lying:
+            shown = _md_text(item.label)
+            edits.append((start, end, f"{shown} (<{_md_url(href)}>)" if href else shown))
+        elif reference:
+            close = place(item.label_end, "]") + 1
+            edits.append((close, end, f"({_md_url(href)})"))
+
+
+def _inert_markdown(text: str, before: str) -> str:
+    """Mentions neutralised, and no ``&lt;`` Slack could read as the start of a token."""
+    text = neutralise_mentions(text, before)
+    return _ENTITY_LT.sub(lambda m: m.group() + _WORD_JOINER, text) if "&" in text else text
+
+
+_GUARD_PARSER = _build_guard_parser()

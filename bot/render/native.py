@@ -33,15 +33,17 @@ How it goes:
   pressed Slack's stop — sets :attr:`stopped`, so the turn stops reading the model, and the
   answer ends as ``STOPPED``.
 
-Text the model writes never becomes a Slack mention: ``<!here>``, ``<@U…>``, ``<#C…>`` are
-broken up with a zero-width space before being sent.
+The model's Markdown goes to Slack through :func:`bot.render.mrkdwn.guard_markdown`: a link whose
+label names another place than its target shows the real target, ``<!here>``, ``<@U…>``,
+``<#C…>`` and ``@here``/``@channel``/``@everyone`` never become mentions, and text whose meaning
+more text could still change (an unfinished link) waits for it. When the guard cannot place a
+rewrite it needs, the edit renderer takes the answer over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -52,7 +54,15 @@ from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransie
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
 from bot.render.feedback import feedback_block
-from bot.render.reply import Outcome, ReplyStateError, ReplyStream, ReplyTracker, State
+from bot.render.mrkdwn import UnsafeMarkdown, guard_markdown
+from bot.render.reply import (
+    Outcome,
+    ReplyStateError,
+    ReplyStream,
+    ReplyTracker,
+    State,
+    note_block,
+)
 from bot.render.status import ThreadStatus
 from bot.slack import SlackGateway
 
@@ -62,7 +72,6 @@ log = logging.getLogger(__name__)
 #: (a ``markdown`` block, which an expired stream is finished with, holds 12,000).
 NATIVE_LIMIT = 10_000
 
-_SPECIAL = re.compile(r"<([!@#])")
 # Errors after which the stream is closed (or gone) on Slack's side.
 _ENDED = frozenset(
     {"message_not_in_streaming_state", "stopped_by_user", "message_not_found", "channel_not_found"}
@@ -158,7 +167,9 @@ class NativeReply:
         self._taken = 0
         self._fresh = 0  # characters of the chunks not absorbed yet
         self._current = ""  # Markdown the stream's message shows (as the model wrote it)
+        self._shown = 0  # characters sent to Slack for it (the guarded form of _current)
         self._unsent = ""  # Markdown taken from the model, not appended yet
+        self._held = 0  # characters of it the guard held back at the last take
         self._fallback: ReplyStream | None = None
         self._live = False  # a stream is open (started, not yet closed by anyone)
         self._wake = asyncio.Event()
@@ -200,7 +211,7 @@ class NativeReply:
             raise ReplyStateError(f"open() while {self.state.value}")
         self.state = State.OPEN
         if self._status is None or not await self._status.show():
-            if not await self._start(""):
+            if not await self._start("", ""):
                 await self._fall_back(None, "", placeholder=True)
                 return
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"native-{self.id}")
@@ -234,7 +245,7 @@ class NativeReply:
             return
         self._fresh += len(delta)
         self._wake.set()
-        if len(self._unsent) + self._fresh >= self._flush_chars:
+        if len(self._unsent) - self._held + self._fresh >= self._flush_chars:
             self._urgent.set()
 
     async def finish(self, outcome: Outcome) -> str:
@@ -285,9 +296,13 @@ class NativeReply:
     async def _finish(self, outcome: Outcome, deadline: float) -> None:
         self._absorb()
         rest = self._unsent
-        fits = len(self._current) + len(rest) <= self._limit
+        try:
+            shown: str | None = guard_markdown(self._current, rest, final=True)[0]
+        except UnsafeMarkdown:
+            shown = None
+        fits = shown is not None and self._shown + len(shown) <= self._limit
         if self._fallback is None and self._live:
-            if fits and await self._stop_stream(rest, outcome, deadline):
+            if fits and await self._stop_stream(rest, shown or "", outcome, deadline):
                 self._current += rest
                 self._unsent = ""
                 return
@@ -300,14 +315,15 @@ class NativeReply:
         assert self._fallback is not None
         await self._fallback.finish(outcome)
 
-    async def _stop_stream(self, rest: str, outcome: Outcome, deadline: float) -> bool:
-        """chat.stopStream with the rest of the text and the closing blocks; False when the
-        stream cannot be closed that way (the caller finishes the message by editing it)."""
+    async def _stop_stream(self, rest: str, shown: str, outcome: Outcome, deadline: float) -> bool:
+        """chat.stopStream with the rest of the text (``shown``: its guarded form) and the
+        closing blocks; False when the stream cannot be closed that way (the caller finishes the
+        message by editing it)."""
         loop = asyncio.get_running_loop()
         blocks: list[dict[str, Any]] = []
         note = outcome.note if (self._current + rest).strip() else None
         if note:
-            blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
+            blocks.append(note_block(note))
         if not (self._current + rest).strip():
             return False  # nothing was written: the edit renderer posts the right note
         if self._feedback and outcome is Outcome.COMPLETE:
@@ -317,7 +333,7 @@ class NativeReply:
             try:
                 async with asyncio.timeout(min(self._call_timeout, deadline - loop.time())):
                     await self._slack.stop_stream(
-                        self._channel, self.ts, markdown=_neutralise(rest), blocks=blocks
+                        self._channel, self.ts, markdown=shown, blocks=blocks
                     )
             except SlackRateLimited as exc:
                 if loop.time() + exc.retry_after >= deadline:
@@ -350,11 +366,15 @@ class NativeReply:
             if self._closing.is_set():
                 return
             if self.ts is None:  # the status line is showing; open the stream with the text
-                markdown = self._take()
+                try:
+                    markdown, shown = self._take()
+                except UnsafeMarkdown:
+                    await self._fall_back(None, "")
+                    return
                 if not markdown:
                     self._wake.clear()
                     continue
-                if not await self._start(markdown):
+                if not await self._start(markdown, shown):
                     await self._fall_back(None, markdown)
                     return
                 next_at = loop.time() + await self._appends.interval(self._team, self.id)
@@ -366,11 +386,16 @@ class NativeReply:
             # being delivered, and a flusher that missed it would wait for a wake-up forever.
             if self._closing.is_set():
                 return
-            chunk = self._take()
-            if not chunk:
+            try:
+                chunk, shown = self._take()
+                streamable = True
+            except UnsafeMarkdown:
+                chunk, shown, streamable = "", "", False
+            if streamable and not chunk:
                 continue
-            if len(self._current) + len(chunk) > self._limit:
-                # The message is full: the edit renderer ends it and continues in new ones.
+            if not streamable or self._shown + len(shown) > self._limit:
+                # The message is full (or its text cannot be streamed as Markdown): the edit
+                # renderer ends it and continues in new ones.
                 self._unsent = chunk + self._unsent
                 await self._abandon_stream()
                 await self._fall_back(self.ts, self._current)
@@ -383,7 +408,7 @@ class NativeReply:
                 self._unsent = chunk + self._unsent
                 return
             started = loop.time()
-            if not await self._append(chunk):
+            if not await self._append(chunk, shown):
                 return
             next_at = started + await self._appends.interval(self._team, self.id)
 
@@ -396,13 +421,13 @@ class NativeReply:
             return False
         return True
 
-    async def _append(self, chunk: str) -> bool:
-        """Append ``chunk``; False when the flusher must stop (the answer has moved on to the
-        edit renderer, or the person stopped it)."""
+    async def _append(self, chunk: str, shown: str) -> bool:
+        """Append ``chunk`` (``shown``: its guarded form); False when the flusher must stop (the
+        answer has moved on to the edit renderer, or the person stopped it)."""
         assert self.ts is not None
         try:
             async with asyncio.timeout(self._call_timeout):
-                await self._slack.append_stream(self._channel, self.ts, _neutralise(chunk))
+                await self._slack.append_stream(self._channel, self.ts, shown)
         except SlackRateLimited as exc:
             await self._appends.rate_limited(self._team, exc.retry_after)
             self._unsent = chunk + self._unsent
@@ -427,6 +452,7 @@ class NativeReply:
             await self._fall_back(self.ts, self._current)
             return False
         self._current += chunk
+        self._shown += len(shown)
         self.edits += 1
         self._text_visible()
         await self._track()
@@ -460,20 +486,22 @@ class NativeReply:
             self._taken = len(self._chunks)
             self._fresh = 0
 
-    def _take(self) -> str:
-        """The waiting text that may go out now; a trailing ``<`` waits for the character after
-        it (it may start a mention), except when closing."""
+    def _take(self) -> tuple[str, str]:
+        """The waiting text that may go out now and what Slack is sent for it (see the module
+        docstring); text whose meaning more text could change waits, except when closing.
+        Raises ``UnsafeMarkdown`` when the text cannot be streamed as Markdown."""
         self._absorb()
-        text = self._unsent
-        if text.endswith("<") and not self._closing.is_set():
-            text = text[:-1]
-        self._unsent = self._unsent[len(text) :]
-        return text
+        shown, used = guard_markdown(self._current, self._unsent, final=self._closing.is_set())
+        text = self._unsent[:used]
+        self._unsent = self._unsent[used:]
+        self._held = len(self._unsent)
+        return text, shown
 
     # -- starting and falling back -----------------------------------------------------------
 
-    async def _start(self, markdown: str) -> bool:
-        """Open the stream (with ``markdown``, possibly empty); False to fall back to edits."""
+    async def _start(self, markdown: str, shown: str) -> bool:
+        """Open the stream (with ``markdown``, possibly empty; ``shown``: its guarded form);
+        False to fall back to edits."""
         if self._availability is not None and self._availability.refused(self._team, self._channel):
             return False
         loop = asyncio.get_running_loop()
@@ -488,7 +516,7 @@ class NativeReply:
                 ts = await self._slack.start_stream(
                     self._channel,
                     self._thread_ts,
-                    markdown=_neutralise(markdown),
+                    markdown=shown,
                     recipient=self._recipient,
                 )
         except SlackRateLimited as exc:
@@ -506,6 +534,7 @@ class NativeReply:
         self._live = True
         self._native_ts.append(ts)
         self._current = markdown
+        self._shown = len(shown)
         if markdown:
             self._text_visible()
         await self._track()
@@ -544,8 +573,3 @@ class NativeReply:
     @property
     def _where(self) -> str:
         return f"{self._team}/{self._channel}/{self._thread_ts}"
-
-
-def _neutralise(markdown: str) -> str:
-    """``<!here>``, ``<@U1>``, ``<#C1>`` shown as typed, never as a mention or a link."""
-    return _SPECIAL.sub("<\u200b\\1", markdown)

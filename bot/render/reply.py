@@ -686,16 +686,22 @@ class ReplyStream:
             raise ReplyStateError(f"expected {state.value}, reply is {self.state.value}")
 
 
+def mrkdwn_text(text: str) -> dict[str, Any]:
+    """A mrkdwn text object Slack shows as written: ``verbatim`` stops Slack from parsing
+    mentions, channel names and URLs in it by itself (the renderer has made the text safe)."""
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
 def _indicator(text: str) -> dict[str, Any]:
     return {
         "type": "context",
         "block_id": INDICATOR_BLOCK_ID,
-        "elements": [{"type": "mrkdwn", "text": text}],
+        "elements": [mrkdwn_text(text)],
     }
 
 
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return {"type": "section", "text": mrkdwn_text(text)}
 
 
 STOP_ACTION_ID = "stop_reply"
@@ -726,5 +732,10 @@ def final_blocks(rendered: str, note: str | None) -> list[dict[str, Any]]:
 def _final_blocks(rendered: str, note: str | None) -> list[dict[str, Any]]:
     blocks = [_section(rendered)]
     if note:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
+        blocks.append(note_block(note))
     return blocks
+
+
+def note_block(note: str) -> dict[str, Any]:
+    """The note under a cut-short answer (interrupted, stopped…)."""
+    return {"type": "context", "elements": [mrkdwn_text(note)]}
