@@ -150,3 +150,44 @@ def start_bot(slack: FakeSlack, llm: FakeOpenAI, redis_url: str) -> Any:
 async def bot(start_bot: Any) -> AsyncIterator[RunningBot]:
     async with start_bot() as running:
         yield running
+
+
+# -- a real Redis Cluster and a Sentinel set (issue 14) -----------------------------------------
+
+from tests.redis_cluster import RedisCluster3  # noqa: E402
+from tests.redis_sentinel import SentinelSet  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster3]:
+    """A 3-master Redis Cluster for the session (started on first use: about 2 s)."""
+    cluster = RedisCluster3.start_new(Path(tmp_path_factory.mktemp("cluster")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_seeds(redis_cluster: RedisCluster3) -> str:
+    """The session's cluster, emptied for this test: its seeds '127.0.0.1:p1,…,127.0.0.1:p3'."""
+    redis_cluster.flush()
+    return redis_cluster.seeds
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A master, a replica and a sentinel watching them as 'mymaster', for the session; the data
+    nodes require ``password``, the sentinel none."""
+    sset = SentinelSet.start_new(Path(tmp_path_factory.mktemp("sentinel")))
+    yield sset
+    sset.stop()
+
+
+@pytest.fixture
+def sentinel_set(redis_sentinel: SentinelSet) -> Iterator[SentinelSet]:
+    """The session's Sentinel set, whole and emptied for this test: a frozen node is thawed, a
+    stale master left by a failover rejoins as the replica, then FLUSHALL reaches both nodes.
+    Which node is master depends on earlier tests: ask ``master_address()``."""
+    redis_sentinel.thaw()
+    redis_sentinel.flush(nudge=True)
+    yield redis_sentinel
+    redis_sentinel.thaw()  # a test that froze the master never leaves it frozen
