@@ -23,6 +23,6 @@ ENV PYTHONUNBUFFERED=1 HTTP_PORT=3000 DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"HTTP_PORT\", \"3000\")}/healthz', timeout=4)"
+  CMD python -c "import os, urllib.request; h = os.environ.get('OPS_HOST') or '127.0.0.1'; h = {'0.0.0.0': '127.0.0.1', '::': '::1'}.get(h, h); h = f'[{h}]' if ':' in h else h; urllib.request.urlopen(f'http://{h}:{os.environ.get(\"OPS_PORT\") or 9090}/healthz', timeout=4)"
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "bot"]

@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp.web import Application, AppRunner
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 
@@ -22,13 +23,14 @@ from bot.admission import Admission
 from bot.app import build_app
 from bot.assistant import AssistantThreads
 from bot.config import Settings
+from bot.errors import ConfigError
 from bot.llm import ChatModel, connect_openai
 from bot.metrics import Metrics
 from bot.policy import Profile, load_policy
 from bot.recall import READ_METHOD, Recall
 from bot.recovery import InFlight, new_owner_id
 from bot.render.budget import EditBudget
-from bot.server import build_web_app, serve
+from bot.server import build_events_app, build_ops_app, is_loopback, serve
 from bot.slack import SlackGateway, connect_slack
 from bot.stops import StopSignals
 from bot.store import Store, connect_redis
@@ -46,7 +48,8 @@ class RunningBot:
     turns: Turns
     store: Store
     metrics: Metrics
-    http_port: int
+    ops_port: int  # /healthz, /readyz, /metrics
+    http_port: int | None  # /slack/events in HTTP mode; None in Socket Mode (no such listener)
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -207,33 +210,45 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             socket = AsyncSocketModeHandler(
                 app, settings.slack_app_token.get_secret_value(), web_client=web
             )
+            stack.push_async_callback(socket.close_async)  # its client holds a session already
 
         async def slack_ready() -> bool:
             if socket is not None:
                 return bool(await socket.client.is_connected())  # type: ignore[no-untyped-call]
             return True  # HTTP mode: Slack calls us; being up is being ready
 
-        runner, http_port = await serve(
-            build_web_app(
-                bolt=app if http_mode else None,
-                metrics=metrics,
-                checks={"slack": slack_ready, "redis": store.ping},
-                signing_secret=(
-                    settings.slack_signing_secret.get_secret_value()
-                    if http_mode and settings.slack_signing_secret
-                    else None
-                ),
-            ),
-            settings.http_host,
-            settings.http_port,
+        # The ops endpoints have a listener of their own (loopback unless OPS_HOST says
+        # otherwise): Slack's public port serves /slack/events and nothing else.
+        ops = build_ops_app(metrics=metrics, checks={"slack": slack_ready, "redis": store.ping})
+        ops_runner, ops_port = await _listen(ops, settings.ops_host, settings.ops_port, "OPS")
+        stack.push_async_callback(ops_runner.cleanup)
+        log.info(
+            "ops endpoints (/healthz, /readyz, /metrics) on %s port %d",
+            settings.ops_host,
+            ops_port,
         )
-        stack.push_async_callback(runner.cleanup)  # a no-op when already cleaned up below
+        if not is_loopback(settings.ops_host):
+            log.warning(
+                "OPS_HOST=%s: /metrics and /readyz answer anyone who can reach port %d; "
+                "keep it off public networks",
+                settings.ops_host,
+                ops_port,
+            )
 
+        events_runner: AppRunner | None = None
+        http_port: int | None = None
         if socket is not None:
-            stack.push_async_callback(socket.close_async)
             await socket.connect_async()  # type: ignore[no-untyped-call]
-            log.info("connected to Slack over Socket Mode; ops endpoints on port %d", http_port)
+            log.info("connected to Slack over Socket Mode")
         else:
+            assert settings.slack_signing_secret is not None  # checked by load_settings
+            events = build_events_app(
+                bolt=app, signing_secret=settings.slack_signing_secret.get_secret_value()
+            )
+            events_runner, http_port = await _listen(
+                events, settings.http_host, settings.http_port, "HTTP"
+            )
+            stack.push_async_callback(events_runner.cleanup)  # a no-op once cleaned up below
             log.info("serving Slack events on port %d at /slack/events", http_port)
 
         # Background duties: relaying Stop clicks between replicas, heartbeating this process's
@@ -245,15 +260,30 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         stack.push_async_callback(_cancel, background)
         try:
             yield RunningBot(
-                app=app, turns=turns, store=store, metrics=metrics, http_port=http_port
+                app=app,
+                turns=turns,
+                store=store,
+                metrics=metrics,
+                ops_port=ops_port,
+                http_port=http_port,
             )
         finally:
-            # Stop taking new events first, then let answers in flight finish.
+            # Stop taking new events first, then let answers in flight finish (the ops
+            # endpoints stay up until everything is closed).
             if socket is not None:
                 await socket.close_async()  # type: ignore[no-untyped-call]
-            else:
-                await runner.cleanup()  # also closes the ops endpoints: the process is leaving
+            if events_runner is not None:
+                await events_runner.cleanup()
             await turns.drain(settings.shutdown_grace)
+
+
+async def _listen(app: Application, host: str, port: int, setting: str) -> tuple[AppRunner, int]:
+    """Serve ``app``; a host or port it cannot listen on is a settings problem, named as one."""
+    try:
+        return await serve(app, host, port)
+    except OSError as exc:
+        problem = f"{setting}_HOST / {setting}_PORT: cannot listen on {host} port {port}"
+        raise ConfigError([f"{problem} ({exc.strerror})"]) from None
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

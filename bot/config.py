@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     http_host: str = "0.0.0.0"
     http_port: int = Field(3000, ge=0, le=65535)
+    # /healthz, /readyz, /metrics: a listener of their own, unauthenticated, loopback by default.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(9090, ge=0, le=65535)
     shutdown_grace: float = Field(20.0, ge=0)
 
     # Model

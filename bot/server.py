@@ -1,9 +1,13 @@
-"""The bot's HTTP server: Slack's Events API endpoint (HTTP mode) and the ops endpoints.
+"""The bot's HTTP listeners: Slack's Events API endpoint (HTTP mode) and, on a listener of their
+own, the ops endpoints.
 
+Events listener (HTTP mode only; ``HTTP_HOST:HTTP_PORT``, public):
+POST /slack/events   Events API and interactivity; nothing else is served there
+
+Ops listener (both modes; ``OPS_HOST:OPS_PORT``, loopback by default, no authentication):
 GET  /healthz        200 while the process runs
 GET  /readyz         200 when Slack is connected and Redis answers, else 503 with reasons
 GET  /metrics        Prometheus text format
-POST /slack/events   Events API and interactivity (HTTP mode only)
 
 A request to /slack/events is checked before Bolt sees it, because Bolt parses a body (and
 builds its context from it) before it verifies the signature, and raises on anything that is not
@@ -14,6 +18,7 @@ its signature valid and fresh (else 401), and only then is its body parsed and i
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -102,15 +107,8 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def build_web_app(
-    *,
-    bolt: AsyncApp | None,
-    metrics: Metrics,
-    checks: dict[str, Check],
-    signing_secret: str | None = None,
-) -> web.Application:
-    """``bolt`` is served at /slack/events when given (HTTP mode; requests signed with
-    ``signing_secret`` only); ``checks`` gate /readyz."""
+def build_ops_app(*, metrics: Metrics, checks: dict[str, Check]) -> web.Application:
+    """/healthz, /readyz (gated by ``checks``) and /metrics."""
     app = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
@@ -133,26 +131,30 @@ def build_web_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)
+    return app
 
-    if bolt is not None:
-        if not signing_secret:
-            raise ValueError("the Events API endpoint needs the signing secret")
-        verifier = SignatureVerifier(signing_secret)
 
-        async def slack_events(request: web.Request) -> web.Response:
-            try:
-                bolt_request = await _verified_request(request, verifier)
-            except _Refused as refused:
-                log.warning(
-                    "refused a request to /slack/events from %s (%d): %s",
-                    request.remote,
-                    refused.status,
-                    refused.reason,
-                )
-                return web.json_response({"error": refused.reason}, status=refused.status)
-            return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
+def build_events_app(*, bolt: AsyncApp, signing_secret: str) -> web.Application:
+    """/slack/events for ``bolt``, taking only requests signed with ``signing_secret``."""
+    if not signing_secret:
+        raise ValueError("the Events API endpoint needs the signing secret")
+    verifier = SignatureVerifier(signing_secret)
+    app = web.Application()
 
-        app.router.add_post("/slack/events", slack_events)
+    async def slack_events(request: web.Request) -> web.Response:
+        try:
+            bolt_request = await _verified_request(request, verifier)
+        except _Refused as refused:
+            log.warning(
+                "refused a request to /slack/events from %s (%d): %s",
+                request.remote,
+                refused.status,
+                refused.reason,
+            )
+            return web.json_response({"error": refused.reason}, status=refused.status)
+        return await to_aiohttp_response(await bolt.async_dispatch(bolt_request))
+
+    app.router.add_post("/slack/events", slack_events)
     return app
 
 
@@ -240,10 +242,26 @@ def _field_problem(
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start ``app``; returns the runner (cleanup on exit) and the bound port (``port=0`` picks one)."""
+    """Start ``app``; returns the runner (cleanup on exit) and the bound port (``port=0`` picks one).
+
+    Raises ``OSError`` when it cannot listen there (address in use, not this host's)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

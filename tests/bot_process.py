@@ -47,6 +47,7 @@ def bot_env(
         OPENAI_BASE_URL=llm.base_url,
         HTTP_HOST="127.0.0.1",
         HTTP_PORT="0",
+        OPS_PORT="0",  # the ops endpoints' own listener (named in the log)
         PYTHONPATH=str(ROOT),
         # These child processes exercise (and the benchmark measures) the edit renderer;
         # tests/test_native.py covers native streams. ``extra`` may ask for another mode.

@@ -124,6 +124,7 @@ def bot_settings(
         "final_edit_deadline": 20,
         "http_host": "127.0.0.1",
         "http_port": 0,
+        "ops_port": 0,
         "shutdown_grace": 5,
     }
     values.update(overrides)

@@ -1,4 +1,5 @@
-"""HTTP Events API mode (signed requests through Bolt) and the ops endpoints in both modes."""
+"""HTTP Events API mode (signed requests through Bolt) and the ops endpoints in both modes
+(their own listener: tests/test_ops_endpoints.py)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ async def test_ops_endpoints_report_health_readiness_and_metrics(
 ) -> None:
     llm.default = echo_last_user
     async with start_bot(redis_url=own_redis.url) as bot:
-        port = bot.http_port
+        port = bot.ops_port
         assert (await get(port, "/healthz"))[0] == 200
         assert (await get(port, "/readyz"))[0] == 200
 
@@ -172,10 +173,11 @@ async def test_ops_endpoints_report_health_readiness_and_metrics(
 @pytest.mark.parametrize("mode", ["socket", "http"])
 async def test_shutdown_closes_the_ops_server(start_bot: Any, mode: str) -> None:
     async with start_bot(slack_mode=mode, slack_signing_secret=SECRET) as bot:
-        port = bot.http_port
-        assert (await get(port, "/healthz"))[0] == 200
-    with pytest.raises(aiohttp.ClientConnectionError):
-        await get(port, "/healthz")
+        ports = [bot.ops_port] + ([bot.http_port] if mode == "http" else [])
+        assert (await get(bot.ops_port, "/healthz"))[0] == 200
+    for port in ports:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await get(port, "/healthz")
 
 
 # -- malformed requests: refused before Bolt parses them, with one short log line ------------
