@@ -24,6 +24,24 @@ _TOKEN_PATTERN = re.compile(
 )
 REDACTED = "[redacted]"
 
+# Libraries known to log at DEBUG or INFO (every other one inherits the root's level).
+_LIBRARIES = (
+    "markdown_it",
+    "asyncio",
+    "aiohttp",
+    "slack_bolt",
+    "slack_sdk",
+    "openai",
+    "httpx",
+    "httpcore",
+    "httpx2",
+    "httpcore2",
+    "redis",
+    "valkey",
+    "urllib3",
+    "prometheus_client",
+)
+
 
 @contextmanager
 def correlation(turn_id: str) -> Iterator[None]:
@@ -85,8 +103,11 @@ def configure(level: str, *, json_lines: bool = False, secrets: Iterable[str] = 
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    # The SDKs are chatty at INFO and, at DEBUG, print request bodies.
+    # LOG_LEVEL is the bot's own level. Libraries speak at WARNING and above whatever it says:
+    # at DEBUG, markdown-it writes a record per block rule tried (thousands for one answer),
+    # the SDKs are chatty at INFO and print request bodies at DEBUG.
     quiet = max(logging.WARNING, logging.getLevelName(level))
-    for noisy in ("slack_bolt", "slack_sdk", "openai", "httpx2", "httpcore2", "aiohttp", "redis"):
+    root.setLevel(quiet)
+    logging.getLogger("bot").setLevel(level)
+    for noisy in _LIBRARIES:  # in case one of them set a level of its own
         logging.getLogger(noisy).setLevel(quiet)
