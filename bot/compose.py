@@ -87,8 +87,7 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         )
         stack.push_async_callback(store.aclose)
         if await store.ping():
-            await store.history.begin_epoch()
-            await store.check_eviction()
+            await store.prepare()
         else:
             log.warning("Redis is not reachable at start-up; answering from Slack until it is")
         budget = EditBudget(

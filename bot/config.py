@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.store.client import redis_url_problem
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant in a Slack workspace. Answer clearly and concisely."
@@ -137,6 +138,13 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_form(cls, url: str | None) -> str | None:
+        if url is not None and (problem := redis_url_problem(url)):
+            raise ValueError(problem.removeprefix("REDIS_URL: "))
+        return url
 
     @field_validator("assistant_prompts", mode="before")
     @classmethod

@@ -52,9 +52,14 @@ def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     asyncio.run(server.__aexit__(None, None, None))
 
 
-@pytest.fixture(params=["redis-server", "embedded"])
+@pytest.fixture(params=["redis-server", "embedded", "cluster", "sentinel"])
 def store_url(request: pytest.FixtureRequest) -> str:
     """Each back-end the store runs on, emptied for this test: contract tests run on all."""
+    if request.param == "cluster":
+        request.getfixturevalue("cluster_seeds")  # emptied for this test
+        return str(request.getfixturevalue("redis_cluster").url)
+    if request.param == "sentinel":
+        return str(request.getfixturevalue("sentinel_set").url)
     if request.param == "embedded":
         url = str(request.getfixturevalue("embedded_url"))
     else:
@@ -192,3 +197,36 @@ def sentinel_set(redis_sentinel: SentinelSet) -> Iterator[SentinelSet]:
     redis_sentinel.flush(nudge=True)
     yield redis_sentinel
     redis_sentinel.thaw()  # a test that froze the master never leaves it frozen
+
+
+def sync_client(url: str) -> Any:
+    """A plain (synchronous) redis-py client for any REDIS_URL form the bot accepts, for tests
+    that look at keys directly."""
+    from urllib.parse import unquote, urlsplit
+
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.sentinel import Sentinel
+
+    split = urlsplit(url)
+    if split.scheme not in ("redis+cluster", "redis+sentinel"):
+        return redis.Redis.from_url(url)
+    hosts = split.netloc.rpartition("@")[2].split(",")
+    nodes = [(host, int(port)) for host, _, port in (n.rpartition(":") for n in hosts)]
+    password = unquote(split.password) if split.password else None
+    if split.scheme == "redis+cluster":
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password)
+    master = split.path.strip("/").split("/")[0]
+    sentinel = Sentinel(nodes)
+    _sentinels.append(sentinel)  # its own connections are closed at the session's end
+    return sentinel.master_for(master, password=password)
+
+
+_sentinels: list[Any] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_sentinels() -> Iterator[None]:
+    yield
+    for sentinel in _sentinels:
+        for client in sentinel.sentinels:
+            client.close()

@@ -51,7 +51,9 @@ async def long_answer(
         assert len(replies) <= 4
         assert any("interrupted" in note for note in notes(replies[-1]))
         assert llm.requests[0].body["max_tokens"] == 1500  # OpenAI-compatible server: max_tokens
-        stored = await redis_client.lrange(f"slackbot:{{T0001}}:thread:{CHANNEL}:{event['ts']}", 0, -1)
+        stored = await redis_client.lrange(
+            f"slackbot:{{T0001}}:thread:{CHANNEL}:{event['ts']}", 0, -1
+        )
         assert sum(len(item) for item in stored) < 40_000
 
 

@@ -8,16 +8,18 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from bot.conversation import TRUNCATED_MARK, ThreadKey, Turn
+from bot.errors import ConfigError
 from bot.store import KeySchema, Participation, Sighting, Store, connect_redis
 from bot.store.client import redis_url_problem
 from bot.store.inflight import RECORD_TTL_S
 from bot.store.migrate import migrate
+from tests.conftest import sync_client
 from tests.redis_server import RedisServer
 
 KEY = ThreadKey("T1", "C1", "1700000000.000100")
@@ -83,7 +85,7 @@ async def test_history_keeps_the_newest_turns_cut_to_what_a_prompt_holds(
     await store.history.append(KEY, [Turn("user", "x" * 40_000, "U1")])
     stored = (await store.history.history(KEY))[-1]
     assert stored.text.endswith(TRUNCATED_MARK) and len(stored.text) < 4100
-    raw = redis.Redis.from_url(store_url)
+    raw = sync_client(store_url)
     try:
         assert raw.memory_usage("slackbot:{T1}:thread:C1:1700000000.000100") < 12_000
         assert 0 < raw.ttl("slackbot:{T1}:thread:C1:1700000000.000100") <= 3600
@@ -115,7 +117,7 @@ async def test_participation_is_only_denied_where_the_store_would_know(
     # Emptied: nothing it said "no" to before can be denied any more.
     later = ThreadKey("T1", "C3", f"{clock.now - 5:.6f}")
     assert await store.history.participation(later) is Participation.NO
-    raw = redis.Redis.from_url(store_url)
+    raw = sync_client(store_url)
     try:
         raw.flushall()
     finally:
@@ -190,7 +192,7 @@ async def test_a_redelivery_is_vouched_for_only_by_a_store_older_than_the_messag
     assert await store.dedupe.first_sighting("T1", "C1", before, "E2", retry=True) is (
         Sighting.REPEAT
     )
-    raw = redis.Redis.from_url(store_url)
+    raw = sync_client(store_url)
     try:
         raw.delete("slackbot:epoch")  # an emptied store
     finally:
@@ -243,8 +245,8 @@ async def test_thread_lock_serialises_holders(store: Store) -> None:
 
 
 async def test_thread_lock_of_a_dead_holder_expires(store: Store, store_url: str) -> None:
-    raw = aioredis.Redis.from_url(store_url)
-    await raw.set("slackbot:{T1}:lock:C1:1700000000.000100", "dead", px=200)
+    raw = Store.open(connect_redis(store_url))
+    await raw.guard.redis.set("slackbot:{T1}:lock:C1:1700000000.000100", "dead", px=200)
     await raw.aclose()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -380,7 +382,7 @@ async def test_records_expire_even_if_their_untrack_was_lost(
     store: Store, clock: Clock, store_url: str
 ) -> None:
     await store.inflight.track("r1", _record("dead"))
-    raw = redis.Redis.from_url(store_url)
+    raw = sync_client(store_url)
     try:
         assert 0 < raw.ttl("slackbot:reply:r1") <= RECORD_TTL_S
         clock.now += RECORD_TTL_S + 1
@@ -394,7 +396,7 @@ async def test_records_expire_even_if_their_untrack_was_lost(
 async def test_records_left_by_an_older_version_are_still_finished(
     store: Store, store_url: str
 ) -> None:
-    raw = redis.Redis.from_url(store_url)
+    raw = sync_client(store_url)
     try:
         raw.hset("slackbot:inflight", "old", json.dumps(_record("gone-1")))
         raw.hset("slackbot:inflight", "broken", "{not json")
@@ -458,7 +460,7 @@ async def test_connections_share_one_client_identity_worked_out_once(redis_url: 
 async def test_an_upgrade_renames_the_old_keys_and_keeps_their_ttls(
     store: Store, store_url: str
 ) -> None:
-    raw = redis.Redis.from_url(store_url)
+    raw = sync_client(store_url)
     try:
         raw.rpush("slackbot:thread:T1:C1:17.1", Turn("user", "kept", "U1").to_json())
         raw.expire("slackbot:thread:T1:C1:17.1", 500)
@@ -472,6 +474,11 @@ async def test_an_upgrade_renames_the_old_keys_and_keeps_their_ttls(
         raw.set("slackbot:unrelated", "1")
         raw.delete("slackbot:schema")
 
+        if store_url.startswith("redis+cluster"):
+            # Schema 1 never ran on a cluster (it could not): nothing there is renamed.
+            assert await migrate(store.guard, KeySchema(), cluster=True) == 0
+            assert raw.get("slackbot:schema") == b"2"
+            return
         assert await migrate(store.guard, KeySchema()) == 5
         assert [
             t.text for t in await store.history.history(ThreadKey("T1", "C1", "17.1")) or []
@@ -530,3 +537,35 @@ def test_every_documented_redis_url_form_is_accepted() -> None:
         "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/0?sentinel_password=spw",
     ):
         assert redis_url_problem(url) is None, url
+
+
+async def test_a_plain_url_to_one_cluster_node_stops_the_bot_with_a_clear_message(
+    start_bot: Any, redis_cluster: Any
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        async with start_bot(redis_url=redis_cluster.node_url(0)):
+            pass
+    assert "redis+cluster://" in refused.value.problems[0]
+
+
+async def test_the_bot_answers_on_a_cluster_and_behind_sentinel(
+    start_bot: Any, cluster_seeds: str, redis_cluster: Any, sentinel_set: Any, slack: Any, llm: Any
+) -> None:
+    from tests.fakes.openai import echo_last_user
+    from tests.fakes.slack import mention_event, message_event
+    from tests.test_e2e_rules import answered
+
+    llm.default = echo_last_user
+    for url in (redis_cluster.url, sentinel_set.url):
+        async with start_bot(redis_url=url):
+            first = mention_event(f"first on {url[:14]}")
+            await slack.send_event(first)
+            await answered(slack, first["text"].split("> ", 1)[-1])
+            follow_up = message_event(f"then on {url[:14]}", thread_ts=first["ts"])
+            await slack.send_event(follow_up)
+            await answered(slack, follow_up["text"])
+        assert [m["content"] for m in llm.requests[-1].messages[1:]][-3:] == [
+            f"first on {url[:14]}",
+            f"first on {url[:14]}",
+            f"then on {url[:14]}",
+        ]

@@ -69,6 +69,15 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+async def close_redis(redis: aioredis.Redis) -> None:
+    """Close a client made by ``connect_redis``, and for Sentinel the sentinels' connections
+    too (the master's client does not own them)."""
+    await redis.aclose()
+    manager = getattr(getattr(redis, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
+
+
 def _client(url: str, *, check_only: bool) -> Any:
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in STANDALONE_SCHEMES:

@@ -109,8 +109,10 @@ class Guard:
             await asyncio.wait(pending, timeout=5.0)
 
     async def aclose(self) -> None:
+        from bot.store.client import close_redis  # (client.py needs nothing of this module)
+
         await self.settle()
-        await self.redis.aclose()
+        await close_redis(self.redis)
 
     def _forget(self, task: asyncio.Future[Any]) -> None:
         self._abandoned.discard(task)

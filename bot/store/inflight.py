@@ -64,7 +64,8 @@ class InFlightRegistry:
 
         async def forget(r: aioredis.Redis) -> bool:
             async with r.pipeline(transaction=False) as pipe:
-                pipe.delete(*names)
+                for name in names:  # one key a command: under Cluster each has its own slot
+                    pipe.delete(name)
                 pipe.zrem(index, *reply_ids)
                 await pipe.execute()
             return True
@@ -86,7 +87,7 @@ class InFlightRegistry:
         index = self._keys.replies
         await r.zremrangebyscore(index, "-inf", self._clock())  # their records expired too
         ids = [_text(i) for i in await r.zrange(index, 0, -1)]
-        raws = await r.mget([self._keys.reply(i) for i in ids]) if ids else []
+        raws = await _each(r, "get", [self._keys.reply(i) for i in ids])
         candidates: list[tuple[str, dict[str, Any]]] = []
         for reply_id, raw in zip(ids, raws, strict=True):
             record = _record(raw)
@@ -133,6 +134,16 @@ class InFlightRegistry:
                 pipe.exists(self._keys.owner(owner))
             found = await pipe.execute()
         return {owner for owner, exists in zip(ordered, found, strict=True) if exists}
+
+
+async def _each(r: aioredis.Redis, command: str, names: list[str]) -> list[Any]:
+    """``command`` on each key, in one pipeline (a multi-key command would span slots)."""
+    if not names:
+        return []
+    async with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            getattr(pipe, command)(name)
+        return list(await pipe.execute())
 
 
 def _record(raw: object) -> dict[str, Any] | None:
