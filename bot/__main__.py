@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import sys
+from urllib.parse import unquote_plus, urlsplit
 
 from bot import runtime
 from bot.compose import open_bot
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError
 from bot.logs import configure
+
+_SECRET_NAME = re.compile(r"key|token|secret|sig|pass|auth|cred", re.IGNORECASE)
 
 
 def main() -> int:
@@ -26,6 +30,10 @@ def main() -> int:
         runtime.run(_run(settings), loop=settings.event_loop)
     except ConfigError as exc:  # the channels file is read while the bot starts
         return _refuse(exc)
+    except Exception:
+        # Through the log's redaction: the interpreter would print the traceback as it is.
+        logging.getLogger("bot").critical("the bot stopped on an unexpected error", exc_info=True)
+        return 1
     return 0
 
 
@@ -37,13 +45,35 @@ def _refuse(exc: ConfigError) -> int:
 
 
 def _secrets(settings: Settings) -> list[str]:
+    """What the log must never show: the tokens and keys, and credentials inside the URLs."""
     values = [
         settings.slack_bot_token,
         settings.slack_app_token,
         settings.slack_signing_secret,
         settings.openai_api_key,
     ]
-    return [v.get_secret_value() for v in values if v is not None]
+    secrets = [v.get_secret_value() for v in values if v is not None]
+    for url in (settings.redis_url, settings.openai_base_url, settings.slack_api_url):
+        secrets += _url_credentials(url)
+    return secrets
+
+
+def _url_credentials(url: str | None) -> list[str]:
+    """A URL's password and secret-named query values (``redis://:pw@host``,
+    ``https://gateway/v1?api-key=…``), as written and decoded."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password] if password else []
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and _SECRET_NAME.search(name):
+            found.append(value)
+    return found + [unquote_plus(value) for value in found]
 
 
 async def _run(settings: Settings) -> None:

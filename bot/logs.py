@@ -75,6 +75,10 @@ class _Redact(logging.Filter):
             # Format once here so the scrubbed text is what handlers print.
             record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
         return True
 
 
@@ -89,6 +93,8 @@ class _JsonFormatter(logging.Formatter):
         }
         if record.exc_text:
             entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
         return json.dumps(entry, ensure_ascii=False)
 
 

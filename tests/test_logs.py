@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +101,136 @@ def test_log_level_still_applies_to_the_bot(configure: Configure) -> None:
     logging.getLogger("bot.turn").warning("a warning line")
     assert "an info line" not in out.getvalue()
     assert "a warning line" in out.getvalue()
+
+
+# -- redaction: the configured secrets and anything shaped like a token never reach the log ----
+
+BOT_TOKEN = "xoxb-1111-2222-SECRETBOTTOKEN"
+APP_TOKEN = "xapp-1-A111-SECRETAPPTOKEN"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # no token shape: only its value tells
+API_KEY = "local-gateway-key-0123456789"  # a local server's key: no shape either
+CONFIGURED = [BOT_TOKEN, APP_TOKEN, SIGNING_SECRET, API_KEY]
+# Not configured, but shaped like Slack tokens or OpenAI keys.
+SHAPED = [
+    "xoxb-9999-8888-OTHERBOTTOKEN",
+    "xoxp-9999-8888-7777-USERTOKEN",
+    "xoxe.xoxp-1-REFRESHTOKENabc",
+    "xapp-1-A999-OTHERAPPTOKEN",
+    "sk-proj-AbCdEf0123456789_xyz",
+    "sk-ant-api03-abcdefghijkl",
+]
+EVERY = CONFIGURED + SHAPED
+
+
+class LeakyError(RuntimeError):
+    pass
+
+
+def _log_everything(log: logging.Logger) -> None:
+    """A secret in each place a record carries text: message, args, exception and its cause,
+    stack."""
+    log.warning(f"message with {BOT_TOKEN} and {SHAPED[0]}")
+    log.warning("args with %s, %s and %r", APP_TOKEN, SIGNING_SECRET, {"key": API_KEY})
+    log.error("args shaped like tokens: %s", " ".join(SHAPED))
+    try:
+        try:
+            raise ValueError(f"inner cause carrying {API_KEY} and {SHAPED[1]}")
+        except ValueError as cause:
+            raise LeakyError(
+                f"Slack said invalid_auth for {BOT_TOKEN} ({SIGNING_SECRET})"
+            ) from cause
+    except LeakyError:
+        log.exception("the call failed: %s", SHAPED[4])
+    _log_a_stack(log)
+
+
+def _log_a_stack(log: logging.Logger) -> None:
+    # A stack shows source lines, so a token written in one (as in this comment) shows too.
+    log.info("with a stack", stack_info=True)  # xoxb-0000-1111-TOKENINSOURCE
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["text", "json"])
+def test_secrets_and_token_shapes_are_redacted_everywhere_in_a_record(
+    configure: Configure, json_lines: bool
+) -> None:
+    out = configure("DEBUG", json_lines=json_lines, secrets=CONFIGURED)
+    _log_everything(logging.getLogger("bot.turn"))
+    text = out.getvalue()
+    for secret in [*EVERY, "xoxb-0000-1111-TOKENINSOURCE"]:
+        assert secret not in text
+    # Everything was written, only the secrets are gone.
+    assert text.count(logs.REDACTED) >= len(EVERY) + 4
+    for words in (
+        "message with",
+        "args with",
+        "LeakyError",
+        "inner cause carrying",
+        "with a stack",
+    ):
+        assert words in text
+    assert "Traceback" in text
+    if json_lines:
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["level"] for line in lines] == ["WARNING", "WARNING", "ERROR", "ERROR", "INFO"]
+        assert "LeakyError" in lines[3]["exc"] and "test_logs.py" in lines[4]["stack"]
+
+
+def test_redaction_leaves_other_text_alone(configure: Configure) -> None:
+    out = configure("INFO", secrets=CONFIGURED)
+    harmless = "thread T0001/C0CHAN/1700000000.000100: sk-8 skip-this xoxb- task-sk-1 answered"
+    logging.getLogger("bot.turn").info(harmless)
+    assert harmless in out.getvalue()
+
+
+def test_secrets_cover_credentials_in_urls() -> None:
+    from bot.__main__ import _secrets
+    from bot.config import load_settings
+
+    settings = load_settings(
+        {
+            "slack_bot_token": BOT_TOKEN,
+            "slack_app_token": APP_TOKEN,
+            "openai_api_key": API_KEY,
+            "redis_url": "redis://default:redis%2Fpassw0rd@redis.internal:6379/0",
+            "openai_base_url": "https://gateway.example/v1?api-key=gw-KEY-123456&api-version=2024-10-21",
+        },
+        env_file=None,
+    )
+    secrets = _secrets(settings)
+    for expected in (
+        BOT_TOKEN,
+        APP_TOKEN,
+        API_KEY,
+        "redis/passw0rd",
+        "redis%2Fpassw0rd",
+        "gw-KEY-123456",
+    ):
+        assert expected in secrets
+    assert "2024-10-21" not in secrets  # not a secret: a date the log must still show
+
+
+def test_an_error_that_escapes_the_bot_is_logged_redacted(
+    configure: Configure, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What escapes ``python -m bot`` goes through the log's redaction, not the interpreter's
+    traceback printer."""
+    import bot.__main__ as entry
+
+    configure("INFO")  # only for its restoring of the logging set-up afterwards
+    for name, value in {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_APP_TOKEN": APP_TOKEN,
+        "OPENAI_API_KEY": API_KEY,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    def crash(coroutine: Any, **_: object) -> None:
+        coroutine.close()
+        raise LeakyError(f"start-up failed with {APP_TOKEN} and {API_KEY}")
+
+    monkeypatch.setattr(entry.runtime, "run", crash)
+    monkeypatch.chdir(Path(__file__).parent)  # no .env here
+    assert entry.main() == 1
+    err = capsys.readouterr().err
+    assert "LeakyError" in err and logs.REDACTED in err
+    assert APP_TOKEN not in err and API_KEY not in err

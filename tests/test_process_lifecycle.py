@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, mention_event
@@ -130,3 +132,38 @@ async def test_the_bot_process_answers_signed_events_over_http_and_stops_cleanly
     assert code == 0
     assert [m.text for m in slack.bot_messages()] == ["over http"]
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_secret_in_an_error_from_slack_never_reaches_the_log(
+    llm: FakeOpenAI, redis_url: str, tmp_path: Path, log_format: str
+) -> None:
+    """Slack's error text carries the bot token, the configured model key (no token shape: only
+    its value tells) and other token shapes. The bot logs it twice: as the traceback of the
+    placeholder that could not be posted (the global error hook) and in the 'final edit
+    rejected' line of the next answer. Both come out redacted."""
+    bot_token = "xoxb-1111-2222-SECRETBOTTOKEN"
+    api_key = "local-gateway-key-0123456789"
+    shaped = ["xoxp-9999-8888-7777-USERTOKEN", "xapp-1-A999-OTHERAPPTOKEN", "sk-proj-LEAKED0123456"]
+    error = f"invalid_auth: token {bot_token} revoked (key {api_key}; also {' '.join(shaped)})"
+    llm.api_key = api_key
+    llm.default = echo_last_user
+    async with FakeSlack(bot_token=bot_token, app_token="xapp-1-A111-SECRETAPPTOKEN") as slack:
+        env = bot_env(slack, llm, redis_url, LOG_FORMAT=log_format, LOG_LEVEL="DEBUG")
+        log = tmp_path / "bot.log"
+        proc = await spawn_bot(log, env)
+        try:
+            await slack.wait_connected(timeout=30)
+            slack.fail_next("chat.postMessage", error)
+            await slack.send_event(mention_event("the placeholder fails"))
+            await slack.wait_for(lambda: "SlackRejected" in log.read_text(), timeout=10)
+            slack.fail_next("chat.update", error, times=100)
+            await slack.send_event(mention_event("the edits fail"))
+            await slack.wait_for(lambda: "final edit" in log.read_text(), timeout=15)
+        finally:
+            assert await stop_bot(proc) == 0
+    raw = log.read_text()
+    for secret in [bot_token, api_key, *shaped]:
+        assert secret not in raw
+    assert raw.count("[redacted]") >= 2 * (2 + len(shaped))  # both paths were taken
+    assert "Traceback" in raw  # the error hook's traceback, redacted
