@@ -569,3 +569,70 @@ async def test_the_bot_answers_on_a_cluster_and_behind_sentinel(
             f"first on {url[:14]}",
             f"then on {url[:14]}",
         ]
+
+
+# -- Sentinel failover -----------------------------------------------------------------------------
+
+
+async def test_stops_still_arrive_after_sentinel_replaced_a_frozen_master(
+    sentinel_set: Any,
+) -> None:
+    listener = Store.open(connect_redis(sentinel_set.url))
+    received: asyncio.Queue[str] = asyncio.Queue()
+
+    async def listen() -> None:
+        async for reply_id in listener.stops.requests():
+            await received.put(reply_id)
+
+    task = asyncio.create_task(listen())
+    speaker = Store.open(connect_redis(sentinel_set.url))
+    try:
+        for _ in range(100):  # until the subscription is up
+            await speaker.stops.publish("before")
+            try:
+                assert await asyncio.wait_for(received.get(), 0.05) == "before"
+                break
+            except TimeoutError:
+                continue
+        sentinel_set.freeze_master()  # the subscriber's server goes silent; Sentinel fails over
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 25
+        while loop.time() < deadline:  # the speaker reaches the new master once it is promoted
+            await speaker.stops.publish("after")
+            try:
+                if await asyncio.wait_for(received.get(), 0.5) == "after":
+                    break
+            except TimeoutError:
+                continue
+        else:
+            raise AssertionError("no Stop arrived after the failover")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sentinel_set.thaw()
+        await listener.aclose()
+        await speaker.aclose()
+
+
+async def test_a_conversation_goes_on_through_a_sentinel_failover(
+    start_bot: Any, sentinel_set: Any, slack: Any, llm: Any
+) -> None:
+    from tests.fakes.openai import echo_last_user
+    from tests.fakes.slack import mention_event, message_event
+    from tests.test_e2e_rules import answered
+    from tests.views import working
+
+    llm.default = echo_last_user
+    async with start_bot(redis_url=sentinel_set.url):
+        first = mention_event("before the failover")
+        await slack.send_event(first)
+        await answered(slack, "before the failover")
+        sentinel_set.failover()
+        await slack.send_event(message_event("after the failover", thread_ts=first["ts"]))
+        await answered(slack, "after the failover", timeout=20)
+        assert [m["content"] for m in llm.requests[-1].messages[1:]] == [
+            "before the failover",
+            "before the failover",
+            "after the failover",
+        ]
+    assert not any(working(m) for m in slack.bot_messages())
