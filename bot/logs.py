@@ -18,10 +18,9 @@ from datetime import UTC, datetime
 
 _turn: contextvars.ContextVar[str] = contextvars.ContextVar("turn", default="-")
 
-# Token shapes of Slack (bot, user, app, refresh…) and OpenAI-style keys.
-_TOKEN_PATTERN = re.compile(
-    r"\b(?:xox[abeoprs]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{8,})"
-)
+# Token shapes of Slack (bot, user, app, refresh, client and cookie: every xox?-) and
+# OpenAI-style keys.
+_TOKEN_PATTERN = re.compile(r"\b(?:xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{8,})")
 REDACTED = "[redacted]"
 
 # Libraries known to log at DEBUG or INFO (every other one inherits the root's level).

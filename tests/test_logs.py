@@ -115,6 +115,8 @@ SHAPED = [
     "xoxb-9999-8888-OTHERBOTTOKEN",
     "xoxp-9999-8888-7777-USERTOKEN",
     "xoxe.xoxp-1-REFRESHTOKENabc",
+    "xoxc-1234-5678-BROWSERCLIENTTOKEN",
+    "xoxd-COOKIEVALUE1234",
     "xapp-1-A999-OTHERAPPTOKEN",
     "sk-proj-AbCdEf0123456789_xyz",
     "sk-ant-api03-abcdefghijkl",
