@@ -15,6 +15,7 @@ import pytest
 
 from bot.compose import RunningBot
 from bot.render.reply import INDICATOR_BLOCK_ID
+from bot.store import connect_redis
 from tests.bot_process import bot_env, spawn_bot, stop_bot
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, Message, mention_event, message_event
@@ -31,6 +32,21 @@ def echo(llm: FakeOpenAI) -> None:
 def prompt(llm: FakeOpenAI, n: int = -1) -> list[str]:
     """What the model was told in request ``n``, without the system prompt."""
     return [str(m["content"]) for m in llm.requests[n].messages[1:]]
+
+
+async def saved(server: RedisServer, thread_ts: str, channel: str = "C0CHAN") -> None:
+    """Wait until the answer in the thread is stored (saved just after its final edit): a store
+    emptied before that would get it back."""
+    client = connect_redis(server.url)
+    try:
+        name = f"slackbot:{{T0001}}:thread:{channel}:{thread_ts}"
+        for _ in range(200):
+            if await client.llen(name) >= 2:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"thread {thread_ts} was never saved")
+    finally:
+        await client.aclose()
 
 
 def shown(slack: FakeSlack, ts: str) -> Message:
@@ -196,6 +212,7 @@ async def test_a_burst_in_a_thread_the_store_lost_reads_it_once(
     first = mention_event("start")
     await slack.send_event(first)
     await answered(slack, "start")
+    await saved(redis_server, first["ts"])
     redis_server.flush()
     for n in range(3):
         await slack.send_event(message_event(f"follow-up {n}", thread_ts=first["ts"]))
