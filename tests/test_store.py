@@ -516,6 +516,7 @@ async def test_a_message_delivered_twice_at_once_is_answered_exactly_once(
     ("url", "problem"),
     [
         ("memcached://localhost", "expected redis://"),
+        ("redis://10.0.0.1:6379,10.0.0.2:6379/0", "use redis+cluster://"),
         ("redis+cluster://", "no host:port"),
         ("redis+cluster://10.0.0.1:port", "is not host:port"),
         ("redis+sentinel://10.0.0.1:26379", "names the master"),

@@ -81,6 +81,13 @@ async def close_redis(redis: aioredis.Redis) -> None:
 def _client(url: str, *, check_only: bool) -> Any:
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in STANDALONE_SCHEMES:
+        if "," in urlsplit(url).netloc:
+            raise ConfigError(
+                [
+                    "REDIS_URL: several hosts in a redis:// URL; use redis+cluster://h1:p1,h2:p2 "
+                    "for a Cluster or redis+sentinel://h1:p1,h2:p2/master for Sentinel"
+                ]
+            )
         if check_only:
             return None
         pool = aioredis.BlockingConnectionPool.from_url(
