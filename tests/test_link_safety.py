@@ -19,7 +19,7 @@ from markdown_it.token import Token
 
 from bot.render import text
 from bot.render.budget import EditBudget
-from bot.render.mrkdwn import disguised, guard_markdown
+from bot.render.mrkdwn import MarkdownGuard, UnsafeMarkdown, disguised, guard_markdown
 from bot.render.native import NativeReply
 from bot.render.reply import Outcome, ReplyStream
 from bot.slack import SlackGateway, connect_slack
@@ -31,9 +31,9 @@ CHANNEL = "C0CHAN"
 TEAM = "T0001"
 WJ = "\u2060"
 
-# What Slack would act on: a broadcast right after a non-word character, or a special token
+# What Slack would act on: a broadcast not inside a word, address or path, or a special token
 # (in Markdown also written with an entity; in mrkdwn ``&lt;`` is the escape, shown as ``<``).
-LOUD = re.compile(r"(?<![\w@/.])@(?:here|channel|everyone)|<[!@#]", re.IGNORECASE)
+LOUD = re.compile(r"(?<![^\W_])(?<![/.])@(?:here|channel|everyone)|<[!@#]", re.IGNORECASE)
 LOUD_MARKDOWN = re.compile(rf"{LOUD.pattern}|&lt;[!@#]", re.IGNORECASE)
 # A mrkdwn link, and the label it shows.
 MRKDWN_LINK = re.compile(r"<([^<>|]+)\|([^<>]*)>")
@@ -94,12 +94,19 @@ def assert_no_disguise_in_markdown(markdown: str) -> None:
     assert "|https://good.com>" not in markdown  # Slack's own <url|label>, even unparsed
 
 
+def unescape(mrkdwn: str) -> str:
+    """The text Slack shows for mrkdwn (the word joiner aside)."""
+    return mrkdwn.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").replace(WJ, "")
+
+
 def assert_no_disguise_in_mrkdwn(out: str) -> None:
     for href, label in MRKDWN_LINK.findall(out):
-        assert not disguised(label.replace("&amp;", "&"), href), (label, href, out)
+        assert not disguised(unescape(label), unescape(href)), (label, href, out)
 
 
 def assert_quiet(out: str, *, markdown: bool = False) -> None:
+    if not markdown:  # a mrkdwn link's URL is not text Slack reads mentions in
+        out = re.sub(r"<[^<>|]*(?:\|([^<>]*))?>", lambda m: m.group(1) or "", out)
     assert not (LOUD_MARKDOWN if markdown else LOUD).search(out), out
 
 
@@ -336,24 +343,124 @@ async def test_a_mention_split_across_appends_is_still_neutralised(
     assert message.text == f"Hi @{WJ}channel and <{WJ}!here> and good.com (<https://evil.com>) done"
 
 
-# -- the guard itself, for any way the answer is cut into appends --------------------------------
+# -- the guard itself, for any answer and any way it is cut into appends ------------------------
+
+# Pieces a hostile or careless answer is made of: links of every kind, definitions before and
+# after their use, brackets, code, containers, tables, mentions, entities.
+PIECES = st.sampled_from(
+    [
+        "[good.com](https://evil.com)",
+        "[docs](https://x.io)",
+        "![good.com](https://evil.com/i.png)",
+        "[![good.com](https://e.com/i)](https://evil.com)",
+        "[sup@good.com](mailto:x@evil.com)",
+        "[www.good.com](https://www.good.com)",
+        "<https://evil.com|https://good.com>",
+        "[good.com][r]",
+        "[good.com]",
+        "[r]",
+        "[x][]",
+        "\n\n[r]: https://evil.com\n\n",
+        "\n\n[good.com]: https://evil.com/2\n",
+        "[a]:",
+        " https://evil.com",
+        "https://good.com",
+        "@here",
+        "@",
+        "channel",
+        "<!here>",
+        "&lt;",
+        "&#60;@U1&#62;",
+        "!",
+        "[",
+        "]",
+        "(",
+        ")",
+        "<",
+        ">",
+        "`",
+        "```\n",
+        "~~~\n",
+        "\\",
+        "**",
+        " text ",
+        "\n",
+        "\n\n",
+        "- ",
+        "> ",
+        "1. ",
+        "    ",
+        "===",
+        "---",
+        "| a | b |\n|---|---|\n| ",
+        " | ",
+    ]
+)
+ANSWERS = st.lists(PIECES, min_size=1, max_size=25).map("".join)
+
+
+def stream_through_guard(answer: str, cuts: list[int], guard: Any = None) -> str:
+    """What Slack's message shows when ``answer`` arrives cut at ``cuts`` (each piece offered to
+    the guard in turn, the rest at the end), with one guard or a fresh one per call."""
+    taken, shown = 0, ""
+    for cut in sorted({*cuts, len(answer)}):
+        if cut > taken:
+            take = guard.take if guard else guard_markdown
+            out, used = take(shown, answer[taken:cut])
+            taken, shown = taken + used, shown + out
+    take = guard.take if guard else guard_markdown
+    out, used = take(shown, answer[taken:], final=True)
+    assert used == len(answer) - taken
+    return shown + out
 
 
 @settings(deadline=None, max_examples=60)
 @given(st.lists(st.integers(1, len(HOSTILE) - 1), max_size=40), st.booleans())
-def test_any_cutting_of_the_answer_streams_no_disguise_or_mention(
+def test_any_cutting_of_the_hostile_answer_streams_no_disguise_or_mention(
     cuts: list[int], crlf: bool
 ) -> None:
     answer = HOSTILE.replace("\n", "\r\n") if crlf else HOSTILE
-    sent, shown = "", ""
-    for cut in sorted({*cuts, len(answer)}):
-        out, used = guard_markdown(sent, answer[len(sent) : cut])
-        sent, shown = sent + answer[len(sent) : len(sent) + used], shown + out
-    out, used = guard_markdown(sent, answer[len(sent) :], final=True)
-    shown += out
-    assert sent + answer[len(sent) :][:used] == answer
+    shown = stream_through_guard(answer, cuts, MarkdownGuard())
     assert_quiet(shown, markdown=True)
     assert_no_disguise_in_markdown(shown)
+
+
+@settings(deadline=None, max_examples=300)
+@given(ANSWERS, st.lists(st.integers(1, 400), max_size=30))
+def test_any_answer_cut_anyhow_streams_safely_or_goes_to_the_edit_renderer(
+    answer: str, cuts: list[int]
+) -> None:
+    try:
+        shown = stream_through_guard(answer, cuts, MarkdownGuard())
+    except UnsafeMarkdown:  # NativeReply hands the answer to the edit renderer: mrkdwn
+        shown = ""
+    for label, href in commonmark_links(shown):
+        assert not disguised(label, href), (label, href, shown)
+    assert_quiet(shown, markdown=True)
+
+
+@settings(deadline=None, max_examples=150)
+@given(ANSWERS, st.lists(st.integers(1, 400), max_size=30))
+def test_the_guard_reading_only_the_last_block_again_decides_as_a_full_reading(
+    answer: str, cuts: list[int]
+) -> None:
+    try:
+        full = stream_through_guard(answer, cuts)
+    except UnsafeMarkdown:
+        full = "unsafe"
+    try:
+        incremental = stream_through_guard(answer, cuts, MarkdownGuard())
+    except UnsafeMarkdown:
+        incremental = "unsafe"
+    assert incremental == full
+
+
+@settings(deadline=None, max_examples=300)
+@given(ANSWERS, st.integers(0, 400))
+def test_any_answer_renders_safely_in_mrkdwn(answer: str, cut: int) -> None:
+    for out in (text.render_final(answer), text.render(answer[:cut])):
+        assert_no_disguise_in_mrkdwn(out)
+        assert_quiet(out)
 
 
 async def test_every_mrkdwn_text_object_the_renderer_sends_is_verbatim(
@@ -395,5 +502,19 @@ async def test_a_native_stream_shows_the_real_target_of_a_disguised_link(
         "Sign in: https://good.com/login (<https://evil.com/login>), "
         "good.com (<https://evil.com/p.png>), support@good.com (<mailto:x@evil.com>), "
         # Used before its definition came, a reference stays literal text (shown "[good.com][1]").
-        "[good.com\\][1\\] or <https://evil.com%7Chttps://good.com>; [docs](https://good.com/docs)."
+        "\\[good.com\\]\\[1\\] or <https://evil.com%7Chttps://good.com>; "
+        "[docs](https://good.com/docs)."
     )
+
+
+def test_an_unfinished_link_waits_and_a_very_long_one_is_let_go_as_text() -> None:
+    assert guard_markdown("", "Read [the guide](https://ev") == ("Read ", 5)
+    assert guard_markdown("", "Read [the guide](https://ev", final=True)[0] == (
+        "Read \\[the guide\\](https://ev"  # never completed: literal, as CommonMark reads it
+    )
+    label = "word " * 250
+    out, used = guard_markdown("", f"See [{label}")
+    assert out.startswith("See \\[word") and used == len(f"See [{label}")
+    assert guard_markdown("", "Ping @") == ("Ping ", 5)  # could be @here
+    assert guard_markdown("", "Ping @here") == ("Ping ", 5)  # or @heretofore: wait and see
+    assert guard_markdown("", "Ping @here now") == (f"Ping @{WJ}here now", 14)

@@ -75,7 +75,15 @@ from markdown_it.rules_inline import newline as _commonmark_newline
 from markdown_it.token import Token
 from markdown_it.tree import SyntaxTreeNode
 
-__all__ = ["UnsafeMarkdown", "guard_markdown", "neutralise_mentions", "parse", "to_mrkdwn"]
+__all__ = [
+    "MarkdownGuard",
+    "UnsafeMarkdown",
+    "disguised",
+    "guard_markdown",
+    "neutralise_mentions",
+    "parse",
+    "to_mrkdwn",
+]
 
 _BULLETS = ("•", "◦", "▪")
 _TASK_BOXES = {True: "☑", False: "☐"}
@@ -271,11 +279,18 @@ _PARSER = _build_parser()
 
 
 def _last_inline(tokens: list[Token]) -> Token | None:
-    """The inline text the model is still writing: the last one, if nothing follows it."""
-    for token in reversed(tokens):
+    """The inline text the model is still writing: the last one, if nothing follows it (but
+    the empty cells markdown-it adds to complete a table row being written)."""
+    empty_cell = False
+    for index in range(len(tokens) - 1, -1, -1):
+        token = tokens[index]
         if token.type == "inline":
-            return token
-        if token.nesting >= 0:
+            if token.content or index == 0 or tokens[index - 1].type not in ("td_open", "th_open"):
+                return token
+            empty_cell = True
+        elif empty_cell and token.type in ("td_open", "th_open"):
+            empty_cell = False
+        elif token.nesting >= 0:
             return None  # a code block, rule or empty container comes after all text
     return None
 
@@ -650,15 +665,16 @@ _DOMAIN_WORD = re.compile(rf"({_DOMAIN})(?::\d+)?(?:[/?#]\S*)?", re.IGNORECASE)
 _EMAIL_WORD = re.compile(rf"[^\s@<>()\[\]]+@{_DOMAIN}", re.IGNORECASE)
 _SCHEME_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _WORD_EDGES = "\"'()[]{}<>.,;:!?*_~`"
+_WORD_GLUE = re.compile(r"[\s\[\](){}<>*`\"'|!^~]+")  # what no host or address contains
 
 # Neutralising: U+2060 WORD JOINER goes right after the ``@`` of ``@here``, ``@channel`` and
 # ``@everyone`` (and after the ``<`` of ``<!here>``, ``<@U1>``, ``<#C1>``, ``<!subteam^S1>``).
 # It is invisible and, unlike a zero-width space, no line-break opportunity, and unlike a
 # zero-width joiner it joins nothing (emoji), so the text reads and wraps exactly as written —
 # but Slack no longer finds the keyword right after the ``@`` (or the token right after ``<``).
-# Not when the ``@`` continues a word, address or URL (``me@here.io``, ``x.io/@here``).
+# Not when the ``@`` follows a letter, digit, ``/`` or ``.`` (``me@here.io``, ``x.io/@here``).
 _WORD_JOINER = "\u2060"
-_BROADCAST = re.compile(r"(?<![^\W_])(?<![/.@+\-:=%&?#;])@(?=here|channel|everyone)", re.IGNORECASE)
+_BROADCAST = re.compile(r"(?<![^\W_])(?<![/.])@(?=here|channel|everyone)", re.IGNORECASE)
 _SPECIAL_TOKEN = re.compile(r"(?:<|&lt;?+|&#0*60;?+|&#x0*3c;?+)(?=[!@#])", re.IGNORECASE)
 
 
@@ -680,7 +696,7 @@ def _address(address: str) -> str:
 def _claims(label: str) -> list[tuple[str, str]]:
     """What a label says it points at, per word: ("host", name) or ("email", address)."""
     claims = []
-    for raw in label.split():
+    for raw in _WORD_GLUE.split(label):
         word = raw.strip(_WORD_EDGES)
         if word.lower().startswith("mailto:"):
             claims.append(("email", unquote(word[7:].split("?", 1)[0])))
@@ -777,29 +793,34 @@ def _inert_mrkdwn(out: str) -> str:
 #
 # A native stream sends the model's Markdown itself (``markdown_text``), and Slack only ever
 # appends: text sent cannot be taken back. :func:`guard_markdown` therefore decides, for the
-# text about to be appended, what Slack may see of it — with the text already sent as context:
+# text about to be appended, what Slack may see of it:
 #
 # * a link or image whose label names another place than its target (see :func:`disguised`)
 #   becomes ``label (<target>)``: the label as plain text, the real target as an autolink,
 #   which Slack shows as the URL itself;
 # * a reference-style link (``[label][ref]``, ``[label]``) becomes an inline link to the target
 #   markdown-it resolved, so a definition Slack reads differently (or one still being written)
-#   cannot retarget it; a bracket pair that is not a link gets its ``]`` escaped (``[a\]``, shown
-#   as ``[a]``), so no definition arriving later can turn it into one;
+#   cannot retarget it; a bracket pair that is not a link is escaped (``\[a\]``, shown as
+#   ``[a]``), so no definition or bracket arriving later can turn it into one;
 # * every ``<`` that does not open an autolink is followed by a word joiner, so nothing the
 #   model writes becomes Slack's own ``<url|label>`` or ``<!here>``; a ``|`` inside an autolink
 #   is percent-encoded;
 # * mentions are neutralised as in mrkdwn (:func:`neutralise_mentions`);
 # * what could still change meaning when more text comes — an unfinished link (``[text](htt``),
-#   ``<…`` without its ``>``, a definition on the last line, a trailing ``!``, ``@ev`` or ``&l`` — is
+#   ``<…`` without its ``>``, a definition on the last line, a trailing ``!``, run of backticks
+#   (its length decides which code span it closes), ``@ev`` or ``&l`` — is
 #   held back until it is complete (an unfinished link label longer than ``_HOLD_LABEL`` is let
 #   go as literal text instead: its ``[`` escaped).
 #
-# Each rewrite only makes text more literal or is a complete construct of its own, so what was
-# sent stays correct whatever follows. The parser's view of the source (block maps, and inline
-# positions the guard's rules record) locates each construct in the text; where it cannot
-# (rare layouts, e.g. an escaped ``|`` in a table cell holding a link), :class:`UnsafeMarkdown`
-# tells the caller to show the answer some other way.
+# The text is read as Slack reads the message: what it shows already (the guard's earlier
+# output, rewrites included), then the new text. Slack's ``markdown_text`` is taken to be
+# standard Markdown (CommonMark with GFM tables), as its documentation says. Each rewrite only
+# makes text more literal or is a complete construct of its own, so what was sent stays correct
+# whatever follows. The parser's view of the source (block maps, and inline positions the
+# guard's rules record) locates each construct in the text; where it cannot (rare layouts, e.g.
+# an escaped ``|`` in a table cell holding a link), or where a link turns out to have begun in
+# text already shown (which the holds exist to prevent), :class:`UnsafeMarkdown` tells the
+# caller to show the answer some other way (bot/render/native.py: the edit renderer).
 
 
 class UnsafeMarkdown(Exception):
@@ -808,7 +829,7 @@ class UnsafeMarkdown(Exception):
 
 _SPANS = "guard_spans"  # env key: the list the guard's inline rules record into
 _HOLD_LABEL = 1000  # characters an unfinished link label may be held back, at most
-_PARTIAL_TAIL = re.compile(r"(?:!|@[A-Za-z]{0,8}|&[#\w]{0,7}|<[^\s<>]{0,300})?\Z")
+_PARTIAL_TAIL = re.compile(r"(?:!|`+|@[A-Za-z]{0,8}|&[#\w]{0,7}|<[^\s<>]{0,300})?\Z")
 _LINKISH = re.compile(r"[\[\]<]")
 _MD_SPECIAL = re.compile(r"([\\`\[\]<>|])")
 _ENTITY_LT = re.compile(r"(?:&lt;?+|&#0*60;?+|&#x0*3c;?+)(?=[^\s\u2060])", re.IGNORECASE)
@@ -826,6 +847,7 @@ class _Seen:
     label_end: int = 0  # the position of a link's ``]``
     token: Token | None = None
     label: str = ""
+    nested: bool = False  # a link whose label holds an image or autolink
 
 
 def _seen(state: StateInline) -> list[_Seen] | None:
@@ -854,14 +876,20 @@ def _guard_link(state: StateInline, silent: bool) -> bool:
     label_end = state.md.helpers.parseLinkLabel(state, start, True)
     if _commonmark_link(state, False):
         index = next(i for i in range(count, len(state.tokens)) if state.tokens[i].nesting == 1)
-        token = state.tokens[index]
-        label = _tokens_text(state.tokens[index + 1 : -1])
-        seen.append(_Seen(state.src, "link", start, state.pos, label_end, token, label))
+        token, inner = state.tokens[index], state.tokens[index + 1 : -1]
+        nested = any(t.type in ("image", "link_open") for t in inner)
+        seen.append(
+            _Seen(
+                state.src, "link", start, state.pos, label_end, token, _tokens_text(inner), nested
+            )
+        )
         return True
     if state.linkLevel == 0:
         close = state.md.helpers.parseLinkLabel(state, start)
         if close >= 0:
             seen.append(_Seen(state.src, "bracket", start, close))
+        elif _is_growing(state):  # may still close into a link (``[![x](y)`` too)
+            seen.append(_Seen(state.src, "dangling", start))
     return False
 
 
@@ -872,6 +900,8 @@ def _guard_image(state: StateInline, silent: bool) -> bool:
         return False
     label_end = state.md.helpers.parseLinkLabel(state, start + 1)
     if not _commonmark_image(state, False):
+        if label_end < 0 and state.linkLevel == 0 and _is_growing(state):
+            seen.append(_Seen(src, "dangling", start))
         return False
     token = state.tokens[-1]
     seen.append(
@@ -903,8 +933,8 @@ def _guard_escaped_lt(state: StateInline, silent: bool) -> bool:
 def _build_guard_parser() -> MarkdownIt:
     md = _build_parser()
     md.options["store_labels"] = True  # a reference link's label, to spot one still defined
-    # Indented code is read as text: if Slack shows it as a paragraph, its links are checked.
-    md.disable("code")
+    # A bare URL shows itself; read as Slack's GFM does, text escapes come first.
+    md.disable("mrkdwn_bare_url")
     md.inline.ruler.before("link", "guard_link", _guard_link)
     md.inline.ruler.before("image", "guard_image", _guard_image)
     md.inline.ruler.before("autolink", "guard_autolink", _guard_autolink)
@@ -972,30 +1002,90 @@ class _Source:
         return at
 
 
-def guard_markdown(sent: str, pending: str, *, final: bool = False) -> tuple[str, int]:
-    """What Slack's ``markdown_text`` may show of ``pending``, appended to ``sent`` (both the
-    model's Markdown, as written): ``(text, used)``, where ``text`` stands for the first
-    ``used`` characters of ``pending`` and the rest must wait for more text (``final=True``:
-    there is no more, nothing waits). See the comment above. Raises :class:`UnsafeMarkdown`.
+def guard_markdown(shown: str, pending: str, *, final: bool = False) -> tuple[str, int]:
+    """What Slack's ``markdown_text`` may show of the model's Markdown ``pending``, appended to
+    ``shown`` (what the message shows already: earlier results of this function): ``(text,
+    used)``, where ``text`` stands for the first ``used`` characters of ``pending`` and the rest
+    must wait for more text (``final=True``: there is no more, nothing waits). See the comment
+    above. Raises :class:`UnsafeMarkdown`.
 
     >>> guard_markdown("", "See [https://good.com](https://evil.com) and [docs](https://x.io/d")
     ('See https://good.com (<https://evil.com>) and ', 45)
     """
-    if not pending:
-        return "", 0
-    tail = None if final else _PARTIAL_TAIL.search(pending)
-    held = len(tail.group()) if tail else 0
-    if not _LINKISH.search(pending):
-        used = len(pending) - held
-        return _inert_markdown(pending[:used], sent), used
-    base = len(sent)
-    text = (sent + pending).replace("\r", " ").replace("\0", "\ufffd")
-    env: dict[str, Any] = {_SPANS: []}
-    if not final:
-        env[_GROWING] = None
-    tokens = _GUARD_PARSER.parse(text, env)
-    source = _Source(text)
-    holds = [len(text) - held]
+    return MarkdownGuard().take(shown, pending, final=final)
+
+
+class MarkdownGuard:
+    """:func:`guard_markdown` for one message that only grows: each call reads the text again
+    only from the start of its last top-level block (the blocks before it are closed, and more
+    text cannot change them), with the link definitions found before it, so streaming a long
+    answer costs time linear in its length rather than quadratic.
+
+        guard = MarkdownGuard()
+        text, used = guard.take(shown, pending)     # then: shown += text; pending = pending[used:]
+    """
+
+    def __init__(self) -> None:
+        self._restart = 0  # where the last top-level block begins (offset in the message)
+        self._references: dict[str, Any] = {}  # definitions before it
+
+    def take(self, shown: str, pending: str, *, final: bool = False) -> tuple[str, int]:
+        """See :func:`guard_markdown`; ``shown`` must extend the one of earlier calls.
+
+        The text is read as Slack reads it — what it shows, then what would come — so a
+        rewrite made earlier (an escaped bracket turning a half-written definition into
+        text, say) is the context the rest is judged in."""
+        if not pending:
+            return "", 0
+        tail = None if final else _PARTIAL_TAIL.search(pending)
+        held = len(tail.group()) if tail else 0
+        if not _LINKISH.search(pending):
+            used = len(pending) - held
+            return _inert_markdown(pending[:used], shown), used
+        if self._restart > len(shown):  # not the message this guard has seen: start over
+            self._restart, self._references = 0, {}
+        restart = self._restart
+        base = len(shown) - restart
+        # The held tail is left out of the reading too: what goes out now must not depend on
+        # how it ends (a lone backtick would close a code span that three might not).
+        ready = pending[: len(pending) - held]
+        text = (shown[restart:] + ready).replace("\r", " ").replace("\0", "\ufffd")
+        env: dict[str, Any] = {_SPANS: [], "references": dict(self._references)}
+        if not final:
+            env[_GROWING] = None
+        tokens = _GUARD_PARSER.parse(text, env)
+        source = _Source(text)
+        out, used = _guard(text, base, len(text), tokens, env, source, final=final)
+        # The next call starts at the last top-level block that begins in what is shown now
+        # (past it, what this call sends differs from ``pending``).
+        starts = [
+            source.starts[token.map[0]]
+            for token in tokens
+            if token.level == 0 and token.nesting >= 0 and token.map
+        ]
+        begin = max((start for start in starts if start <= base), default=0)
+        if begin:
+            for label, ref in (env.get("references") or {}).items():
+                lines = ref.get("map")
+                if lines is None or source.starts[lines[1]] <= begin:
+                    self._references.setdefault(label, {k: ref[k] for k in ("href", "title")})
+            self._restart = restart + begin
+        return _inert_markdown(out, shown), used
+
+
+def _guard(
+    text: str,
+    base: int,
+    end: int,
+    tokens: list[Token],
+    env: dict[str, Any],
+    source: _Source,
+    *,
+    final: bool,
+) -> tuple[str, int]:
+    """The rewritten ``text[base:stop]`` and ``stop - base``, where ``stop <= end`` is where
+    what may go out now ends."""
+    holds = [end]
     # A definition on the last line may still be growing: hold it, and links that use it.
     growing_refs: set[str] = set()
     if not final and not text.endswith("\n"):
@@ -1032,16 +1122,16 @@ def guard_markdown(sent: str, pending: str, *, final: bool = False) -> tuple[str
     stop = min(hold for hold in holds if hold >= base)
     out: list[str] = []
     position = base
-    for start, end, replacement in sorted(edits, key=lambda e: (e[0], -e[1])):
+    for start, end_, replacement in sorted(set(edits), key=lambda e: (e[0], -e[1])):
         if start < position or start >= stop:
             continue  # inside a construct rewritten whole, or held back
-        if end > stop:
+        if end_ > stop:
             stop = start
             break
         out += (text[position:start], replacement)
-        position = end
+        position = end_
     out.append(text[position:stop])
-    return _inert_markdown("".join(out), text[:base]), stop - base
+    return "".join(out), stop - base
 
 
 def _guard_one(
@@ -1068,7 +1158,7 @@ def _guard_one(
         offset = place(bracket, "[")
         if offset >= base:
             if len(text) - offset <= _HOLD_LABEL:
-                start = at(item.start)  # the ``!`` of an image, if not sent yet
+                start = at(item.start)  # the ``!`` of an image, if not shown yet
                 holds.append(start if start >= base else offset)
             else:
                 edits.append((offset, offset, "\\"))
@@ -1076,9 +1166,13 @@ def _guard_one(
         offset = place(item.end, "]")
         if offset < base:
             return
+        opening = place(item.start, "[")
         if growing and _REFERENCE_TAIL.match(src, item.end + 1):
-            holds.append(place(item.start, "["))  # ``[a][b`` may become a reference link
+            holds.append(opening)  # ``[a][b`` may become a reference link
         else:
+            # Both brackets: an unescaped ``[`` could still pair with a ``]`` written later.
+            if opening >= base:
+                edits.append((opening, opening, "\\"))
             edits.append((offset, offset, "\\"))
     elif item.kind == "lt":
         offset = place(item.start, "<")
@@ -1094,19 +1188,22 @@ def _guard_one(
         start = place(item.start, "[!")
         end = place(item.end - 1, ")]") + 1
         if end <= base:
-            return  # sent whole: decided then
+            return  # shown whole: decided then
         token = item.token
         href = str(token.attrGet("src" if item.kind == "image" else "href") or "")
         reference = src[item.end - 1] == "]"
-        lying = disguised(item.label, href)
+        # A link around an image or autolink is shown as its text and target too: rewriting only
+        # the inner one would put a link inside the outer one's label.
+        lying = item.nested or disguised(item.label, href)
         if start < base:
             # Its start went out before it was complete, which the holds are there to prevent.
-            # A literal start (a long label let go) keeps Slack from reading a link; otherwise
-            # the text must not be streamed.
-            if (lying or reference) and text[start - 1 : start] != "\\":
-                raise UnsafeMarkdown("a link began in text already sent")
+            if lying or reference:
+                raise UnsafeMarkdown("a link began in text already shown")
             return
-        if reference and growing_refs and token.meta.get("label") in growing_refs:
+        if reference and (
+            (growing and _may_grow_into_a_link(src, item.end))
+            or (growing_refs and token.meta.get("label") in growing_refs)
+        ):
             holds.append(start)
         elif lying:
             shown = _md_text(item.label)
@@ -1114,6 +1211,13 @@ def _guard_one(
         elif reference:
             close = place(item.label_end, "]") + 1
             edits.append((close, end, f"({_md_url(href)})"))
+
+
+def _may_grow_into_a_link(src: str, end: int) -> bool:
+    """Whether a reference link ``[a]`` ending at ``end`` of the text being written may still
+    become another link: ``[a](…`` (an inline link) or ``[a][b…`` (a full reference)."""
+    rest = src[end:]
+    return not rest or bool(_REFERENCE_TAIL.match(rest)) or (rest[0] == "(" and ")" not in rest)
 
 
 def _inert_markdown(text: str, before: str) -> str:

@@ -33,7 +33,7 @@ How it goes:
   pressed Slack's stop — sets :attr:`stopped`, so the turn stops reading the model, and the
   answer ends as ``STOPPED``.
 
-The model's Markdown goes to Slack through :func:`bot.render.mrkdwn.guard_markdown`: a link whose
+The model's Markdown goes to Slack through :class:`bot.render.mrkdwn.MarkdownGuard`: a link whose
 label names another place than its target shows the real target, ``<!here>``, ``<@U…>``,
 ``<#C…>`` and ``@here``/``@channel``/``@everyone`` never become mentions, and text whose meaning
 more text could still change (an unfinished link) waits for it. When the guard cannot place a
@@ -54,7 +54,7 @@ from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransie
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
 from bot.render.feedback import feedback_block
-from bot.render.mrkdwn import UnsafeMarkdown, guard_markdown
+from bot.render.mrkdwn import MarkdownGuard, UnsafeMarkdown
 from bot.render.reply import (
     Outcome,
     ReplyStateError,
@@ -167,9 +167,10 @@ class NativeReply:
         self._taken = 0
         self._fresh = 0  # characters of the chunks not absorbed yet
         self._current = ""  # Markdown the stream's message shows (as the model wrote it)
-        self._shown = 0  # characters sent to Slack for it (the guarded form of _current)
+        self._shown = ""  # what Slack shows of it (its guarded form)
         self._unsent = ""  # Markdown taken from the model, not appended yet
         self._held = 0  # characters of it the guard held back at the last take
+        self._guard = MarkdownGuard()
         self._fallback: ReplyStream | None = None
         self._live = False  # a stream is open (started, not yet closed by anyone)
         self._wake = asyncio.Event()
@@ -297,13 +298,14 @@ class NativeReply:
         self._absorb()
         rest = self._unsent
         try:
-            shown: str | None = guard_markdown(self._current, rest, final=True)[0]
+            shown: str | None = self._guard.take(self._shown, rest, final=True)[0]
         except UnsafeMarkdown:
             shown = None
-        fits = shown is not None and self._shown + len(shown) <= self._limit
+        fits = shown is not None and len(self._shown) + len(shown) <= self._limit
         if self._fallback is None and self._live:
             if fits and await self._stop_stream(rest, shown or "", outcome, deadline):
                 self._current += rest
+                self._shown += shown or ""
                 self._unsent = ""
                 return
             if self._live:
@@ -393,7 +395,7 @@ class NativeReply:
                 chunk, shown, streamable = "", "", False
             if streamable and not chunk:
                 continue
-            if not streamable or self._shown + len(shown) > self._limit:
+            if not streamable or len(self._shown) + len(shown) > self._limit:
                 # The message is full (or its text cannot be streamed as Markdown): the edit
                 # renderer ends it and continues in new ones.
                 self._unsent = chunk + self._unsent
@@ -452,7 +454,7 @@ class NativeReply:
             await self._fall_back(self.ts, self._current)
             return False
         self._current += chunk
-        self._shown += len(shown)
+        self._shown += shown
         self.edits += 1
         self._text_visible()
         await self._track()
@@ -491,7 +493,7 @@ class NativeReply:
         docstring); text whose meaning more text could change waits, except when closing.
         Raises ``UnsafeMarkdown`` when the text cannot be streamed as Markdown."""
         self._absorb()
-        shown, used = guard_markdown(self._current, self._unsent, final=self._closing.is_set())
+        shown, used = self._guard.take(self._shown, self._unsent, final=self._closing.is_set())
         text = self._unsent[:used]
         self._unsent = self._unsent[used:]
         self._held = len(self._unsent)
@@ -534,7 +536,7 @@ class NativeReply:
         self._live = True
         self._native_ts.append(ts)
         self._current = markdown
-        self._shown = len(shown)
+        self._shown = shown
         if markdown:
             self._text_visible()
         await self._track()
