@@ -33,6 +33,7 @@ from bot.metrics import Metrics
 from bot.policy import Policy, Profile
 from bot.recall import Recall
 from bot.render.budget import EditBudget
+from bot.render.mrkdwn import neutralise_mentions
 from bot.render.native import NativeAvailability, NativeReply
 from bot.render.reply import Outcome, ReplyStream, ReplyTracker
 from bot.render.status import ThreadStatus
@@ -351,6 +352,7 @@ class Turns:
         title = (
             first_line if len(first_line) <= TITLE_LENGTH else first_line[: TITLE_LENGTH - 1] + "…"
         )
+        title = neutralise_mentions(title)  # a person's words, shown by Slack as a title
         assert inbound.thread_ts is not None
         try:
             async with asyncio.timeout(5.0):

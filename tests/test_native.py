@@ -343,7 +343,7 @@ async def test_an_assistant_thread_is_named_after_its_first_question_not_the_gre
         thread = started["assistant_thread"]["thread_ts"]
         await slack.send_event(started)
         await only_reply(slack, "D0ASSIST", thread)  # the greeting
-        question = "How do I rotate my API keys safely?\nWe use Vault."
+        question = "@here How do I rotate my API keys safely?\nWe use Vault."
         await slack.send_event(
             message_event(question, channel="D0ASSIST", channel_type="im", thread_ts=thread)
         )
@@ -355,7 +355,8 @@ async def test_an_assistant_thread_is_named_after_its_first_question_not_the_gre
         )
         await slack.wait_for(lambda: len(llm.requests) == 2, timeout=10)
         await slack.wait_for(lambda: running.turns.inflight == 0, timeout=10)
-    assert slack.titles[("D0ASSIST", thread)] == "How do I rotate my API keys safely?"
+    # Named after its first line, with the mention that would ping a channel defused.
+    assert slack.titles[("D0ASSIST", thread)] == "@\u2060here How do I rotate my API keys safely?"
     assert len(slack.calls_to("assistant.threads.setTitle")) == 1  # the follow-up keeps it
     streamed = [m for m in bot_replies(slack, "D0ASSIST", thread) if m.text == "Sure."]
     assert len(streamed) == 2 and all(has_feedback(m) for m in streamed)
