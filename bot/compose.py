@@ -30,7 +30,14 @@ from bot.policy import Profile, load_policy
 from bot.recall import READ_METHOD, Recall
 from bot.recovery import InFlight, new_owner_id
 from bot.render.budget import EditBudget
-from bot.server import build_events_app, build_ops_app, is_loopback, serve
+from bot.server import (
+    InheritedSockets,
+    build_events_app,
+    build_ops_app,
+    is_loopback,
+    serve,
+    serve_socket,
+)
 from bot.slack import SlackGateway, connect_slack
 from bot.stops import StopSignals
 from bot.store import Store, connect_redis
@@ -54,9 +61,14 @@ class RunningBot:
 
 
 @asynccontextmanager
-async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
+async def open_bot(
+    settings: Settings, inherited: InheritedSockets | None = None
+) -> AsyncIterator[RunningBot]:
     """Open every client, wire the bot, connect to Slack; on exit stop taking events, let answers
-    in flight finish (``SHUTDOWN_GRACE``), then close everything."""
+    in flight finish (``SHUTDOWN_GRACE``), then close everything.
+
+    ``inherited``: a worker process (``WORKERS`` > 1) serves on the listening sockets its
+    supervisor bound instead of binding ``OPS_PORT`` and ``HTTP_PORT`` itself."""
     async with AsyncExitStack() as stack:
         # One long-lived session: Slack calls reuse connections. aiohttp's default of 100
         # connections would queue a burst of replies behind each other.
@@ -219,14 +231,18 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
         # The ops endpoints have a listener of their own (loopback unless OPS_HOST says
         # otherwise): Slack's public port serves /slack/events and nothing else.
         ops = build_ops_app(metrics=metrics, checks={"slack": slack_ready, "redis": store.ping})
-        ops_runner, ops_port = await _listen(ops, settings.ops_host, settings.ops_port, "OPS")
+        if inherited is not None:
+            ops_runner, ops_port = await serve_socket(ops, inherited.ops)
+            log.info("this worker's ops endpoints on 127.0.0.1 port %d", ops_port)
+        else:
+            ops_runner, ops_port = await _listen(ops, settings.ops_host, settings.ops_port, "OPS")
+            log.info(
+                "ops endpoints (/healthz, /readyz, /metrics) on %s port %d",
+                settings.ops_host,
+                ops_port,
+            )
         stack.push_async_callback(ops_runner.cleanup)
-        log.info(
-            "ops endpoints (/healthz, /readyz, /metrics) on %s port %d",
-            settings.ops_host,
-            ops_port,
-        )
-        if not is_loopback(settings.ops_host):
+        if inherited is None and not is_loopback(settings.ops_host):
             log.warning(
                 "OPS_HOST=%s: /metrics and /readyz answer anyone who can reach port %d; "
                 "keep it off public networks",
@@ -244,9 +260,12 @@ async def open_bot(settings: Settings) -> AsyncIterator[RunningBot]:
             events = build_events_app(
                 bolt=app, signing_secret=settings.slack_signing_secret.get_secret_value()
             )
-            events_runner, http_port = await _listen(
-                events, settings.http_host, settings.http_port, "HTTP"
-            )
+            if inherited is not None and inherited.events is not None:
+                events_runner, http_port = await serve_socket(events, inherited.events)
+            else:
+                events_runner, http_port = await _listen(
+                    events, settings.http_host, settings.http_port, "HTTP"
+                )
             stack.push_async_callback(events_runner.cleanup)  # a no-op once cleaned up below
             log.info("serving Slack events on port %d at /slack/events", http_port)
 

@@ -9,6 +9,7 @@ This is the only module that reads the environment; everything else receives val
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -49,6 +50,17 @@ DEFAULT_ASSISTANT_PROMPTS = (
 )
 
 
+SOCKET_MODE_CONNECTIONS = 10  # Slack's limit per app, over every process and replica
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Every setting, its environment variable (the field name in upper case) and its default."""
 
@@ -70,6 +82,8 @@ class Settings(BaseSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(9090, ge=0, le=65535)
     shutdown_grace: float = Field(20.0, ge=0)
+    # Bot processes (bot/workers.py); 'auto': one per CPU core this process may run on.
+    workers: int = Field(1, ge=1)
 
     # Model
     openai_api_key: SecretStr
@@ -146,13 +160,32 @@ class Settings(BaseSettings):
             raise ValueError(problem.removeprefix("REDIS_URL: "))
         return url
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().lower() == "auto":
+                return usable_cores()
+            if not value.strip().isdigit():
+                raise ValueError("expected a number of processes (1 or more) or 'auto'")
+        return value
+
     @field_validator("assistant_prompts", mode="before")
     @classmethod
     def _prompt_list(cls, value: object) -> object:
         return _parse_prompts(value)
 
     def cross_field_problems(self) -> list[str]:
-        return _transport_problems(self.slack_mode, self.slack_app_token, self.slack_signing_secret)
+        problems = _transport_problems(
+            self.slack_mode, self.slack_app_token, self.slack_signing_secret
+        )
+        if self.slack_mode == "socket" and self.workers > SOCKET_MODE_CONNECTIONS:
+            problems.append(
+                f"WORKERS: at most {SOCKET_MODE_CONNECTIONS} in Socket Mode (each worker opens "
+                f"a connection and Slack allows an app {SOCKET_MODE_CONNECTIONS}), got "
+                f"{self.workers} (WORKERS=auto counts this machine's cores: set a number)"
+            )
+        return problems
 
 
 def load_settings(

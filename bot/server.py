@@ -22,7 +22,9 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -255,6 +257,29 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
         raise
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)
+
+
+@dataclass(frozen=True)
+class InheritedSockets:
+    """Listening sockets a worker process serves on instead of binding its own: its supervisor
+    (bot/workers.py) binds them once, so every worker accepts on the one Events API port and a
+    restarted worker gets the same sockets back."""
+
+    ops: socket.socket  # this worker's own ops listener (loopback; the supervisor asks it)
+    events: socket.socket | None = None  # /slack/events, shared by every worker (HTTP mode)
+
+
+async def serve_socket(app: web.Application, sock: socket.socket) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``sock``, a socket that already listens; returns the runner and its port.
+    Cleaning up the runner closes this process's copy of the socket."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(sock.getsockname()[1])
 
 
 def is_loopback(host: str) -> bool:
