@@ -102,6 +102,7 @@ async def open_bot(
             await store.prepare()
         else:
             log.warning("Redis is not reachable at start-up; answering from Slack until it is")
+            store.prepare_when_reachable()
         budget = EditBudget(
             store.budgets,
             per_minute=settings.edit_budget_per_minute,

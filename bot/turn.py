@@ -118,10 +118,10 @@ class Limits:
             team_used, user_used = await usage.tokens_today(inbound.team, inbound.user)
             if self.workspace_daily_tokens and team_used >= self.workspace_daily_tokens:
                 note = QUOTA_TEXT.format(whose="This workspace's")
-                return await self._once(store, inbound, "quota", 86400, note)
+                return await self._once(store, inbound, "quota-team", 86400, note)
             if self.user_daily_tokens and user_used >= self.user_daily_tokens:
                 note = QUOTA_TEXT.format(whose="Your")
-                return await self._once(store, inbound, "quota", 86400, note)
+                return await self._once(store, inbound, "quota-user", 86400, note)
         if self.user_requests:
             wait = await usage.hit_rate(
                 inbound.team, inbound.user, limit=self.user_requests, window_s=self.user_window_s
@@ -252,6 +252,8 @@ class Turns:
             self._count("deduplicated")
             return
         self._count("answered")
+        if not inbound.text and not (inbound.mentioned or inbound.is_dm):
+            return  # nothing to answer and no note to post (e.g. a file shared in a thread)
         # Empty mentions count against the limits too: help notes are posts like any other.
         refusal = await self._limits.refusal(self._store, inbound)
         if refusal is not None:

@@ -468,9 +468,11 @@ async def test_an_upgrade_renames_the_old_keys_and_keeps_their_ttls(
         raw.hset("slackbot:feedback:T1:C1:17.2", "U1", "good")
         raw.hset("slackbot:usage:T1:20261205", "team:total_tokens", 7)
         raw.set("slackbot:seen:msg:T1:C1:17.3", "1", ex=60)
-        # Written by an upgraded replica meanwhile: the newer copy wins.
+        # Written by an upgraded replica meanwhile: merged, the older turns first.
         raw.rpush("slackbot:{T1}:thread:C1:17.4", Turn("user", "newer", "U1").to_json())
         raw.rpush("slackbot:thread:T1:C1:17.4", Turn("user", "older", "U1").to_json())
+        raw.hset("slackbot:{T1}:usage:20261205", "team:total_tokens", 3)
+        raw.hset("slackbot:{T1}:feedback:C1:17.2", "U1", "bad")  # the newer vote
         raw.set("slackbot:unrelated", "1")
         raw.delete("slackbot:schema")
 
@@ -479,21 +481,29 @@ async def test_an_upgrade_renames_the_old_keys_and_keeps_their_ttls(
             assert await migrate(store.guard, KeySchema(), cluster=True) == 0
             assert raw.get("slackbot:schema") == b"2"
             return
-        assert await migrate(store.guard, KeySchema()) == 5
+        assert await migrate(store.guard, KeySchema()) == 3  # renamed; the 3 merged not counted
         assert [
             t.text for t in await store.history.history(ThreadKey("T1", "C1", "17.1")) or []
         ] == ["kept"]
         assert 0 < raw.ttl("slackbot:{T1}:thread:C1:17.1") <= 500
         assert await store.history.participation(ThreadKey("T1", "C1", "17.1")) is Participation.YES
-        assert raw.hget("slackbot:{T1}:usage:20261205", "team:total_tokens") == b"7"
+        assert raw.hget("slackbot:{T1}:usage:20261205", "team:total_tokens") == b"10"  # 7 + 3
+        assert raw.hget("slackbot:{T1}:feedback:C1:17.2", "U1") == b"bad"
         assert await store.dedupe.first_sighting("T1", "C1", "17.3", None) is Sighting.REPEAT
         assert [
             t.text for t in await store.history.history(ThreadKey("T1", "C1", "17.4")) or []
-        ] == ["newer"]
+        ] == ["older", "newer"]
         assert raw.exists("slackbot:thread:T1:C1:17.4", "slackbot:thread:T1:C1:17.1") == 0
         assert raw.get("slackbot:unrelated") == b"1"
         assert raw.get("slackbot:schema") == b"2"
         assert await migrate(store.guard, KeySchema()) == 0  # once
+        # A replica of the old version still writing during a rolling upgrade: read there.
+        raw.rpush("slackbot:thread:T1:C1:17.5", Turn("user", "from an old replica", "U1").to_json())
+        raw.set("slackbot:engaged:T1:C1:17.6", "1")
+        late = ThreadKey("T1", "C1", "17.5")
+        assert [t.text for t in await store.history.history(late) or []] == ["from an old replica"]
+        assert await store.history.participation(late) is Participation.YES
+        assert await store.history.participation(ThreadKey("T1", "C1", "17.6")) is Participation.YES
     finally:
         raw.close()
 

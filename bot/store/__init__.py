@@ -130,6 +130,22 @@ class Store:
         await self.history.begin_epoch()
         await self.check_eviction()
 
+    def prepare_when_reachable(self) -> None:
+        """Redis was down at start-up: ``prepare`` once it answers (a plain URL to a cluster
+        node is then only logged: the bot is already running)."""
+        done = False
+
+        async def once() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                try:
+                    await self.prepare()
+                except ConfigError as exc:
+                    log.error("%s", "; ".join(exc.problems))
+
+        self.guard.on_recovery(once)
+
     async def check_eviction(self) -> None:
         """Warn when Redis may evict keys under memory pressure: a thread's keys evicted while
         the store's epoch stays would make the bot ignore follow-ups there."""

@@ -81,7 +81,7 @@ async def close_redis(redis: aioredis.Redis) -> None:
 def _client(url: str, *, check_only: bool) -> Any:
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in STANDALONE_SCHEMES:
-        if "," in urlsplit(url).netloc:
+        if "," in urlsplit(url).netloc.rpartition("@")[2]:  # hosts, not a password
             raise ConfigError(
                 [
                     "REDIS_URL: several hosts in a redis:// URL; use redis+cluster://h1:p1,h2:p2 "
@@ -101,7 +101,10 @@ def _client(url: str, *, check_only: bool) -> Any:
         )
         return aioredis.Redis.from_pool(pool)
     if scheme in CLUSTER_SCHEMES:
-        parts = _parse(url, "redis+cluster://[user:password@]host:port[,host:port…][/]")
+        form = "redis+cluster://[user:password@]host:port[,host:port…][/0]"
+        parts = _parse(url, form)
+        if parts.path not in ([], ["0"]) or parts.query:
+            raise ConfigError([f"REDIS_URL: a Cluster has only database 0 and no options: {form}"])
         if check_only:
             return None
         return RedisCluster(

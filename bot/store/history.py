@@ -18,6 +18,7 @@ import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -69,11 +70,21 @@ class ThreadMemory:
     async def history(self, key: ThreadKey) -> list[Turn] | None:
         """The thread's stored turns, oldest first. While Redis is down: what this process
         wrote of the thread meanwhile, or None (the store cannot say)."""
-        name = self._keys.thread(key)
-        raw = await self._guard.attempt(lambda r: r.lrange(name, 0, -1), "history", None)
+        name, legacy = self._keys.thread(key), self._keys.legacy_thread(key)
+
+        async def read(r: aioredis.Redis) -> list[Any]:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.lrange(name, 0, -1)
+                # Turns a replica of the previous version wrote after the keys were renamed
+                # (a rolling upgrade): read under the old name until its TTL runs out.
+                pipe.lrange(legacy, 0, -1)
+                return list(await pipe.execute())
+
+        raw = await self._guard.attempt(read, "history", None)
         if raw is None:
             return self._outage_turns.get(key)
-        return [Turn.from_json(item) for item in raw]
+        current, older = raw
+        return [Turn.from_json(item) for item in [*older, *current]]
 
     async def participation(self, key: ThreadKey) -> Participation:
         """Whether the bot answered (or is answering) in this thread, if the store can say."""
@@ -84,18 +95,22 @@ class ThreadMemory:
         names = (self._keys.thread(key), self._keys.engaged(key))
         not_mine, epoch_key = self._keys.not_mine(key), self._keys.epoch
 
+        legacy = (self._keys.legacy_thread(key), self._keys.legacy_engaged(key))
+
         async def look(r: aioredis.Redis) -> list[object]:
             async with r.pipeline(transaction=False) as pipe:
                 pipe.exists(*names)
                 pipe.exists(not_mine)
                 pipe.get(epoch_key)
+                for name in legacy:  # see history(); one key a command (slots differ)
+                    pipe.exists(name)
                 return list(await pipe.execute())
 
         try:
-            known, refused, epoch = await self._guard.run(look, "participation")
+            known, refused, epoch, *old = await self._guard.run(look, "participation")
         except StoreUnavailable:
             return Participation.UNKNOWN
-        if known:
+        if known or any(old):
             return Participation.YES
         if refused:
             return Participation.NO

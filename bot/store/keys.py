@@ -47,12 +47,12 @@ from dataclasses import dataclass
 
 from bot.conversation import ThreadKey
 
-# Schema 1 kinds of per-workspace keys, and how many ':'-separated parts follow the team id.
+# Schema 1 kinds of per-workspace keys, and how many ':'-separated parts follow the team id
+# (locks are leases of seconds: not renamed, an old holder's release must still find its own).
 _WORKSPACE_KINDS = {
     "thread": 2,
     "engaged": 2,
     "notmine": 2,
-    "lock": 2,
     "budget": 1,
     "pause": 1,
     "active": 1,
@@ -136,6 +136,13 @@ class KeySchema:
 
     def feedback(self, team: str, channel: str, message_ts: str) -> str:
         return f"{self._team(team)}:feedback:{channel}:{message_ts}"
+
+    def legacy_thread(self, key: ThreadKey) -> str:
+        """A thread's turns under schema 1 (an old replica may still write there)."""
+        return f"{self.prefix}:thread:{key.team}:{key.channel}:{key.thread_ts}"
+
+    def legacy_engaged(self, key: ThreadKey) -> str:
+        return f"{self.prefix}:engaged:{key.team}:{key.channel}:{key.thread_ts}"
 
     def renamed(self, legacy: str) -> str | None:
         """Today's name of a schema-1 key (None: not one, or it keeps its name).

@@ -3,16 +3,21 @@ upgrade keeps every thread's memory, feedback and usage.
 
     renamed = await migrate(guard, KeySchema())    # 0 when the store is already on schema 2
 
-Run at start-up, before the bot takes events. One process renames (the others wait for it, up to
-a minute); a key that already exists under its new name (written by an upgraded replica) wins
-over its old copy. Keys keep their TTLs (RENAMENX). Under Redis Cluster there is nothing to
-rename: schema 1 could not run there.
+Run at start-up, before the bot takes events (and, if Redis was down then, once it answers). One
+process renames (the others wait for it, up to ``_WAIT_S``); keys keep their TTLs. A key that
+already exists under its new name (a replica of the new version wrote it, e.g. during a rolling
+upgrade) is merged with its old copy: a thread's older turns go in front of the newer ones, a
+day's usage counters are added, votes keep the newer. Keys written under old names by replicas
+of the old version after this ran are read under their old names until their TTL runs out
+(bot/store/history.py). Under Redis Cluster there is nothing to rename: schema 1 could not run
+there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -22,8 +27,9 @@ from bot.store.keys import KeySchema
 log = logging.getLogger("bot.store")
 
 SCHEMA = "2"
-_BATCH = 500
-_WAIT_S = 60.0
+_BATCH = 200
+_WAIT_S = 20.0  # well within a Kubernetes start-up probe's budget
+_LOCK_S = 30
 
 
 async def migrate(guard: Guard, keys: KeySchema, *, cluster: bool = False) -> int:
@@ -36,11 +42,11 @@ async def migrate(guard: Guard, keys: KeySchema, *, cluster: bool = False) -> in
         await guard.attempt(lambda r: r.set(keys.schema, SCHEMA), "migrate", None)
         return 0
     lock = f"{keys.schema}:migrating"
-    if not await guard.attempt(lambda r: r.set(lock, "1", nx=True, ex=120), "migrate", None):
+    if not await guard.attempt(lambda r: r.set(lock, "1", nx=True, ex=_LOCK_S), "migrate", None):
         await _wait_for(guard, keys)
         return 0
     try:
-        renamed = await guard.attempt(lambda r: _rename_all(r, keys), "migrate", -1)
+        renamed = await guard.attempt(lambda r: _rename_all(r, keys, lock), "migrate", -1)
         if renamed >= 0:
             await guard.attempt(lambda r: r.set(keys.schema, SCHEMA), "migrate", None)
             if renamed:
@@ -50,7 +56,8 @@ async def migrate(guard: Guard, keys: KeySchema, *, cluster: bool = False) -> in
         await guard.attempt(lambda r: r.delete(lock), "migrate", None)
 
 
-async def _rename_all(r: aioredis.Redis, keys: KeySchema) -> int:
+async def _rename_all(r: aioredis.Redis, keys: KeySchema, lock: str) -> int:
+    move = r.register_script(_MOVE_LUA)
     renamed = 0
     batch: list[tuple[bytes | str, str]] = []
     async for name in r.scan_iter(match=f"{keys.prefix}:*", count=1000):
@@ -58,20 +65,41 @@ async def _rename_all(r: aioredis.Redis, keys: KeySchema) -> int:
         if new is not None:
             batch.append((name, new))
         if len(batch) >= _BATCH:
-            renamed += await _rename(r, batch)
+            renamed += await _move(r, move, batch)
             batch = []
-    return renamed + (await _rename(r, batch) if batch else 0)
+            await r.expire(lock, _LOCK_S)  # still at it
+    return renamed + (await _move(r, move, batch) if batch else 0)
 
 
-async def _rename(r: aioredis.Redis, batch: list[tuple[bytes | str, str]]) -> int:
+async def _move(r: aioredis.Redis, move: Any, batch: list[tuple[bytes | str, str]]) -> int:
     async with r.pipeline(transaction=False) as pipe:
         for old, new in batch:
-            pipe.renamenx(old, new)
+            counters = ":usage:" in new
+            await move(keys=[old, new], args=[1 if counters else 0], client=pipe)
         results = await pipe.execute(raise_on_error=False)
-    stale = [old for (old, _), done in zip(batch, results, strict=True) if done == 0]
-    if stale:  # the new name was written since: it is the newer copy
-        await r.delete(*stale)
     return sum(1 for done in results if done == 1)
+
+
+# KEYS: the old name, the new name.  ARGV: 1 when a hash's fields are counters.  Renames, or
+# (the new name exists) merges the old copy into it: a list's old items go in front, a hash's
+# counters are added and its other fields kept where the new copy has them; anything else (a
+# marker, a lease) keeps the new copy.  Returns 1 when renamed, 2 when merged.
+_MOVE_LUA = """
+if redis.call('RENAMENX', KEYS[1], KEYS[2]) == 1 then return 1 end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'list' then
+  local old = redis.call('LRANGE', KEYS[1], 0, -1)
+  for i = #old, 1, -1 do redis.call('LPUSH', KEYS[2], old[i]) end
+elseif kind == 'hash' then
+  local old = redis.call('HGETALL', KEYS[1])
+  for i = 1, #old, 2 do
+    if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[2], old[i], old[i + 1])
+    else redis.call('HSETNX', KEYS[2], old[i], old[i + 1]) end
+  end
+end
+redis.call('DEL', KEYS[1])
+return 2
+"""
 
 
 async def _wait_for(guard: Guard, keys: KeySchema) -> None:
