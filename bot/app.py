@@ -90,25 +90,23 @@ def build_app(
             log.info("ignored malformed %s event: %s", event.get("type"), exc)
             return None
 
-    async def answer(
-        body: dict[str, Any],
-        event: dict[str, Any],
-        context: AsyncBoltContext,
-        request: AsyncBoltRequest,
-    ) -> None:
-        message = inbound(body, event, context, request)
-        if message is not None:
-            await turns.answer(message)
+    def answering(*, if_taking_part: bool) -> Callable[..., Awaitable[None]]:
+        """A listener that answers the event (see ``Turns.answer``)."""
 
-    async def answer_if_taking_part(
-        body: dict[str, Any],
-        event: dict[str, Any],
-        context: AsyncBoltContext,
-        request: AsyncBoltRequest,
-    ) -> None:
-        message = inbound(body, event, context, request)
-        if message is not None:
-            await turns.answer(message, if_taking_part=True)
+        async def handler(
+            body: dict[str, Any],
+            event: dict[str, Any],
+            context: AsyncBoltContext,
+            request: AsyncBoltRequest,
+        ) -> None:
+            message = inbound(body, event, context, request)
+            if message is not None:
+                await turns.answer(message, if_taking_part=if_taking_part)
+
+        return handler
+
+    answer = answering(if_taking_part=False)
+    answer_if_taking_part = answering(if_taking_part=True)
 
     async def stop(ack: AsyncAck, body: dict[str, Any]) -> None:
         await ack()
