@@ -5,7 +5,8 @@ Slack and fake model.
     .venv/bin/python -m bench.startup                   # 5 runs of each way to start
     .venv/bin/python -m bench.startup --runs 3 --preload 0 --bot-path /tmp/other
 
-Ways to start, taken in turn within each round so that the machine's noise falls on all alike:
+Ways to start, taken in turn within each round (each round begins with the next one), so that
+the machine's noise falls on all alike:
 
     fresh      no REDIS_URL, a new empty DATA_DIR: the embedded server starts on nothing
     warm       no REDIS_URL, the DATA_DIR of the first fresh run: the server loads its data
@@ -109,7 +110,7 @@ async def _compare(
         alone.append((f"server alone, {args.preload:,} messages", root / "preloaded"))
     await _launch(root / "warm-up", env(None, root / "warm-up"))
     for run in range(args.runs):
-        for way in ways:
+        for way in ways[run % len(ways) :] + ways[: run % len(ways)]:  # each first in turn
             data_dir = way.data_dir or root / f"fresh-{run}"
             if way.redis_url is not None:
                 data_dir = root / f"unused-{run}"
