@@ -1068,6 +1068,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--bot-env wants KEY=VALUE, got {item!r}")
         if item.split("=", 1)[0] == "STREAM_MODE":
             parser.error("set the stream mode with --mode, not --bot-env STREAM_MODE=…")
+    if args.bot_path and not (Path(args.bot_path) / "bot" / "__init__.py").is_file():
+        # Else the child finds no package there and silently runs ./bot: a "before" that is "after".
+        parser.error(
+            f"--bot-path {args.bot_path}: no bot/__init__.py there (give the folder holding bot/)"
+        )
     return args
 
 
