@@ -231,7 +231,9 @@ async def open_bot(
 
         # The ops endpoints have a listener of their own (loopback unless OPS_HOST says
         # otherwise): Slack's public port serves /slack/events and nothing else.
-        ops = build_ops_app(metrics=metrics, checks={"slack": slack_ready, "redis": store.ping})
+        ops = build_ops_app(
+            metrics=metrics, checks={"slack": slack_ready}, degrading={"redis": store.ping}
+        )
         if inherited is not None:
             ops_runner, ops_port = await serve_socket(ops, inherited.ops)
             log.info("this worker's ops endpoints on 127.0.0.1 port %d", ops_port)

@@ -6,7 +6,8 @@ POST /slack/events   Events API and interactivity; nothing else is served there
 
 Ops listener (both modes; ``OPS_HOST:OPS_PORT``, loopback by default, no authentication):
 GET  /healthz        200 while the process runs
-GET  /readyz         200 when Slack is connected and Redis answers, else 503 with reasons
+GET  /readyz         200 when Slack is connected (Redis down only degrades: named, still 200),
+                     else 503 with reasons
 GET  /metrics        Prometheus text format
 
 A request to /slack/events is checked before Bolt sees it, because Bolt parses a body (and
@@ -109,8 +110,12 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def build_ops_app(*, metrics: Metrics, checks: dict[str, Check]) -> web.Application:
-    """/healthz, /readyz (gated by ``checks``) and /metrics."""
+def build_ops_app(
+    *, metrics: Metrics, checks: dict[str, Check], degrading: dict[str, Check] | None = None
+) -> web.Application:
+    """/healthz, /readyz (gated by ``checks``; ``degrading`` ones are reported, never fail it:
+    the bot answers without Redis, so an outage must not take every replica out of service)
+    and /metrics."""
     app = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
@@ -118,10 +123,11 @@ def build_ops_app(*, metrics: Metrics, checks: dict[str, Check]) -> web.Applicat
 
     async def readyz(_: web.Request) -> web.Response:
         failing = [name for name, check in checks.items() if not await check()]
+        degraded = [name for name, check in (degrading or {}).items() if not await check()]
         status = 503 if failing else 200
         return web.Response(
             status=status,
-            text=json.dumps({"ok": not failing, "failing": failing}),
+            text=json.dumps({"ok": not failing, "failing": failing, "degraded": degraded}),
             content_type="application/json",
         )
 
