@@ -90,11 +90,16 @@ async def _run(settings: Settings, seat: WorkerSeat | None) -> None:
     from bot.compose import open_bot
 
     inherited = seat.sockets() if seat is not None else None
+    # Handled from the start: a signal during start-up (the embedded server may be running
+    # already) still ends in the orderly shutdown, rather than killing the process and leaving
+    # that server behind.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     async with open_bot(settings, inherited) as running:
         runtime.settle_heap()  # start-up is over: what it built stays, and is not scanned again
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, running.stopped.set)
+        running.stopped = stop
         orphaned = None
         if seat is not None:
             orphaned = asyncio.create_task(seat.stop_when_orphaned(running.stopped))

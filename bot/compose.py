@@ -310,4 +310,11 @@ async def _listen(app: Application, host: str, port: int, setting: str) -> tuple
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # Bounded: a Redis read that never returns (seen when shutdown follows the Stop relay's
+    # subscription within milliseconds) must not hold the process's exit.
+    done, stuck = await asyncio.wait(tasks, timeout=5.0)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved; a background duty's failure was logged where it failed
+    for task in stuck:
+        log.warning("background task %s did not stop in time; leaving it", task.get_name())

@@ -100,18 +100,20 @@ def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[
     remaining = budget_tokens - estimate_tokens(system) - estimate_tokens(AUTHORSHIP_NOTE)
     kept: list[Turn] = []
     for turn in reversed(history):
-        # A named person's text goes as a JSON string (escaped) with their id around it.
-        cost = (
-            estimate_tokens(json.dumps(turn.text, ensure_ascii=False)) + 8
-            if turn.author
-            else estimate_tokens(turn.text)
-        )
+        # Measured as it may be sent: a person's text as JSON with their id (see _content),
+        # and each message's own overhead.
+        cost = _cost(turn)
         if cost > remaining:
             if kept:
                 break
-            # The newest turn alone is over budget (a huge paste): keep its beginning.
-            turn = replace(turn, text=_truncated(turn.text, max(remaining, 64)))
-            cost = remaining
+            # The newest turn alone is over budget (a huge paste): keep its beginning, measured
+            # as it will be sent (a named person's text is JSON-escaped: up to 6× its bytes).
+            room = max(remaining, 64)
+            cut = replace(turn, text=_truncated(turn.text, room))
+            while _cost(cut) > room and len(cut.text) > len(TRUNCATED_MARK):
+                shorter = max(1, (estimate_tokens(cut.text) * 3) // 4)
+                cut = replace(turn, text=_truncated(turn.text, shorter))
+            turn, cost = cut, remaining
         kept.append(turn)
         remaining -= cost
     kept.reverse()
@@ -139,6 +141,10 @@ def _truncated(text: str, tokens: int) -> str:
     budget_bytes = max(0, (tokens - 4) * 4 - len(TRUNCATED_MARK.encode()))
     head = text.encode("utf-8")[:budget_bytes].decode("utf-8", errors="ignore")
     return head + TRUNCATED_MARK
+
+
+def _cost(turn: Turn) -> int:
+    return estimate_tokens(_content(turn, named=True)) + 4
 
 
 def _content(turn: Turn, *, named: bool) -> str:

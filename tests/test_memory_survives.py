@@ -332,3 +332,33 @@ async def test_recovery_waits_until_slack_shows_the_message_before_finishing_it(
     assert not working(shown(slack, ts))
     assert "please ask again" in str(shown(slack, ts).blocks)
     assert shown(slack, ts).text == "half an answ"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_a_sigterm_during_start_up_leaves_no_server_behind(
+    llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    # Slack answering slowly holds the bot in its start-up after its embedded server is up.
+    async with FakeSlack(latency=1.0) as slow:
+        env = bot_env(slow, llm, None, DATA_DIR=str(tmp_path / "data"))
+        proc = await spawn_bot(tmp_path / "bot.log", env)
+        pid_file = tmp_path / "data" / "server.pid"
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        server = int(pid_file.read_text())
+        assert slow.connected == 0  # still starting
+        assert await stop_bot(proc) == 0  # the orderly way out, not killed by the signal
+    for _ in range(200):
+        if not _running(server):
+            break
+        await asyncio.sleep(0.05)
+    assert not _running(server), "the embedded server outlived the bot"
