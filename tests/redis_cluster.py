@@ -257,19 +257,7 @@ class RedisCluster3:
         if self.running:
             return
         self.stop()  # whatever is left of a cluster that lost a node
-        began = time.monotonic()
-        for attempt in range(3):
-            try:
-                self._start_once()
-                break
-            except PortTaken:
-                self.stop()
-                if attempt == 2:
-                    raise
-            except BaseException:
-                self.stop()
-                raise
-        self.startup_seconds = time.monotonic() - began
+        self.startup_seconds = start_retrying(self._start_once, self.stop)
 
     def _start_once(self) -> None:
         ports = free_ports(2 * self.MASTERS)
@@ -355,3 +343,21 @@ class RedisCluster3:
         procs, self._procs = self._procs, []
         for proc in procs:
             terminate(proc)
+
+
+def start_retrying(start_once: Callable[[], None], stop: Callable[[], None]) -> float:
+    """``start_once()`` up to three times (free ports can be taken before the server binds
+    them), ``stop()`` after each failure; the seconds it took."""
+    began = time.monotonic()
+    for attempt in range(3):
+        try:
+            start_once()
+            break
+        except PortTaken:
+            stop()
+            if attempt == 2:
+                raise
+        except BaseException:
+            stop()
+            raise
+    return time.monotonic() - began

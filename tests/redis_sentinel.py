@@ -27,13 +27,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 from tests.redis_cluster import (
     HOST,
-    PortTaken,
     RespError,
     check_alive,
     command,
@@ -42,6 +40,7 @@ from tests.redis_cluster import (
     redis_binary,
     server_args,
     spawn,
+    start_retrying,
     terminate,
     wait_until,
 )
@@ -125,19 +124,7 @@ class SentinelSet:
         if self.running:
             return
         self.stop()  # whatever is left of a set that lost a process
-        began = time.monotonic()
-        for attempt in range(3):
-            try:
-                self._start_once()
-                break
-            except PortTaken:
-                self.stop()
-                if attempt == 2:
-                    raise
-            except BaseException:
-                self.stop()
-                raise
-        self.startup_seconds = time.monotonic() - began
+        self.startup_seconds = start_retrying(self._start_once, self.stop)
 
     def _data_args(self, port: int, node_dir: Path, *extra: str) -> list[str]:
         auth = ["--requirepass", self.password, "--masterauth", self.password]
