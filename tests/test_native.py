@@ -390,3 +390,27 @@ async def test_an_answer_too_long_for_one_native_message_continues_in_the_thread
     shown = [p for m in replies for p in m.text.split("\n\n")]
     assert [p.strip() for p in shown] == [p.strip() for p in paragraphs]  # each once, in order
     assert has_feedback(replies[-1]) and not any(has_feedback(m) for m in replies[:-1])
+
+
+async def test_the_first_text_shows_right_after_the_first_token_even_with_a_long_interval(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    # Appends are paced 30 s apart; the model sends one word, then nothing until the idle
+    # timeout ends the answer 4 s later. The word must show while the model is still silent,
+    # not one append interval after the stream opened (nor only when the answer ends).
+    llm.script(Answer(text="Hello there", chunk_size=6, ttft=0.3, stall_after=1))
+    async with start_bot(stream_mode="native", native_flush_interval=30.0, model_idle_timeout=4):
+        event = mention_event("one word please")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        assert start.args.get("markdown_text", "") == ""  # a channel's stream opens empty
+        ts = start.response["ts"]
+        await slack.wait_for(
+            lambda: slack.message("C0CHAN", ts).text == "Hello ", timeout=10, what="first text"
+        )
+        still_writing = llm.requests[0].outcome == "open"
+        final = await settled(slack, "C0CHAN", ts, "the interrupted answer")
+
+    assert still_writing  # shown before the model's silence ended the answer
+    assert slack.ok_calls("chat.appendStream")[0].args["markdown_text"] == "Hello "
+    assert final.text == "Hello " and any("interrupted" in note for note in notes(final))
