@@ -1,10 +1,11 @@
 """The benchmark's world: a fake Slack with one rate-limit budget per workspace, the bot as a child
-process (``python -m bot``, i.e. the real composition root ``bot.compose.open_bot``) and a meter
-that reads the child's CPU time and memory from ``/proc``.
+process (``python -m bot``, i.e. the real composition root ``bot.compose.open_bot``; with
+``WORKERS`` > 1 a supervisor and its workers) and a meter that reads the CPU time and memory of
+the bot's processes from ``/proc``.
 
     async with WorkspaceSlack(latency=0.1) as slack, FakeOpenAI() as llm:
         async with bot_process(bot_env(slack, llm, redis_url, {}), log_path) as proc:
-            meter = ProcessMeter(proc.pid)
+            meter = ProcessMeter(proc.pid)   # the process and its workers
             meter.cpu_seconds(), meter.rss_kib(), meter.peak_rss_kib()
 
 Everything listens on 127.0.0.1 only.
@@ -15,12 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.bot_process import bot_env as test_bot_env
 from tests.bot_process import stop_bot
@@ -103,11 +109,13 @@ async def on_own_thread(llm: FakeOpenAI) -> AsyncIterator[FakeOpenAI]:
 def bot_env(
     slack: FakeSlack,
     llm: FakeOpenAI,
-    redis_url: str,
+    redis_url: str | None,
     overrides: Mapping[str, str],
     bot_path: Path | None = None,
 ) -> dict[str, str]:
     """The child's environment with the bot's production defaults (see tests/bot_process.py).
+
+    ``redis_url``: None for the embedded store (then ``overrides`` names its ``DATA_DIR``).
 
     ``bot_path``: a folder holding another ``bot`` package to run instead of this checkout's
     (a patched copy, to measure a proposed change before and after).
@@ -148,37 +156,138 @@ async def bot_process(
                 pass  # killed by stop_bot; the run's figures are already taken
 
 
+_OPS_LINE = re.compile(
+    r"ops endpoints \(/healthz, /readyz, /metrics\)(?: of \d+ workers)? on \S+ port (\d+)"
+)
+
+
+async def replies_by_worker(log_path: Path) -> dict[str, dict[str, float]]:
+    """The bot's ``slackbot_replies_total`` so far by worker, then outcome, from its /metrics
+    (the port its log names; with ``WORKERS`` > 1 the supervisor's, whose series carry a
+    ``worker`` label; a single process is worker "0").
+
+        await replies_by_worker(log)   # {'0': {'started': 501.0, 'complete': 501.0}, '1': …}
+    """
+    found = _OPS_LINE.search(log_path.read_text(errors="replace"))  # noqa: ASYNC240 (small, local)
+    if found is None:
+        raise RuntimeError(f"the bot's log names no ops port; see {log_path}")
+    url = f"http://127.0.0.1:{found.group(1)}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        response.raise_for_status()
+        text = await response.text()
+    counts: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "slackbot_replies_total":
+                worker = counts.setdefault(sample.labels.get("worker", "0"), {})
+                outcome = sample.labels.get("outcome", "")
+                worker[outcome] = worker.get(outcome, 0.0) + sample.value
+    return counts
+
+
 def _open_log(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("wb")
 
 
-class ProcessMeter:
-    """CPU seconds and memory of one process, read from ``/proc`` (Linux)."""
+_TICKS = os.sysconf("SC_CLK_TCK")
 
-    _TICKS = os.sysconf("SC_CLK_TCK")
+
+class ProcessMeter:
+    """CPU seconds and memory of a process and of its descendants that run the same program,
+    read from ``/proc`` (Linux).
+
+    With ``WORKERS`` > 1 the bot is a supervisor and its workers (``python -m bot --worker I``),
+    all counted together; the embedded store's server, a child too, runs another program and is
+    not (the benchmark meters the store's servers apart: ``cpu_seconds_of``). A process that
+    has exited counts no more, so a worker restarted during a run lowers the sum: ``pids()``
+    tells.
+    """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._program = _program(pid)
+
+    def pids(self) -> list[int]:
+        """The root and every live descendant running its program."""
+        children: defaultdict[int, list[int]] = defaultdict(list)
+        for pid, ppid in _parents().items():
+            children[ppid].append(pid)
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            if pid == self.pid or _program(pid) == self._program:
+                found.append(pid)
+                todo += children.get(pid, [])
+        return sorted(found)
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / self._TICKS  # utime, stime
+        """User + system CPU time so far, summed over ``pids()``."""
+        return cpu_seconds_of(self.pids())
 
     def rss_kib(self) -> int:
-        return self._status_kib("VmRSS")
+        return sum(_status_kib(pid, "VmRSS") for pid in self.pids())
 
     def peak_rss_kib(self) -> int:
-        """The high-water mark of the resident set since the process started (VmHWM)."""
-        return self._status_kib("VmHWM")
+        """The high-water mark of each process's resident set since it started (VmHWM),
+        summed: an upper bound of the processes' peak together."""
+        return sum(_status_kib(pid, "VmHWM") for pid in self.pids())
 
-    def _status_kib(self, name: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-        raise RuntimeError(f"{name} missing from /proc/{self.pid}/status")
+
+def cpu_seconds_of(pids: Iterable[int]) -> float:
+    """User + system CPU time so far of these processes (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (not idle or waiting for I/O) since
+    boot (``/proc/stat``): what other work on a shared machine took is this minus ours."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state first); [] if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields:
+                parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def _program(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _status_kib(pid: int, name: str) -> int:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0  # gone
+    for line in lines:
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 class LoopLag:

@@ -26,10 +26,11 @@ _IDLE_LEAVES = ("EpollSelector.select ", "_worker (concurrent/futures/thread.py)
 class Profiler:
     """py-spy recording the bot in its "raw" (collapsed stack) format until ``stop``."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 100, subprocesses: bool = False) -> None:
         self.pid = pid
         self.out = out
         self.rate = rate
+        self.subprocesses = subprocesses  # its child processes too (a supervisor's workers)
         self._proc: asyncio.subprocess.Process | None = None
         self.error: str | None = None
 
@@ -50,6 +51,7 @@ class Profiler:
             str(self.out),
             "--pid",
             str(self.pid),
+            *(["--subprocesses"] if self.subprocesses else []),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )

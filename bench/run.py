@@ -4,11 +4,14 @@ and how closely Slack shows them, what that costs in Slack calls, CPU and memory
     python -m bench.run --n 20 --workspaces 1          # one point
     python -m bench.run --n 20 --mode edit             # the edit renderer only
     python -m bench.run --sweep                        # N = 1, 20, 200, 1000 (20 per workspace)
+    python -m bench.run --n 1000 --per-workspace 1 --workers 2 --redis cluster
 
 The bot runs as a child process (``python -m bot``: settings from the environment, then the
-composition root ``bot.compose.open_bot``) against a private redis-server and the fake Slack and
-fake model, which run in this process on 127.0.0.1. Writes ``bench/out/bench-*.json``, PNG
-charts (with matplotlib, the ``bench`` extra) and a table on stdout. See bench/README.md.
+composition root ``bot.compose.open_bot``; with ``--workers N`` > 1 a supervisor and N worker
+processes) against a private redis-server (``--redis standalone``, the default), a private
+3-master Redis Cluster (``cluster``) or its own embedded server (``embedded``), and the fake
+Slack and fake model, which run in this process on 127.0.0.1. Writes ``bench/out/bench-*.json``,
+PNG charts (with matplotlib, the ``bench`` extra) and a table on stdout. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -30,11 +33,10 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
-
-import redis as redis_sync
 
 from bench.analysis import (
     RENDERERS,
@@ -60,22 +62,40 @@ from bench.harness import (
     WorkspaceSlack,
     bot_env,
     bot_process,
+    cpu_seconds_of,
+    machine_busy_seconds,
     on_own_thread,
+    replies_by_worker,
 )
 from bench.profiling import Profiler, summarize_profile
-from bot.config import Settings
+from bench.stores import (
+    STORE_KINDS,
+    BenchStore,
+    StoreKind,
+    command_counts,
+    open_store,
+    server_pids,
+)
+from bot.config import Settings, usable_cores
 from bot.render.reply import INDICATOR_BLOCK_ID
 from bot.render.text import render
 from tests.fakes.openai import Answer, FakeOpenAI, Request
 from tests.fakes.slack import DEFAULT_BUDGETS, Call, mention_event
-from tests.redis_server import RedisServer
+from tests.redis_cluster import RedisCluster3
 
 OUT = Path(__file__).resolve().parent / "out"
 CHARS_PER_TOKEN = 4  # the usual rough size of a token of English text
 SWEEP = (1, 20, 200, 1000)
 StreamMode = Literal["auto", "native", "edit"]
 MODES: tuple[str, ...] = get_args(StreamMode)
-_TAG = re.compile(r"bench-q(\d+|warmup)")
+_TAG = re.compile(r"bench-q(\d+|warmup\d*)")
+#: Bot settings the benchmark's own options set (the store, the worker processes).
+_OWN_SETTINGS = {
+    "STREAM_MODE": "--mode",
+    "WORKERS": "--workers",
+    "REDIS_URL": "--redis",
+    "DATA_DIR": "--redis embedded",
+}
 _WORDS = (
     "the reply grows as the model writes and slack shows it a little later while every "
     "workspace shares one budget of edits so the renderer spaces them fairly between answers "
@@ -98,7 +118,9 @@ class Scenario:
     # The bot's STREAM_MODE: ``auto`` (production's default: a native stream where one may be
     # used, which a mention in a channel thread is), ``native`` or ``edit``.
     mode: StreamMode = "auto"
-    bot_env: dict[str, str] = field(default_factory=dict)  # must not set STREAM_MODE
+    bot_env: dict[str, str] = field(default_factory=dict)  # none of _OWN_SETTINGS
+    workers: int = 1  # the bot's WORKERS: > 1 runs a supervisor and that many bot processes
+    redis: StoreKind = "standalone"  # the store: redis-server, a 3-master cluster, embedded
     timeout: float | None = None  # None: derived from the load
     profile: bool = False
     seed: int = 7
@@ -107,16 +129,22 @@ class Scenario:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if "STREAM_MODE" in self.bot_env:
-            raise ValueError("the stream mode is Scenario.mode (--mode), not bot_env STREAM_MODE")
+        for name, option in _OWN_SETTINGS.items():
+            if name in self.bot_env:
+                raise ValueError(f"{name} is set by the benchmark ({option}), not by bot_env")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.redis not in STORE_KINDS:
+            raise ValueError(f"redis must be one of {', '.join(STORE_KINDS)}, not {self.redis!r}")
 
     @property
     def per_workspace(self) -> int:
         return math.ceil(self.n / self.workspaces)
 
     def env(self) -> dict[str, str]:
-        """The bot settings this point sets: ``bot_env`` and the stream mode."""
-        return {**self.bot_env, "STREAM_MODE": self.mode}
+        """The bot settings this point sets: ``bot_env``, the stream mode and the workers (the
+        store's settings come from the store)."""
+        return {**self.bot_env, "STREAM_MODE": self.mode, "WORKERS": str(self.workers)}
 
     def deadline(self) -> float:
         """Seconds the run may take: the stream, the edit budget's queue, and a margin."""
@@ -142,6 +170,8 @@ class PointResult:
     replies: list[Reply]
     summary: dict[str, Any]
     bot: dict[str, Any]
+    store: dict[str, Any]
+    machine_load: dict[str, Any]
     load_generator: dict[str, Any]
     profile: dict[str, Any] | None
     targets: dict[str, Any]
@@ -154,6 +184,8 @@ class PointResult:
             "scenario": scenario,
             "summary": self.summary,
             "bot": self.bot,
+            "store": self.store,
+            "machine_load": self.machine_load,
             "load_generator": self.load_generator,
             "targets": self.targets,
             "profile": self.profile,
@@ -392,15 +424,19 @@ async def _wait_until(
     return True
 
 
-async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointResult:
-    """Start the fakes and the bot, warm it up, send ``n`` mentions at once, wait for every
-    reply's final form (or the deadline), and measure."""
-    redis.flush()
+async def run_point(scenario: Scenario, store: BenchStore, out: Path, workdir: Path) -> PointResult:
+    """Start the fakes and the bot on an empty ``store``, warm it up, send ``n`` mentions at
+    once, wait for every reply's final form (or the deadline), and measure. ``workdir``: a
+    folder for this point's files that are not results (the embedded store's data)."""
+    name = f"N{scenario.n}-M{scenario.workspaces}-W{scenario.workers}-{scenario.redis}"
+    store_env = store.bot_settings(workdir / name)
     chars = scenario.answer_tokens * CHARS_PER_TOKEN
     answers = {
         str(i): answer_text(i, chars, scenario.seed) for i in range(scenario.n)
     }  # the model's answer to each conversation, by tag
     answers["warmup"] = "Warming up."
+    warmups = [f"warmup{w}" for w in range(scenario.workers)]  # one per connection
+    answers.update(dict.fromkeys(warmups, answers["warmup"]))
 
     def responder(body: dict[str, Any]) -> Answer:
         request = Request(path="", body=body, headers={}, at=0.0)
@@ -416,41 +452,70 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
         latency=scenario.slack_latency, connection_latency=scenario.slack_connection_latency
     )
     llm = FakeOpenAI(default=responder)
-    log_path = out / f"bot-N{scenario.n}-M{scenario.workspaces}.log"
+    log_path = out / f"bot-{name}.log"
     async with slack, on_own_thread(llm):
         bot_path = Path(scenario.bot_path) if scenario.bot_path else None
-        env = bot_env(slack, llm, redis.url, scenario.env(), bot_path)
+        env = bot_env(slack, llm, None, {**store_env, **scenario.env()}, bot_path)
         async with bot_process(env, log_path) as proc:
+            # Each worker opens its own Socket Mode connection; Slack (the fake: round robin)
+            # spreads the events over them.
+            start_up = 60 + 30 * (scenario.workers - 1)  # worker 0 first, then the others
             connected = await _wait_until(
-                lambda: slack.connected >= 1, 60, proc=proc, what="Socket Mode"
+                lambda: slack.connected >= scenario.workers,
+                start_up,
+                proc=proc,
+                what="Socket Mode",
             )
             if not connected:
-                raise RuntimeError(f"the bot did not connect within 60 s; see {log_path}")
+                raise RuntimeError(
+                    f"{slack.connected} of {scenario.workers} Socket Mode connection(s) within "
+                    f"{start_up} s; see {log_path}"
+                )
             tracker = _Tracker(slack, llm, answers, quiet_after=scenario.quiet_after())
             meter = ProcessMeter(proc.pid)
 
-            # Warm-up: Bolt's one-time auth.test, first connections, imports on first use.
-            await slack.send_event(
-                mention_event("bench-qwarmup", channel="CWARMUP", team="TWARMUP"),
-                team_id="TWARMUP",
-            )
+            # Warm-up, one mention per connection (so per worker): Bolt's one-time auth.test,
+            # first connections, imports on first use.
+            for index, tag in enumerate(warmups):
+                await slack.send_event(
+                    mention_event(f"bench-q{tag}", channel=f"CWARMUP{index}", team="TWARMUP"),
+                    team_id="TWARMUP",
+                    socket=index,
+                )
 
             def warm() -> bool:
                 tracker.poll()
-                return tracker.finished("warmup", "CWARMUP") or tracker.quiet()
+                return (
+                    all(tracker.finished(t, f"CWARMUP{i}") for i, t in enumerate(warmups))
+                    or tracker.quiet()
+                )
 
-            if not await _wait_until(warm, 30, proc=proc, what="the warm-up reply"):
-                raise RuntimeError(f"the warm-up reply did not finish in 30 s; see {log_path}")
+            if not await _wait_until(warm, 30, proc=proc, what="the warm-up replies"):
+                raise RuntimeError(f"the warm-up replies did not finish in 30 s; see {log_path}")
+            bot_pids = meter.pids()
+            expected = scenario.workers + (scenario.workers > 1)  # the supervisor
+            if len(bot_pids) != expected:
+                raise RuntimeError(
+                    f"{len(bot_pids)} bot processes ({bot_pids}), expected {expected} with "
+                    f"WORKERS={scenario.workers}; see {log_path}"
+                )
+            stores = server_pids(store)
+            replies_before = await replies_by_worker(log_path)
 
             calls_from = len(slack.calls)
             requests_from = len(llm.requests)
-            commands_before = _redis_commands(redis.url)
+            commands_before = command_counts(store)
             rss_before = meter.rss_kib()
             profiler = None
             if scenario.profile:
-                profiler = Profiler(proc.pid, out / f"profile-N{scenario.n}.txt")
+                profiler = Profiler(
+                    proc.pid,
+                    out / f"profile-{name}.txt",
+                    subprocesses=scenario.workers > 1,
+                )
                 await profiler.start()
-            sampler = asyncio.create_task(_sample(meter))
+            loadavg_before = os.getloadavg()
+            sampler = asyncio.create_task(_sample(meter, stores))
             loop_lag = LoopLag()
             loop_lag.start()
 
@@ -460,7 +525,7 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
             # loop lag max was 170-240 ms with collections, 105 ms without (one run each).
             gc.disable()
             try:
-                before = _reading(meter)
+                before = _reading(meter, stores)
                 started = before.at
                 sent = await _send_all(slack, scenario)
                 tracker.mark(slack.clock())
@@ -492,14 +557,17 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
                 )
             finally:
                 gc.enable()
-            after = _reading(meter)
+            after = _reading(meter, stores)
+            loadavg_after = os.getloadavg()
             wait = {  # how the wait ended; its length (the load window: wall_seconds)
                 "ended": "finished" if not pending else "quiet" if tracker.quiet() else "deadline",
                 "seconds": round(after.at - started, 3),
                 "quiet_after_s": scenario.quiet_after(),
             }
             peak = meter.peak_rss_kib()
-            commands_after = _redis_commands(redis.url)
+            pids_after = meter.pids()
+            replies_after = await replies_by_worker(log_path)
+            commands_after = command_counts(store)
             await loop_lag.stop()
             sampler.cancel()
             gathered = await asyncio.gather(sampler, return_exceptions=True)
@@ -545,26 +613,27 @@ async def run_point(scenario: Scenario, redis: RedisServer, out: Path) -> PointR
         rss_before=rss_before,
         peak=peak,
         profiler=profiler,
+        processes={"before": bot_pids, "after": pids_after, "store_servers": stores},
+        by_worker=_difference(replies_after, replies_before),
+        loadavg=(loadavg_before, loadavg_after),
     )
-
-
-def _redis_commands(url: str) -> dict[str, int]:
-    """Redis's own count of each command run so far (INFO commandstats)."""
-    client = redis_sync.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {
-        name.removeprefix("cmdstat_"): int(value["calls"])
-        for name, value in stats.items()
-        if isinstance(value, dict)
-    }
 
 
 def _command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     delta = {name: count - before.get(name, 0) for name, count in after.items()}
     return {name: count for name, count in delta.items() if count > 0 and name != "info"}
+
+
+def _difference(
+    after: dict[str, dict[str, float]], before: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Counters by worker and outcome: ``after`` − ``before``, zeros left out."""
+    result = {}
+    for worker, outcomes in sorted(after.items()):
+        earlier = before.get(worker, {})
+        delta = {k: v - earlier.get(k, 0.0) for k, v in sorted(outcomes.items())}
+        result[worker] = {k: v for k, v in delta.items() if v}
+    return result
 
 
 def _with_concurrency(c: Conversation, k: int) -> Conversation:
@@ -593,15 +662,24 @@ async def _send_all(
 
 @dataclass(frozen=True, slots=True)
 class _Reading:
-    """CPU seconds so far of the bot and of this process (the fakes, the load), at ``at``."""
+    """CPU seconds so far, at ``at``: of the bot's processes, of this process (the fakes, the
+    load), of the store's servers, and of the whole machine (every core's busy time)."""
 
     at: float
     bot_cpu: float
     own_cpu: float
+    store_cpu: float = 0.0
+    machine_cpu: float = 0.0
 
 
-def _reading(meter: ProcessMeter) -> _Reading:
-    return _Reading(time.monotonic(), meter.cpu_seconds(), time.process_time())
+def _reading(meter: ProcessMeter, store_pids: Sequence[int] = ()) -> _Reading:
+    return _Reading(
+        time.monotonic(),
+        meter.cpu_seconds(),
+        time.process_time(),
+        cpu_seconds_of(store_pids),
+        machine_busy_seconds(),
+    )
 
 
 def _interpolate(readings: Sequence[_Reading], at: float) -> _Reading:
@@ -613,16 +691,20 @@ def _interpolate(readings: Sequence[_Reading], at: float) -> _Reading:
                 at,
                 a.bot_cpu + share * (b.bot_cpu - a.bot_cpu),
                 a.own_cpu + share * (b.own_cpu - a.own_cpu),
+                a.store_cpu + share * (b.store_cpu - a.store_cpu),
+                a.machine_cpu + share * (b.machine_cpu - a.machine_cpu),
             )
     return readings[-1] if at >= readings[-1].at else readings[0]
 
 
-async def _sample(meter: ProcessMeter, every: float = 0.5) -> list[_Reading]:
+async def _sample(
+    meter: ProcessMeter, store_pids: Sequence[int], every: float = 0.5
+) -> list[_Reading]:
     """The CPU counters every ``every`` seconds, until cancelled."""
     samples: list[_Reading] = []
     try:
         while True:
-            samples.append(_reading(meter))
+            samples.append(_reading(meter, store_pids))
             await asyncio.sleep(every)
     except asyncio.CancelledError:
         return samples
@@ -645,10 +727,16 @@ def _measure(
     rss_before: int,
     peak: int,
     profiler: Profiler | None,
+    processes: dict[str, list[int]] | None = None,
+    loadavg: tuple[Sequence[float], Sequence[float]] | None = None,
+    by_worker: dict[str, dict[str, float]] | None = None,
 ) -> PointResult:
     """The point's figures. ``unfinished``: tags of the replies that never had their final
     form; ``wall``: the load window, sending → the last reply's final form; ``readings``: CPU
-    counters over that window, in time order, the last at its end."""
+    counters over that window, in time order, the last at its end; ``processes``: the bot's
+    pids when the load began and ended, and the store servers'; ``loadavg``: the machine's
+    load averages then; ``by_worker``: the bot's replies during the load by worker and
+    outcome (its metrics)."""
     by_channel: defaultdict[str, list[Call]] = defaultdict(list)
     for call in calls:
         by_channel[str(call.args.get("channel", call.args.get("channel_id")))].append(call)
@@ -694,8 +782,12 @@ def _measure(
         "p50": round_or_none(percentile(stretched, 50)),
         "p99": round_or_none(percentile(stretched, 99)),
     }
-    cpu = readings[-1].bot_cpu - readings[0].bot_cpu
-    load_cpu = readings[-1].own_cpu - readings[0].own_cpu
+    first, last = readings[0], readings[-1]
+    cpu = last.bot_cpu - first.bot_cpu
+    load_cpu = last.own_cpu - first.own_cpu
+    store_cpu = last.store_cpu - first.store_cpu
+    machine_cpu = last.machine_cpu - first.machine_cpu
+    processes = processes or {}
     busiest = max(
         (
             (b.bot_cpu - a.bot_cpu) / (b.at - a.at)
@@ -715,6 +807,32 @@ def _measure(
         "rss_before_mib": round(rss_before / 1024, 1),
         "peak_rss_mib": round(peak / 1024, 1),
         "rss_per_stream_kib": round((peak - rss_before) / scenario.n, 1) if scenario.n else None,
+        "workers": scenario.workers,
+        # Summed: the supervisor and its workers (one process with WORKERS=1). Pids that
+        # differ between the two lists mean a worker was restarted during the load.
+        "processes": processes.get("before"),
+        "processes_after": processes.get("after"),
+        "replies_by_worker": by_worker,
+    }
+    store = {
+        "kind": scenario.redis,
+        "servers": processes.get("store_servers"),
+        "cpu_seconds": round(store_cpu, 3),
+        "cpu_seconds_per_1k_tokens": round(store_cpu / tokens * 1000, 4) if tokens else None,
+        "cpu_cores_mean": round(store_cpu / wall, 3) if wall > 0 else None,
+    }
+    # The machine is shared: what its cores did besides the bot, the store and this process
+    # in the load window is other work, and the figures are as noisy as that is large.
+    machine_load = {
+        "cores": usable_cores(),
+        "busy_cores_mean": round(machine_cpu / wall, 3) if wall > 0 else None,
+        "other_work_cores_mean": (
+            round(max(0.0, machine_cpu - cpu - load_cpu - store_cpu) / wall, 3)
+            if wall > 0
+            else None
+        ),
+        "loadavg_before": [round(x, 2) for x in loadavg[0]] if loadavg else None,
+        "loadavg_after": [round(x, 2) for x in loadavg[1]] if loadavg else None,
     }
     load_generator = {
         "cpu_seconds": round(load_cpu, 3),
@@ -738,6 +856,8 @@ def _measure(
         replies=replies,
         summary=summary,
         bot=bot,
+        store=store,
+        machine_load=machine_load,
         load_generator=load_generator,
         profile=profile,
         targets=_targets(scenario, summary, replies),
@@ -855,10 +975,14 @@ BOUND_DEFINITION = lag_bound.__doc__ or ""
 _COLUMNS = (
     ("N", 5, lambda p: p.scenario.n),
     ("M", 4, lambda p: p.scenario.workspaces),
+    ("W", 2, lambda p: p.scenario.workers),
+    ("store", 10, lambda p: p.scenario.redis),
     ("ph p50", 7, lambda p: p.summary["placeholder_ms"]["p50"]),
     ("ph p99", 7, lambda p: p.summary["placeholder_ms"]["p99"]),
     ("1st p50", 8, lambda p: p.summary["first_visible_ms"]["p50"]),
     ("1st p99", 8, lambda p: p.summary["first_visible_ms"]["p99"]),
+    ("msg→1st", 7, lambda p: p.summary["first_text_after_event_ms"]["p50"]),
+    ("p99", 6, lambda p: p.summary["first_text_after_event_ms"]["p99"]),
     ("lag mean", 8, lambda p: p.summary["visible_lag_s"]["mean"]),
     ("lag p99", 8, lambda p: p.summary["visible_lag_s"]["p99"]),
     ("bound", 7, lambda p: p.summary["visible_lag_s"]["bound_mean"]),
@@ -902,14 +1026,17 @@ def table(points: Sequence[PointResult]) -> str:
     header = " ".join(name.rjust(width) for name, width, _ in _COLUMNS)
     rows = [" ".join(cell(get(p), width) for _, width, get in _COLUMNS) for p in points]
     legend = (
+        "W = the bot's WORKERS (processes); store = --redis;\n"
         "ph = event sent → first sign of work visible (placeholder post or stream start, ms); "
-        "1st = model's first token → first text visible (ms);\nlag = per character, visible in "
+        "1st = model's first token → first text visible (ms);\nmsg→1st, p99 = event sent → "
+        "first text visible, p50 and p99 (ms);\nlag = per character, visible in "
         "Slack − emitted by the model (s); bound = lower bound of the mean lag under Slack's "
         "limits (s);\nratio = lag mean / bound; set× = lag mean / the same bound under the "
         "bot's own budgets and intervals;\nupd/rep, app/rep, post/rep = chat.update / "
         "chat.appendStream / chat.postMessage calls per reply;\nok % = final text correct; "
-        "cpu/1k = bot CPU s per 1,000 streamed tokens; cores = bot CPU s / wall s;\npeak = bot "
-        "peak RSS (MiB); KiB/str = (peak RSS − RSS before the load) / N"
+        "cpu/1k = bot CPU s per 1,000 streamed tokens (every bot process: supervisor and "
+        "workers); cores = bot CPU s / wall s;\npeak = bot peak RSS (MiB, summed over its "
+        "processes); KiB/str = (peak RSS − RSS before the load) / N"
     )
     lines = [f"STREAM_MODE={', '.join(modes)}", header, *rows, "", legend]
     for p in points:
@@ -925,7 +1052,12 @@ def table(points: Sequence[PointResult]) -> str:
             f"  model stream slip p50/p99 {_pair(s['model_stream_slip'], pct=True)}; this "
             f"process's loop lag p99/max {p.load_generator['loop_lag_ms']['p99']}/"
             f"{p.load_generator['loop_lag_ms']['max']} ms; bot "
-            f"{p.bot['cpu_us_per_sse_event']} µs CPU per SSE event"
+            f"{p.bot['cpu_us_per_sse_event']} µs CPU per SSE event;\n"
+            f"  store ({p.store['kind']}) CPU {p.store['cpu_seconds_per_1k_tokens']} s per 1k "
+            f"tokens, {p.store['cpu_cores_mean']} cores; this process "
+            f"{p.load_generator['cpu_cores_mean']} cores; machine busy "
+            f"{p.machine_load['busy_cores_mean']} of {p.machine_load['cores']} cores, other "
+            f"work {p.machine_load['other_work_cores_mean']} cores"
         )
         missed = [
             name + (" (budget-bound)" if "budget_bound_p50_p99_ms" in t else "")
@@ -1046,6 +1178,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="the bot's STREAM_MODE (default auto, production's: native streams where possible)",
     )
     parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="the bot's WORKERS: N processes under a supervisor when > 1, or 'auto' "
+        "(usable cores); default 1",
+    )
+    parser.add_argument(
+        "--redis",
+        choices=STORE_KINDS,
+        default="standalone",
+        help="the store: a private redis-server (standalone, default), a private 3-master "
+        "Redis Cluster (cluster), or the bot's embedded server (embedded: no REDIS_URL)",
+    )
+    parser.add_argument(
         "--bot-env",
         action="append",
         default=[],
@@ -1066,14 +1212,28 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for item in args.bot_env:
         if "=" not in item:
             parser.error(f"--bot-env wants KEY=VALUE, got {item!r}")
-        if item.split("=", 1)[0] == "STREAM_MODE":
-            parser.error("set the stream mode with --mode, not --bot-env STREAM_MODE=…")
+        name = item.split("=", 1)[0]
+        if name in _OWN_SETTINGS:
+            parser.error(f"set {name} with {_OWN_SETTINGS[name]}, not --bot-env {name}=…")
     if args.bot_path and not (Path(args.bot_path) / "bot" / "__init__.py").is_file():
         # Else the child finds no package there and silently runs ./bot: a "before" that is "after".
         parser.error(
             f"--bot-path {args.bot_path}: no bot/__init__.py there (give the folder holding bot/)"
         )
     return args
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a number, or ``auto`` as the bot reads it (the usable cores)."""
+    if value == "auto":
+        return usable_cores()
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'auto', not {value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {count}")
+    return count
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -1098,6 +1258,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
                 tokens_per_event=args.tokens_per_event,
                 mode=args.mode,
                 bot_env=env,
+                workers=args.workers,
+                redis=args.redis,
                 timeout=args.timeout,
                 profile=args.profile,
                 seed=args.seed,
@@ -1107,22 +1269,34 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return result
 
 
-async def run(points: Sequence[Scenario], out: Path, progress: bool = True) -> list[PointResult]:
+async def run(
+    points: Sequence[Scenario],
+    out: Path,
+    progress: bool = True,
+    *,
+    cluster: RedisCluster3 | None = None,
+) -> list[PointResult]:
+    """Run the points in order, each store kind started once (before its first point) and
+    stopped at the end; ``cluster``: a running cluster for the ``cluster`` points instead of
+    starting one (the tests' session fixture)."""
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as workdir:
-        redis = RedisServer.start_new(Path(workdir))
-        try:
-            for scenario in points:
-                if progress:
-                    print(
-                        f"running N={scenario.n} across {scenario.workspaces} workspace(s), "
-                        f"STREAM_MODE={scenario.mode}…",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                results.append(await run_point(scenario, redis, out))
-        finally:
-            redis.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        stores: dict[StoreKind, BenchStore] = {}
+        for scenario in points:
+            if scenario.redis not in stores:
+                stores[scenario.redis] = stack.enter_context(
+                    open_store(scenario.redis, workdir / scenario.redis, cluster=cluster)
+                )
+            if progress:
+                print(
+                    f"running N={scenario.n} across {scenario.workspaces} workspace(s), "
+                    f"STREAM_MODE={scenario.mode}, WORKERS={scenario.workers}, "
+                    f"store {scenario.redis}…",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            results.append(await run_point(scenario, stores[scenario.redis], out, workdir))
     return results
 
 

@@ -1,25 +1,39 @@
 """The benchmark still works: tiny runs through the same code path as ``python -m bench.run``
-(real bot process, private Redis, fake Slack with its limits, fake model), one per renderer; the
-analysis of a native reply that falls back to edits, or whose stream is never closed, from
-hand-written call records; and when the run's tracker counts a reply finished or stops waiting."""
+(real bot process, fake Slack with its limits, fake model), one per renderer, on each store
+(``--redis``: a private redis-server, the bot's embedded server, a 3-master cluster) and with
+worker processes (``--workers 2``); the CPU meter's view of the bot's process tree; the analysis
+of a native reply that falls back to edits, or whose stream is never closed, from hand-written
+call records; and when the run's tracker counts a reply finished or stops waiting."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.analysis import Conversation, analyse_reply
-from bench.harness import WorkspaceSlack
-from bench.run import Scenario, StreamMode, _Tracker, run, table
+from bench.harness import ProcessMeter, WorkspaceSlack
+from bench.run import Scenario, StreamMode, _Tracker, parse_args, run, scenarios, table
+from bench.stores import StoreKind
 from bot.render.text import render
 from tests.fakes.openai import FakeOpenAI, Request
 from tests.fakes.slack import Call
+from tests.redis_cluster import RedisCluster3
 
 
-def _tiny(mode: StreamMode) -> Scenario:
+def _tiny(
+    mode: StreamMode, *, n: int = 2, workers: int = 1, redis: StoreKind = "standalone"
+) -> Scenario:
     return Scenario(
-        n=2,
-        workspaces=2,
+        n=n,
+        workspaces=n,
         slack_latency=0.01,
         slack_connection_latency=0.0,
         ttft=0.05,
@@ -27,6 +41,8 @@ def _tiny(mode: StreamMode) -> Scenario:
         answer_tokens=40,
         timeout=30,
         mode=mode,
+        workers=workers,
+        redis=redis,
     )
 
 
@@ -48,7 +64,8 @@ async def test_tiny_benchmark_run_shows_every_answer_exactly(tmp_path: Path) -> 
 
 
 async def test_tiny_native_benchmark_run_measures_the_streams(tmp_path: Path) -> None:
-    [point] = await run([_tiny("native")], tmp_path, progress=False)
+    """On the embedded store: the bot starts its own server, which is metered apart."""
+    [point] = await run([_tiny("native", redis="embedded")], tmp_path, progress=False)
 
     summary = point.summary
     assert summary["timed_out"] == 0 and summary["wait"]["ended"] == "finished"
@@ -68,6 +85,74 @@ async def test_tiny_native_benchmark_run_measures_the_streams(tmp_path: Path) ->
     assert summary["placeholder_ms"]["count"] == 2  # the empty stream, opened at once
     assert summary["visible_lag_s"]["characters"] == 2 * 40 * 4
     assert summary["visible_lag_s"]["never_visible"] == 0
+    assert len(point.bot["processes"]) == 1  # the embedded server is not the bot
+    [server] = point.store["servers"]
+    assert server not in point.bot["processes"] and point.store["kind"] == "embedded"
+    assert sum(summary["redis_commands_per_reply"].values()) > 10  # read from its socket
+
+
+async def test_two_workers_on_a_cluster_share_the_mentions_and_are_metered_together(
+    tmp_path: Path, redis_cluster: RedisCluster3
+) -> None:
+    """``--workers 2 --redis cluster``: a supervisor and two workers, each with its own Socket
+    Mode connection (the fake deals events out in turn), on the session's 3-master cluster."""
+    [point] = await run(
+        [_tiny("native", n=4, workers=2, redis="cluster")],
+        tmp_path,
+        progress=False,
+        cluster=redis_cluster,
+    )
+
+    summary = point.summary
+    assert summary["timed_out"] == 0
+    assert summary["correct"]["share"] == 1.0, [r.final_texts for r in point.replies]
+    assert summary["first_text_after_event_ms"]["count"] == 4
+    assert len(point.bot["processes"]) == 3  # the supervisor and both workers
+    assert point.bot["processes_after"] == point.bot["processes"]  # none restarted
+    assert point.store["kind"] == "cluster" and len(point.store["servers"]) == 3
+    assert sum(summary["redis_commands_per_reply"].values()) > 10  # summed over the nodes
+    by_worker = point.bot["replies_by_worker"]  # from the supervisor's /metrics
+    assert by_worker == {w: {"complete": 2.0, "started": 2.0} for w in ("0", "1")}, by_worker
+    row = table([point]).splitlines()[2].split()
+    assert row[:4] == ["4", "4", "2", "cluster"]
+
+
+def test_the_command_line_sets_workers_and_store() -> None:
+    [point] = scenarios(parse_args(["--n", "3", "--workers", "2", "--redis", "embedded"]))
+    assert (point.workers, point.redis, point.env()["WORKERS"]) == (2, "embedded", "2")
+    assert [p.redis for p in scenarios(parse_args(["--sweep"]))] == ["standalone"] * 4
+    for refused in (["--workers", "0"], ["--redis", "sentinel"], ["--bot-env", "WORKERS=3"]):
+        with pytest.raises(SystemExit):
+            parse_args(refused)
+
+
+def test_the_meter_sums_the_bots_processes_but_not_another_program() -> None:
+    """A parent that starts a child running the same interpreter (a worker) and one running
+    another program (the embedded store's server): the worker's CPU counts, the other's not."""
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    script = (
+        "import subprocess, sys, time\n"
+        f"worker = subprocess.Popen([sys.executable, '-c', {busy!r} + '\\ntime.sleep(30)'])\n"
+        "other = subprocess.Popen(['sleep', '30'])\n"
+        "print(worker.pid, other.pid, flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as parent:
+        assert parent.stdout is not None
+        worker, other = map(int, parent.stdout.readline().split())
+        try:
+            meter = ProcessMeter(parent.pid)
+            deadline = time.monotonic() + 10
+            while meter.cpu_seconds() < 0.3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert meter.pids() == sorted([parent.pid, worker])
+            assert other not in meter.pids()
+            assert meter.cpu_seconds() >= 0.3
+            assert meter.peak_rss_kib() >= meter.rss_kib() > 0
+        finally:
+            for pid in (worker, other, parent.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_a_native_reply_that_falls_back_is_rebuilt_from_its_calls() -> None:
