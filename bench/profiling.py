@@ -12,6 +12,7 @@ flame-graph tools such as ``flamegraph.pl`` or speedscope.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -35,12 +36,13 @@ class Profiler:
         self.error: str | None = None
 
     async def start(self) -> None:
-        exe = Path(sys.executable).with_name("py-spy")
-        if not exe.exists():
+        beside = Path(sys.executable).with_name("py-spy")  # the bench extra, in this venv
+        exe = str(beside) if beside.exists() else shutil.which("py-spy")
+        if exe is None:
             self.error = "py-spy not installed (pip install py-spy)"
             return
         self._proc = await asyncio.create_subprocess_exec(
-            str(exe),
+            exe,
             "record",
             "--format",
             "raw",
