@@ -30,6 +30,7 @@ from bot.policy import Profile, load_policy
 from bot.recall import READ_METHOD, Recall
 from bot.recovery import InFlight, new_owner_id
 from bot.render.budget import EditBudget
+from bot.render.factory import EditOptions, NativeStreaming, Replies
 from bot.server import (
     InheritedSockets,
     build_events_app,
@@ -42,7 +43,7 @@ from bot.slack import SlackGateway, connect_slack
 from bot.stops import StopSignals
 from bot.store import Store, connect_redis
 from bot.store.embedded import embedded_server
-from bot.turn import Limits, NativeStreaming, TurnOptions, Turns
+from bot.turn import Intake, Limits, Memory, Responder, Turns
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class RunningBot:
 
     app: AsyncApp
     turns: Turns
+    inflight: InFlight  # the replies this process streams (bot/recovery.py)
     store: Store
     metrics: Metrics
     ops_port: int  # /healthz, /readyz, /metrics
@@ -110,28 +112,6 @@ async def open_bot(
             min_interval=settings.edit_interval,
             process_rate=settings.stream_updates_per_second,
         )
-        native = None
-        if settings.stream_mode != "edit":
-            native = NativeStreaming(
-                mode=settings.stream_mode,
-                appends=EditBudget(
-                    store.budgets,
-                    method="chat.appendStream",
-                    per_minute=settings.native_append_budget_per_minute,
-                    burst=settings.native_append_budget_burst,
-                    min_interval=settings.native_flush_interval,
-                    process_rate=settings.stream_updates_per_second,
-                ),
-                starts=EditBudget(
-                    store.budgets,
-                    method="chat.startStream",
-                    per_minute=settings.native_start_budget_per_minute,
-                    burst=3,
-                    min_interval=0.0,
-                ),
-                status=settings.assistant_status,
-                status_refresh=settings.status_refresh,
-            )
         model = ChatModel(
             llm_client,
             model=settings.openai_model,
@@ -163,34 +143,75 @@ async def open_bot(
         inflight = InFlight(
             store.inflight, slack, recall, owner=new_owner_id(), lease_s=settings.reply_lease
         )
-        turns = Turns(
-            stops=stops,
-            tracker=inflight,
-            native=native,
-            policy=policy,
-            limits=Limits(
-                user_requests=settings.user_rate_limit,
-                user_window_s=settings.user_rate_window,
-                user_daily_tokens=settings.user_daily_tokens,
-                workspace_daily_tokens=settings.workspace_daily_tokens,
+        native = None
+        if settings.stream_mode != "edit":
+            native = NativeStreaming(
+                mode=settings.stream_mode,
+                appends=EditBudget(
+                    store.budgets,
+                    method="chat.appendStream",
+                    per_minute=settings.native_append_budget_per_minute,
+                    burst=settings.native_append_budget_burst,
+                    min_interval=settings.native_flush_interval,
+                    process_rate=settings.stream_updates_per_second,
+                ),
+                starts=EditBudget(
+                    store.budgets,
+                    method="chat.startStream",
+                    per_minute=settings.native_start_budget_per_minute,
+                    burst=3,
+                    min_interval=0.0,
+                ),
+                status=settings.assistant_status,
+                status_refresh=settings.status_refresh,
+            )
+        replies = Replies(
+            slack,
+            budget,
+            edits=EditOptions(
+                limit=settings.message_char_limit,
+                final_deadline=settings.final_edit_deadline,
+                feedback=settings.feedback_buttons,
             ),
+            native=native,
+            tracker=inflight,
             metrics=metrics,
+        )
+        turns = Turns(
+            intake=Intake(
+                slack=slack,
+                store=store,
+                recall=recall,
+                policy=policy,
+                limits=Limits(
+                    user_requests=settings.user_rate_limit,
+                    user_window_s=settings.user_rate_window,
+                    user_daily_tokens=settings.user_daily_tokens,
+                    workspace_daily_tokens=settings.workspace_daily_tokens,
+                ),
+                metrics=metrics,
+                dm_reply_mode=settings.dm_reply_mode,
+            ),
+            replies=replies,
+            memory=Memory(
+                store=store,
+                recall=recall,
+                prompt_token_budget=settings.prompt_token_budget,
+                backfill_limit=settings.backfill_limit,
+            ),
+            responder=Responder(
+                model=model,
+                store=store,
+                stops=stops,
+                metrics=metrics,
+                max_answer_chars=settings.max_answer_chars,
+            ),
+            recall=recall,
             slack=slack,
             store=store,
-            recall=recall,
-            model=model,
-            budget=budget,
+            metrics=metrics,
             admission=Admission(max_wait=settings.admission_max_wait),
-            options=TurnOptions(
-                system_prompt=settings.system_prompt,
-                prompt_token_budget=settings.prompt_token_budget,
-                message_char_limit=settings.message_char_limit,
-                final_edit_deadline=settings.final_edit_deadline,
-                max_answer_chars=settings.max_answer_chars,
-                backfill_limit=settings.backfill_limit,
-                dm_reply_mode=settings.dm_reply_mode,
-                feedback_buttons=settings.feedback_buttons,
-            ),
+            final_edit_deadline=settings.final_edit_deadline,
         )
         http_mode = settings.slack_mode == "http"
         app = build_app(
@@ -283,6 +304,7 @@ async def open_bot(
             yield RunningBot(
                 app=app,
                 turns=turns,
+                inflight=inflight,
                 store=store,
                 metrics=metrics,
                 ops_port=ops_port,

@@ -22,14 +22,8 @@ from typing import Any
 
 from bot.errors import SlackError
 from bot.recall import Recall
-from bot.render.reply import (
-    FAILED_TEXT,
-    INDICATOR_BLOCK_ID,
-    PLACEHOLDER,
-    Outcome,
-    TrackedReply,
-    final_blocks,
-)
+from bot.render.contract import Outcome, TrackedReply
+from bot.render.reply import FAILED_TEXT, INDICATOR_BLOCK_ID, PLACEHOLDER, final_blocks
 from bot.render.text import render_final, split
 from bot.slack import SlackGateway
 from bot.store import InFlightRegistry

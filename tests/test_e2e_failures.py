@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bot.render.reply import FAILED_TEXT, Outcome
+from bot.render.contract import Outcome
+from bot.render.reply import FAILED_TEXT
 from bot.render.text import render_final
 from tests.fakes.openai import Answer, FakeOpenAI
 from tests.fakes.slack import FakeSlack, Message, mention_event

@@ -19,9 +19,10 @@ from markdown_it.token import Token
 
 from bot.render import text
 from bot.render.budget import EditBudget
+from bot.render.contract import Outcome
 from bot.render.mrkdwn import MarkdownGuard, UnsafeMarkdown, disguised, guard_markdown
 from bot.render.native import NativeReply
-from bot.render.reply import Outcome, ReplyStream
+from bot.render.reply import ReplyStream
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis
 from tests.fakes.slack import Call, FakeSlack
@@ -297,8 +298,8 @@ async def test_a_native_stream_shows_real_targets_and_no_mentions_in_every_call(
             reply.append(HOSTILE[index : index + piece])
             if index % (piece * 8) == 0:
                 await asyncio.sleep(0.02)
-        shown = await reply.finish(Outcome.INTERRUPTED)
-    assert shown == HOSTILE
+        finished = await reply.finish(Outcome.INTERRUPTED)
+    assert finished.text == HOSTILE
 
     assert not slack.calls_to("chat.update")  # streamed natively to the end
     appends = slack.calls_to("chat.appendStream")

@@ -300,9 +300,8 @@ async def test_recovery_never_rewrites_a_finished_answer(
         record = {"owner": "gone-1", "team": "T0001", "channel": "C0CHAN", "thread_ts": None}
         await redis_client.set(f"slackbot:reply:{reply_id}", json.dumps({**record, **fields}))
         await redis_client.zadd("slackbot:replies", {reply_id: time.time() + 600})
-    inflight = bot.turns._tracker  # the same object the composition root wired
-    assert inflight is not None
-    await inflight.sweep()  # type: ignore[attr-defined]
+    inflight = bot.inflight  # the same object the composition root wired
+    await inflight.sweep()
     assert shown(slack, finished).text == "the complete answer"
     assert shown(slack, native).text == "a streamed answer"
     assert not slack.calls_to("chat.update")
@@ -312,9 +311,8 @@ async def test_recovery_never_rewrites_a_finished_answer(
 async def test_recovery_waits_until_slack_shows_the_message_before_finishing_it(
     bot: RunningBot, slack: FakeSlack, redis_client: Any
 ) -> None:
-    inflight = bot.turns._tracker
-    assert inflight is not None
-    await asyncio.wait_for(inflight.swept.wait(), 10)  # type: ignore[attr-defined]  # its own, at start
+    inflight = bot.inflight
+    await asyncio.wait_for(inflight.swept.wait(), 10)  # its own, at start
     working_blocks = [{"type": "context", "block_id": INDICATOR_BLOCK_ID, "elements": []}]
     ts = slack.add_message(
         "C0CHAN", "half an answ", user="U0BOT", bot_id="B0BOT", blocks=working_blocks
@@ -325,10 +323,10 @@ async def test_recovery_waits_until_slack_shows_the_message_before_finishing_it(
     await redis_client.set("slackbot:reply:r1", json.dumps(record))
     await redis_client.zadd("slackbot:replies", {"r1": time.time() + 600})
     slack.fail_next("conversations.replies", "ratelimited", retry_after=1)
-    assert await inflight.sweep() == 0  # type: ignore[attr-defined]
+    assert await inflight.sweep() == 0
     assert working(shown(slack, ts))
     assert await redis_client.zcard("slackbot:replies") == 1  # kept for the next sweep
-    assert await inflight.sweep() == 1  # type: ignore[attr-defined]
+    assert await inflight.sweep() == 1
     assert not working(shown(slack, ts))
     assert "please ask again" in str(shown(slack, ts).blocks)
     assert shown(slack, ts).text == "half an answ"

@@ -326,9 +326,8 @@ async def test_an_orphaned_native_stream_is_closed_and_keeps_its_text(
             }
         )
         await redis_client.hset("slackbot:inflight", "r1", record)
-        inflight = running.turns._tracker
-        assert inflight is not None
-        await inflight.sweep()  # type: ignore[attr-defined]
+        inflight = running.inflight
+        await inflight.sweep()
         await slack.wait_for(lambda: "please ask again" in str(message.blocks), timeout=5)
     assert not message.streaming
     assert message.text == "A *partial* answer"  # what the user saw, as an edited message

@@ -17,14 +17,9 @@ import pytest
 
 from bot.render import text
 from bot.render.budget import EditBudget
+from bot.render.contract import Finished, Outcome, ReplyStateError
 from bot.render.native import NativeReply
-from bot.render.reply import (
-    EMPTY_TEXT,
-    FAILED_TEXT,
-    Outcome,
-    ReplyStateError,
-    ReplyStream,
-)
+from bot.render.reply import EMPTY_TEXT, FAILED_TEXT, ReplyStream
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis
 from tests.fakes.slack import Call, FakeSlack
@@ -342,7 +337,7 @@ async def test_the_final_edit_gives_up_at_the_deadline_naming_the_thread(
         slack.fail_next("chat.update", "500", times=1000)
         started = loop.time()
         with caplog.at_level(logging.ERROR, logger="bot.render.reply"):
-            assert await reply.finish(Outcome.COMPLETE) == "Hello"
+            assert (await reply.finish(Outcome.COMPLETE)).text == "Hello"
         assert loop.time() - started < 2.0
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(thread in e and "deadline" in e for e in errors), errors
@@ -439,7 +434,7 @@ async def test_no_text_becomes_a_short_fixed_message(
     thread = question(slack)
     async with new_reply(gateway, edit_budget(store), thread) as reply:
         reply.append("  ")
-        assert await reply.finish(outcome) == "  "
+        assert (await reply.finish(outcome)).text == "  "
     (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == shown and not working(message)
 
@@ -499,8 +494,10 @@ async def test_illegal_transitions_are_refused(
         reply.append("too early")
     async with reply:
         reply.append("x")
-        assert await reply.finish(Outcome.COMPLETE) == "x"
-        assert await reply.finish(Outcome.STOPPED) == "x"  # already finished: no second edit
+        first = await reply.finish(Outcome.COMPLETE)
+        again = await reply.finish(Outcome.STOPPED)  # already finished: no second edit
+        assert first.text == again.text == "x"
+        assert first.outcome is again.outcome is Outcome.COMPLETE
         with pytest.raises(ReplyStateError):
             reply.append("too late")
     with pytest.raises(ReplyStateError):
@@ -676,7 +673,7 @@ async def test_twenty_replies_in_two_processes_share_the_budget_without_a_429(
 
 
 class EditTimerRacesClose(ReplyStream):
-    raced: asyncio.Task[str] | None = None
+    raced: asyncio.Task[Finished] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -692,7 +689,7 @@ class EditTimerRacesClose(ReplyStream):
 
 
 class NativeTimerRacesClose(NativeReply):
-    raced: asyncio.Task[str] | None = None
+    raced: asyncio.Task[Finished] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -727,7 +724,7 @@ async def test_an_edited_reply_finished_as_its_timer_runs_out_still_gets_its_fin
     reply.append(" ")
     await asyncio.wait_for(reply.racing.wait(), 5.0)
     assert reply.raced is not None
-    assert await asyncio.wait_for(reply.raced, 5.0) == "Hello "
+    assert (await asyncio.wait_for(reply.raced, 5.0)).text == "Hello "
     (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello" and not working(message)
 
@@ -760,7 +757,7 @@ async def test_a_native_reply_finished_as_its_timer_runs_out_still_closes_its_st
     reply.append(" world")
     await asyncio.wait_for(reply.racing.wait(), 5.0)
     assert reply.raced is not None
-    assert await asyncio.wait_for(reply.raced, 5.0) == "Hello world"
+    assert (await asyncio.wait_for(reply.raced, 5.0)).text == "Hello world"
     (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not message.streaming
     assert not slack.calls_to("chat.update")  # closed by chat.stopStream, not by edits

@@ -122,10 +122,9 @@ async def test_an_orphaned_placeholder_becomes_the_note(
     )
     record = '{"owner": "gone-1", "team": "T0001", "channel": "C0CHAN", "thread_ts": null, "ts": "%s", "text": ""}'
     await redis_client.hset("slackbot:inflight", "r1", record % ts)
-    inflight = bot.turns._tracker  # the same object the composition root wired
-    assert inflight is not None
+    inflight = bot.inflight  # the same object the composition root wired
     # This sweep, or the bot's own periodic one if it came first, finishes it exactly once.
-    await inflight.sweep()  # type: ignore[attr-defined]
+    await inflight.sweep()
     await slack.wait_for(lambda: "please ask again" in slack.message("C0CHAN", ts).text)
     assert len([c for c in slack.ok_calls("chat.update") if c.args["ts"] == ts]) == 1
     assert await redis_client.hlen("slackbot:inflight") == 0

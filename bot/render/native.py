@@ -44,25 +44,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
+from bot.render.contract import BaseReply, Outcome, ReplyStateError, ReplyTracker, State, Step
 from bot.render.feedback import feedback_block
 from bot.render.mrkdwn import MarkdownGuard, UnsafeMarkdown
-from bot.render.reply import (
-    Outcome,
-    ReplyStateError,
-    ReplyStream,
-    ReplyTracker,
-    State,
-    note_block,
-)
+from bot.render.reply import ReplyStream, note_block
 from bot.render.status import ThreadStatus
 from bot.slack import SlackGateway
 
@@ -104,7 +96,7 @@ class NativeAvailability:
         self._refused[(team, channel)] = self._clock() + self._ttl
 
 
-class NativeReply:
+class NativeReply(BaseReply):
     """The Slack side of one answer through a native stream; see the module docstring.
 
     ``fallback(reply_id)`` builds the edit renderer that takes over when needed (same id, so
@@ -137,18 +129,16 @@ class NativeReply:
         tracker: ReplyTracker | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.id = secrets.token_hex(6)
-        self.outcome: Outcome | None = None
-        self.stopped = asyncio.Event()  # the person pressed Slack's own stop
-        self.state = State.NEW
+        # ``stopped`` is set when the person pressed Slack's own stop.
+        super().__init__(
+            team=team, channel=channel, thread_ts=thread_ts, tracker=tracker, metrics=metrics
+        )
+        self._root = thread_ts  # Slack streams only into threads
         self.ts: str | None = None  # the native message being streamed
         self.edits = 0
         self._slack = slack
         self._appends = appends
         self._starts = starts
-        self._team = team
-        self._channel = channel
-        self._thread_ts = thread_ts
         self._recipient = recipient
         self._make_fallback = fallback
         self._status = status
@@ -159,11 +149,7 @@ class NativeReply:
         self._final_deadline = final_deadline
         self._call_timeout = call_timeout
         self._feedback = feedback
-        self._tracker = tracker
-        self._metrics = metrics
-        self._first_token_at: float | None = None
         self._native_ts: list[str] = []  # messages streamed natively, in order
-        self._chunks: list[str] = []
         self._taken = 0
         self._fresh = 0  # characters of the chunks not absorbed yet
         self._current = ""  # Markdown the stream's message shows (as the model wrote it)
@@ -175,27 +161,9 @@ class NativeReply:
         self._live = False  # a stream is open (started, not yet closed by anyone)
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # much text waiting, or closing: skip the timer
-        self._closing = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
 
-    # -- the ReplyStream interface -----------------------------------------------------------
-
-    @property
-    def channel(self) -> str:
-        return self._channel
-
-    @property
-    def team(self) -> str:
-        return self._team
-
-    @property
-    def thread_ts(self) -> str | None:
-        return self._thread_ts
-
-    @property
-    def text(self) -> str:
-        return "".join(self._chunks)
+    # -- the Reply contract ------------------------------------------------------------------
 
     @property
     def message_ts(self) -> list[str]:
@@ -217,29 +185,11 @@ class NativeReply:
                 return
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"native-{self.id}")
 
-    async def __aenter__(self) -> NativeReply:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.state is State.OPEN:
-            self._start_closing(Outcome.on_exit(exc_type))
-        if self._closer is not None:
-            await asyncio.shield(self._closer)
-
-    def append(self, delta: str) -> None:
-        if self.state is not State.OPEN:
-            raise ReplyStateError(f"append() while {self.state.value}")
-        if not delta:
+    def _took(self, delta: str) -> None:
+        if not delta:  # closing: the flusher stops at once
+            self._urgent.set()
+            self._wake.set()
             return
-        if not self._chunks and self._metrics is not None:
-            self._first_token_at = time.monotonic()
-        self._chunks.append(delta)
         if self._fallback is not None:
             self._taken = len(self._chunks)
             self._fallback.append(delta)
@@ -249,28 +199,10 @@ class NativeReply:
         if len(self._unsent) - self._held + self._fresh >= self._flush_chars:
             self._urgent.set()
 
-    async def finish(self, outcome: Outcome) -> str:
-        """Deliver the final text; never raises ``SlackError``. Returns the model's text."""
-        if self.state is State.NEW:
-            self.state = State.CLOSED
-            return ""
-        if self._closer is None:
-            if self.state is not State.OPEN:
-                raise ReplyStateError(f"finish() while {self.state.value}")
-            self._start_closing(outcome)
-        assert self._closer is not None
-        await asyncio.shield(self._closer)
-        return self.text
+    def _stepped(self, step: Step) -> None:
+        self._wake.set()
 
     # -- closing -----------------------------------------------------------------------------
-
-    def _start_closing(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-        self.state = State.CLOSING
-        self._closing.set()
-        self._urgent.set()
-        self._wake.set()
-        self._closer = asyncio.create_task(self._close(outcome), name=f"native-{self.id}-final")
 
     async def _close(self, outcome: Outcome) -> None:
         deadline = asyncio.get_running_loop().time() + self._final_deadline
@@ -283,16 +215,14 @@ class NativeReply:
                     log.exception("native stream failed in thread %s", self._where)
             if self.stopped.is_set() and outcome is not Outcome.SHUTDOWN:
                 outcome = self.outcome = Outcome.STOPPED
-            if self._tracker is not None:
-                await self._tracker.finishing(self)
+            await self._tracker.finishing(self)
             await self._finish(outcome, deadline)
         finally:
             self.state = State.CLOSED
             if self._status is not None:
                 await self._status.clear()
             await self._appends.done(self._team, self.id)
-            if self._tracker is not None:
-                await self._tracker.closed(self)
+            await self._tracker.closed(self)
 
     async def _finish(self, outcome: Outcome, deadline: float) -> None:
         self._absorb()
@@ -517,7 +447,7 @@ class NativeReply:
             async with asyncio.timeout(self._call_timeout):
                 ts = await self._slack.start_stream(
                     self._channel,
-                    self._thread_ts,
+                    self._root,
                     markdown=shown,
                     recipient=self._recipient,
                 )
@@ -564,14 +494,8 @@ class NativeReply:
     def _text_visible(self) -> None:
         if self._status is not None:
             self._status.text_visible()
-        if self._first_token_at is not None and self._metrics is not None:
-            self._metrics.first_token_to_visible.observe(time.monotonic() - self._first_token_at)
-            self._first_token_at = None
+        super()._text_visible()
 
     async def _track(self) -> None:
-        if self._tracker is not None and self.ts is not None:
+        if self.ts is not None:
             await self._tracker.shown(self, self.ts, self._current)
-
-    @property
-    def _where(self) -> str:
-        return f"{self._team}/{self._channel}/{self._thread_ts}"

@@ -32,18 +32,15 @@ the cost of an answer grows linearly with its length.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import random
-import secrets
-import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
+from bot.render.contract import BaseReply, Outcome, ReplyStateError, ReplyTracker, State, Step
 from bot.render.feedback import feedback_block
 from bot.slack import SlackGateway
 
@@ -75,97 +72,22 @@ _MAX_EDIT_TIMEOUT = 60.0
 _WINDOW = 4
 
 
-class Outcome(enum.Enum):
-    """How the model stream ended, i.e. which note the final message carries."""
-
-    COMPLETE = "complete"
-    INTERRUPTED = "interrupted"  # error, disconnect, truncation or idle mid-answer
-    STOPPED = "stopped"  # a person pressed Stop
-    FAILED = "failed"  # nothing usable came from the model, or the turn failed
-    SHUTDOWN = "shutdown"  # the bot is stopping
-
-    @property
-    def note(self) -> str | None:
-        """The note under a partial answer (``FAILED`` after some text reads "interrupted")."""
-        return _NOTES.get(self)
-
-    @classmethod
-    def on_exit(cls, exc_type: type[BaseException] | None) -> Outcome:
-        """How a reply left open by its ``async with`` block ends: complete, failed, or (when
-        cancelled) interrupted by shutdown."""
-        if exc_type is None:
-            return cls.COMPLETE
-        if issubclass(exc_type, asyncio.CancelledError):
-            return cls.SHUTDOWN
-        return cls.FAILED
-
-
-_NOTES = {
-    Outcome.INTERRUPTED: ":warning: _The answer was interrupted._",
-    Outcome.FAILED: ":warning: _The answer was interrupted._",
-    Outcome.STOPPED: ":black_square_for_stop: _Stopped._",
-    Outcome.SHUTDOWN: ":warning: _Interrupted while the bot restarted — please ask again._",
-}
-
 # What the only message says when the model showed nothing at all.
-_NOTHING_SHOWN = {
+_NOTHING_SHOWN: dict[Outcome, str] = {
     Outcome.COMPLETE: EMPTY_TEXT,
     Outcome.INTERRUPTED: FAILED_TEXT,
     Outcome.FAILED: FAILED_TEXT,
-    Outcome.STOPPED: _NOTES[Outcome.STOPPED],
-    Outcome.SHUTDOWN: _NOTES[Outcome.SHUTDOWN],
+    Outcome.STOPPED: Outcome.STOPPED.note or "",
+    Outcome.SHUTDOWN: Outcome.SHUTDOWN.note or "",
 }
-
-
-class State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class ReplyStateError(RuntimeError):
-    """A ReplyStream method was called in a state that does not allow it (a bug in the caller)."""
-
-
-class TrackedReply(Protocol):
-    """What a tracker needs to know of a reply (ReplyStream or a native stream)."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def native(self) -> bool: ...  # streamed natively: ``rendered`` is then Markdown
-
-    @property
-    def team(self) -> str: ...
-
-    @property
-    def channel(self) -> str: ...
-
-    @property
-    def thread_ts(self) -> str | None: ...
-
-
-class ReplyTracker(Protocol):
-    """Told what a reply's current message shows, so another process can finish it if this one
-    dies (see bot/recovery.py). Must not raise."""
-
-    async def shown(self, reply: TrackedReply, ts: str, rendered: str) -> None: ...
-
-    async def finishing(self, reply: TrackedReply) -> None:
-        """The reply's final form is about to be delivered: a reply found in flight after this
-        may already show it, and must not be overwritten."""
-
-    async def closed(self, reply: TrackedReply) -> None: ...
 
 
 Render = Callable[[str], str]
 Split = Callable[[str, int], "tuple[str, str]"]
 
 
-class ReplyStream:
-    """The Slack side of one answer; see the module docstring for the lifecycle.
+class ReplyStream(BaseReply):
+    """The Slack side of one answer by edits; see the module docstring for the lifecycle.
 
     ``limit``: the most characters one message shows (rendered). ``final_deadline``: how long
     the final delivery (and each roll-over) keeps retrying before it is logged as an error.
@@ -196,22 +118,21 @@ class ReplyStream:
         metrics: Metrics | None = None,
         reply_id: str | None = None,
     ) -> None:
-        self.id = reply_id or secrets.token_hex(6)
+        # ``stopped`` is never set here: the edit renderer's Stop is a button of its own
+        # (bot/stops.py).
+        super().__init__(
+            team=team,
+            channel=channel,
+            thread_ts=thread_ts,
+            tracker=tracker,
+            metrics=metrics,
+            reply_id=reply_id,
+        )
         self._asker = asker  # who may press Stop (see bot/stops.py)
         self._feedback = feedback
-        # Never set here: the edit renderer's Stop is a button of its own (bot/stops.py). A
-        # native stream sets it when the person pressed Slack's stop (see bot/render/native.py).
-        self.stopped = asyncio.Event()
-        self._metrics = metrics
-        self.outcome: Outcome | None = None  # how the answer ended, once finishing started
-        self._first_token_at: float | None = None  # monotonic; None until visible text
         self._stop_button = stop_button
-        self._tracker = tracker
         self._slack = slack
         self._budget = budget
-        self._team = team
-        self._channel = channel
-        self._thread_ts = thread_ts
         self._limit = limit
         self._render = render
         self._render_final = render_final or render
@@ -219,32 +140,32 @@ class ReplyStream:
         self._final_deadline = final_deadline
         self._edit_timeout = edit_timeout
         self._jitter = jitter
-        self.state = State.NEW
         self.ts: str | None = None  # the message being written now; None: not posted yet
-        self.message_ts: list[str] = []  # every message of this reply, in order
+        self._messages: list[str] = []  # every message of this reply, in order
         self.edits = 0  # chat.update calls that landed
-        self._chunks: list[str] = []  # every delta, in order; joined whole only at the end
-        self._taken = 0  # how many of them _current has absorbed
+        self._taken = 0  # how many of the chunks _current has absorbed
         self._current = ""  # the Markdown of the message being written now
         self._rendered: tuple[str, str] = ("", "")  # (_current, its interim rendering)
         self._sent = ""  # what that message shows now (rendered)
         self._editable = True  # False once Slack refused an interim edit of that message
         self._frozen = 0  # messages given their last form before the current one
         self._wake = asyncio.Event()
-        self._closing = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Timeout | None = None  # the interim edit being sent
         self._slow = 0  # interim edits in a row that got no answer in time
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def message_ts(self) -> list[str]:
+        return self._messages
 
     async def open(self) -> None:
         """Post the placeholder; raises ``SlackError`` when Slack will not take it."""
         self._require(State.NEW)
         deadline = asyncio.get_running_loop().time() + self._final_deadline
         self.ts = await self._post(PLACEHOLDER, self._working_blocks(None), deadline)
-        self.message_ts.append(self.ts)
+        self._messages.append(self.ts)
         self.state = State.OPEN
         await self._track(PLACEHOLDER)
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"reply-{self.id}")
@@ -264,66 +185,17 @@ class ReplyStream:
         else:
             self.ts = ts
             if ts is not None:
-                self.message_ts.append(ts)
+                self._messages.append(ts)
             self.state = State.OPEN
             self._flusher = asyncio.create_task(self._flush_loop(), name=f"reply-{self.id}")
         if markdown:
             self.append(markdown)
 
-    native = False  # posts and edits ordinary messages
-
-    async def __aenter__(self) -> ReplyStream:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.state is State.OPEN:
-            self._start_closing(Outcome.on_exit(exc_type))
-        if self._closer is not None:
-            # Even when this task is being cancelled, the reply's last form is delivered.
-            await asyncio.shield(self._closer)
-
-    def append(self, delta: str) -> None:
-        """Add model text; cheap and synchronous (the flusher picks it up)."""
-        if self.state is not State.OPEN:
-            raise ReplyStateError(f"append() while {self.state.value}")
-        if delta:
-            if not self._chunks and self._metrics is not None:
-                self._first_token_at = time.monotonic()
-            self._chunks.append(delta)
-            self._wake.set()
-
-    @property
-    def text(self) -> str:
-        """Everything the model has written so far (Markdown)."""
-        return "".join(self._chunks)
-
-    async def finish(self, outcome: Outcome) -> str:
-        """Deliver the final text (retried until ``final_deadline``); return the model's text.
-
-        Never raises ``SlackError``: what cannot be delivered is logged, naming the thread.
-        """
-        if self.state is State.NEW:
-            self.state = State.CLOSED
-            return ""
-        if self._closer is None:
-            self._require(State.OPEN)
-            self._start_closing(outcome)
-        assert self._closer is not None
-        await asyncio.shield(self._closer)
-        return self.text
-
-    def _start_closing(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-        self.state = State.CLOSING
-        self._closing.set()
+    def _took(self, delta: str) -> None:
         self._wake.set()
-        self._closer = asyncio.create_task(self._close(outcome), name=f"reply-{self.id}-final")
+
+    def _stepped(self, step: Step) -> None:
+        self._wake.set()
 
     async def _close(self, outcome: Outcome) -> None:
         loop = asyncio.get_running_loop()
@@ -341,14 +213,12 @@ class ReplyStream:
                     await self._flusher
                 except Exception:
                     log.exception("progress edits failed in thread %s", self._where)
-            if self._tracker is not None:
-                await self._tracker.finishing(self)
+            await self._tracker.finishing(self)
             await self._deliver_final(outcome, deadline)
         finally:
             self.state = State.CLOSED
             await self._budget.done(self._team, self.id)
-            if self._tracker is not None:
-                await self._tracker.closed(self)
+            await self._tracker.closed(self)
 
     # -- interim edits -----------------------------------------------------------------------
 
@@ -465,7 +335,7 @@ class ReplyStream:
             log.warning("could not continue the answer in thread %s: %s", self._where, exc)
             return  # tried again at the next flush, and by the final delivery
         self.ts = ts
-        self.message_ts.append(ts)
+        self._messages.append(ts)
         self._sent = rendered
         self._editable = True
         await self._track(rendered)
@@ -577,7 +447,7 @@ class ReplyStream:
                 except SlackError as exc:
                     log.error("answer in thread %s not delivered: %s", self._where, exc)
                 else:
-                    self.message_ts.append(self.ts)
+                    self._messages.append(self.ts)
                     self._sent = rendered
                 return True
             if not await self._budget.acquire(self._team, Priority.FINAL, deadline=deadline):
@@ -643,12 +513,6 @@ class ReplyStream:
                 raise SlackError("chat.postMessage", "not delivered before the deadline")
             await asyncio.sleep(wait)
 
-    def _text_visible(self) -> None:
-        """The first model text is on screen: record how long that took after the first token."""
-        if self._first_token_at is not None and self._metrics is not None:
-            self._metrics.first_token_to_visible.observe(time.monotonic() - self._first_token_at)
-            self._first_token_at = None
-
     def _working_blocks(self, rendered: str | None) -> list[dict[str, Any]]:
         """How a message looks while the answer is still being written into it (``None``: the
         placeholder): the text, the working indicator and, when enabled, the Stop button."""
@@ -662,24 +526,8 @@ class ReplyStream:
         return blocks
 
     async def _track(self, rendered: str) -> None:
-        if self._tracker is not None and self.ts is not None:
+        if self.ts is not None:
             await self._tracker.shown(self, self.ts, rendered)
-
-    @property
-    def channel(self) -> str:
-        return self._channel
-
-    @property
-    def team(self) -> str:
-        return self._team
-
-    @property
-    def thread_ts(self) -> str | None:
-        return self._thread_ts
-
-    @property
-    def _where(self) -> str:
-        return f"{self._team}/{self._channel}/{self._thread_ts or 'top'}"
 
     def _require(self, state: State) -> None:
         if self.state is not state:
