@@ -17,12 +17,12 @@ import pytest
 
 from bot.render import text
 from bot.render.budget import EditBudget
-from bot.render.contract import Finished, Outcome, ReplyStateError
+from bot.render.contract import Finished, Outcome, ReplyStateError, Step, StepStatus
 from bot.render.native import NativeReply
-from bot.render.reply import EMPTY_TEXT, FAILED_TEXT, ReplyStream
+from bot.render.reply import EMPTY_TEXT, FAILED_TEXT, INDICATOR_BLOCK_ID, WRITING, ReplyStream
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis
-from tests.fakes.slack import Call, FakeSlack
+from tests.fakes.slack import Call, FakeSlack, Message
 from tests.views import bot_replies, notes, working
 
 CHANNEL = "C0CHAN"
@@ -761,3 +761,38 @@ async def test_a_native_reply_finished_as_its_timer_runs_out_still_closes_its_st
     (message,) = bot_replies(slack, CHANNEL, thread)
     assert message.text == "Hello world" and not message.streaming
     assert not slack.calls_to("chat.update")  # closed by chat.stopStream, not by edits
+
+
+# -- steps (tool calls) ------------------------------------------------------------------------
+
+
+def indicator(message: Message) -> str:
+    return next(
+        element["text"]
+        for block in message.blocks or []
+        if block.get("block_id") == INDICATOR_BLOCK_ID
+        for element in block["elements"]
+    )
+
+
+async def test_the_step_in_progress_shows_in_the_working_indicator_until_it_is_done(
+    slack: FakeSlack, gateway: WatchedGateway, store: Store
+) -> None:
+    thread = question(slack)
+    reply = new_reply(gateway, edit_budget(store), thread)
+    async with reply:
+        (message,) = bot_replies(slack, CHANNEL, thread)
+        # Before any text: the placeholder's indicator names the step (as code: no formatting).
+        reply.step(Step("c1", 'wiki.search(query="<!here> `x`")', StepStatus.IN_PROGRESS))
+        await slack.wait_for(lambda: "wiki.search" in indicator(message), timeout=5)
+        assert indicator(message).endswith("`wiki.search(query=\"&lt;!here&gt; 'x'\")`")
+        assert message.text and working(message)
+        # Text, and the step done: back to "writing…" under the text.
+        reply.step(Step("c1", 'wiki.search(query="x")', StepStatus.COMPLETE))
+        reply.append("Found it.")
+        await slack.wait_for(lambda: message.text == "Found it.", timeout=5)
+        await slack.wait_for(lambda: indicator(message) == WRITING, timeout=5)
+        finished = await reply.finish(Outcome.COMPLETE)
+
+    assert finished.text == "Found it." and finished.message_ts == (message.ts,)
+    assert message.text == "Found it." and not working(message)

@@ -40,7 +40,15 @@ from typing import Any
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
-from bot.render.contract import BaseReply, Outcome, ReplyStateError, ReplyTracker, State, Step
+from bot.render.contract import (
+    BaseReply,
+    Outcome,
+    ReplyStateError,
+    ReplyTracker,
+    State,
+    Step,
+    StepStatus,
+)
 from bot.render.feedback import feedback_block
 from bot.slack import SlackGateway
 
@@ -147,6 +155,7 @@ class ReplyStream(BaseReply):
         self._current = ""  # the Markdown of the message being written now
         self._rendered: tuple[str, str] = ("", "")  # (_current, its interim rendering)
         self._sent = ""  # what that message shows now (rendered)
+        self._sent_line = PLACEHOLDER  # the working indicator it shows now
         self._editable = True  # False once Slack refused an interim edit of that message
         self._frozen = 0  # messages given their last form before the current one
         self._wake = asyncio.Event()
@@ -279,14 +288,19 @@ class ReplyStream(BaseReply):
             if rendered.strip() and not self._closing.is_set():
                 await self._continue_in_new_message(rendered)
             return None
-        if not self._editable or not rendered.strip() or rendered == self._sent:
+        if not self._editable:
+            return None
+        if (not rendered.strip() or rendered == self._sent) and (
+            self._working_line(rendered) == self._sent_line
+        ):
             return None
         return rendered
 
     async def _edit_interim(self, rendered: str) -> None:
         # Registered before it is sent: if this process dies right after Slack applies the edit,
         # whoever finishes the reply keeps at least the text the user saw.
-        await self._track(rendered)
+        if rendered.strip():
+            await self._track(rendered)
         try:
             await self._send_interim(rendered)
         except SlackRateLimited as exc:
@@ -311,9 +325,11 @@ class ReplyStream(BaseReply):
                 self._editable = False
         else:
             self._sent = rendered
+            self._sent_line = self._working_line(rendered)
             self.edits += 1
             self._slow = 0
-            self._text_visible()
+            if rendered.strip():
+                self._text_visible()
 
     async def _send_interim(self, rendered: str) -> None:
         assert self.ts is not None
@@ -322,7 +338,10 @@ class ReplyStream(BaseReply):
             seconds = min(_MAX_EDIT_TIMEOUT, self._edit_timeout * 2**self._slow)
             async with asyncio.timeout(seconds) as self._in_flight:
                 await self._slack.update(
-                    self._channel, self.ts, rendered, blocks=self._working_blocks(rendered)
+                    self._channel,
+                    self.ts,
+                    rendered or self._working_line(rendered),
+                    blocks=self._working_blocks(rendered or None),
                 )
         finally:
             self._in_flight = None  # at once: an exited Timeout cannot be rescheduled
@@ -337,6 +356,7 @@ class ReplyStream(BaseReply):
         self.ts = ts
         self._messages.append(ts)
         self._sent = rendered
+        self._sent_line = self._working_line(rendered)
         self._editable = True
         await self._track(rendered)
 
@@ -514,16 +534,21 @@ class ReplyStream(BaseReply):
             await asyncio.sleep(wait)
 
     def _working_blocks(self, rendered: str | None) -> list[dict[str, Any]]:
-        """How a message looks while the answer is still being written into it (``None``: the
-        placeholder): the text, the working indicator and, when enabled, the Stop button."""
-        blocks = (
-            [_indicator(PLACEHOLDER)]
-            if rendered is None
-            else [_section(rendered), _indicator(WRITING)]
-        )
+        """How a message looks while the answer is still being written into it (``None``: no
+        text yet): the text, the working indicator and, when enabled, the Stop button."""
+        line = self._working_line(rendered or "")
+        blocks = [_indicator(line)] if rendered is None else [_section(rendered), _indicator(line)]
         if self._stop_button:
             blocks.append(stop_controls(self.id, self._asker))
         return blocks
+
+    def _working_line(self, rendered: str) -> str:
+        """The working indicator: the step in progress (a tool call), else "writing…" under
+        text, else the placeholder's "Thinking…"."""
+        for step in reversed(self._steps.values()):
+            if step.status in _WORKING:
+                return step_line(step)
+        return WRITING if rendered.strip() else PLACEHOLDER
 
     async def _track(self, rendered: str) -> None:
         if self.ts is not None:
@@ -538,6 +563,17 @@ def mrkdwn_text(text: str) -> dict[str, Any]:
     """A mrkdwn text object Slack shows as written: ``verbatim`` stops Slack from parsing
     mentions, channel names and URLs in it by itself (the renderer has made the text safe)."""
     return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
+_WORKING = (StepStatus.PENDING, StepStatus.IN_PROGRESS)
+
+
+def step_line(step: Step) -> str:
+    """A step as the working indicator shows it: its title as code, which Slack shows as
+    written (no formatting, links or mentions inside)."""
+    title = " ".join(step.title.split()).replace("`", "'")
+    title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f":hammer_and_wrench: _Working:_ `{title}`"
 
 
 def _indicator(text: str) -> dict[str, Any]:
