@@ -1,10 +1,22 @@
 """The model boundary: stream an answer from any OpenAI-compatible server (Chat Completions, or
-the Responses API with ``OPENAI_API_MODE=responses``).
+the Responses API with ``OPENAI_API_MODE=responses``), with or without tools.
 
     async with model.stream(messages) as answer:
         async for delta in answer:
             reply.append(delta)
     answer.usage          # {'prompt_tokens': …} when the server reported it
+
+With tools, each round is one stream; the calls are assembled while the text streams and the
+results go back in the API's own shape::
+
+    async with model.stream(messages, tools=specs, on_tool_call=show_pending) as answer:
+        text = "".join([delta async for delta in answer])
+    if answer.finish_reason == "tool_calls":
+        results = [await run(call) for call in answer.tool_calls]   # (content, is_error)
+        messages += model.tool_round(text, answer.tool_calls, results)   # then the next round
+
+A server or model that refuses ``tools`` (HTTP 400 saying so) is asked again without them, once,
+and that model is sent no tools for the rest of the process (``answer.tools_dropped``).
 
 The SSE lines are read raw and decoded with ``orjson`` (0.5 µs a chunk; ``json`` takes 2.2 µs
 and the SDK's typed chunks ~100 µs), which matters with hundreds of concurrent streams. With many
@@ -21,9 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
@@ -47,6 +62,64 @@ _MAX_PAUSE = 0.5
 # does not suspend): the stream has caught up, and the next read may rest first.
 _WAITED = 0.002
 
+# How servers word "this model takes no tools" (only an explicit refusal counts: a bare 400 is as
+# often an over-long context or a malformed request, which retrying without tools would hide).
+_TOOLS_REFUSED = re.compile(
+    r"(?:does not|doesn't|do not) support (?:tools|tool |function)"  # Ollama, LM Studio
+    r"|support tool use"  # OpenRouter: "No endpoints found that support tool use"
+    r"|tool choice requires"  # vLLM without --enable-auto-tool-choice / --tool-call-parser
+    r"|tools param requires"  # llama.cpp without --jinja
+    r"|cannot use tools with stream"  # llama.cpp before streamed tool calls
+    r"|unsupported param(?:eter)?: *'?(?:tools|functions)\b"  # llama.cpp, OpenAI
+    r"|unrecognized request argument supplied: *(?:tools|functions)\b"  # Azure OpenAI
+    r"|\b(?:tools|functions|tool use|tool calling|function calling)'? (?:is|are) not supported",
+    re.IGNORECASE,
+)
+# llama.cpp answers its refusals with 500 (after the SDK's retries), Azure with 404.
+_REFUSAL_STATUSES = frozenset({400, 404, 422, 500})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does, and its arguments as JSON schema."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call the model asked for. ``arguments`` is its JSON text as streamed (``"{}"`` when
+    empty; not checked: the tool layer reports bad JSON back to the model). ``item_id`` is the
+    Responses API's output item (``fc_…``); ``call_id`` is what the result answers to."""
+
+    call_id: str
+    name: str
+    arguments: str
+    item_id: str | None = None
+
+
+class _Assembly:
+    """A tool call being streamed: its fragments so far."""
+
+    __slots__ = ("call_id", "item_id", "name", "parts", "whole")
+
+    def __init__(self, call_id: str = "", name: str = "", item_id: str | None = None) -> None:
+        self.call_id = call_id
+        self.name = name
+        self.item_id = item_id
+        self.parts: list[str] = []
+        self.whole: str | None = None  # the server's own complete text, once it sent one
+
+    def freeze(self) -> ToolCall:
+        if not self.call_id:  # some servers send none; the result must still answer to one
+            self.call_id = f"call_{uuid.uuid4().hex[:24]}"
+        arguments = self.whole if self.whole is not None else "".join(self.parts)
+        return ToolCall(self.call_id, self.name, arguments.strip() or "{}", self.item_id)
+
 
 def connect_openai(api_key: str, base_url: str | None) -> openai.AsyncOpenAI:
     """The SDK client; retries (429/5xx/connection, before a stream starts) stay the SDK's.
@@ -67,7 +140,8 @@ def connect_openai(api_key: str, base_url: str | None) -> openai.AsyncOpenAI:
 class ChatModel:
     """One configured model endpoint.
 
-    ``stream`` returns an ``AnswerStream``: use it as ``async with`` and iterate text deltas.
+    ``stream`` returns an ``AnswerStream``: use it as ``async with`` and iterate text deltas;
+    ``tool_round`` turns one round's calls and their results into the next round's messages.
     """
 
     def __init__(
@@ -91,6 +165,7 @@ class ChatModel:
         self._temperature = temperature
         self._idle_timeout = idle_timeout
         self._open = _OpenStreams()
+        self._toolless: set[str] = set()  # models whose server refused tools
 
     @property
     def default_model(self) -> str:
@@ -100,14 +175,24 @@ class ChatModel:
     def default_temperature(self) -> float | None:
         return self._temperature
 
+    def takes_tools(self, model: str | None = None) -> bool:
+        """False once this model's server has refused tools (for the rest of the process)."""
+        return (model or self._model) not in self._toolless
+
     def stream(
         self,
         messages: list[dict[str, Any]],
         *,
         model: str | None = None,
         temperature: float | None = None,
+        tools: Sequence[ToolSpec] = (),
+        on_tool_call: Callable[[str, int], object] | None = None,
     ) -> AnswerStream:
-        body: dict[str, Any] = {"model": model or self._model, "stream": True}
+        """One answer (one round). ``tools`` are offered unless this model refused them before
+        (then ``answer.tools_dropped``); ``on_tool_call(name, index)`` runs as soon as a call's
+        name has arrived, before its arguments have."""
+        name = model or self._model
+        body: dict[str, Any] = {"model": name, "stream": True}
         if self._api == "responses":
             body["input"] = messages  # role/content messages are valid Responses input
             if self._max_tokens:
@@ -120,9 +205,97 @@ class ChatModel:
         temperature = temperature if temperature is not None else self._temperature
         if temperature is not None:
             body["temperature"] = temperature
-        return AnswerStream(
-            self._client, body, self._idle_timeout, api=self._api, streams=self._open
+        dropped = bool(tools) and name in self._toolless
+        if tools and not dropped:
+            body["tools"] = [self._tool_shape(spec) for spec in tools]
+        answer = AnswerStream(
+            self._client,
+            body,
+            self._idle_timeout,
+            api=self._api,
+            streams=self._open,
+            toolless=self._toolless,
         )
+        answer.tools_dropped = dropped
+        answer.on_tool_call = on_tool_call
+        return answer
+
+    def tool_round(
+        self, text: str, calls: Sequence[ToolCall], results: Sequence[tuple[str, bool]]
+    ) -> list[dict[str, Any]]:
+        """The messages that carry one round to the next: what the model said and asked for,
+        then each result (``(content, is_error)``, in the order of ``calls``)."""
+        if len(calls) != len(results):
+            raise ValueError(f"{len(calls)} tool calls but {len(results)} results")
+        outputs = [_result_text(content, failed) for content, failed in results]
+        if self._api == "responses":
+            items: list[dict[str, Any]] = []
+            if text:
+                items.append({"role": "assistant", "content": text})
+            # Without the item id: an fc_… id ties the call to a reasoning item of the same
+            # response, which OpenAI then requires too ("provided without its required
+            # 'reasoning' item").
+            items += [
+                {
+                    "type": "function_call",
+                    "call_id": call.call_id,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                }
+                for call in calls
+            ]
+            items += [
+                {"type": "function_call_output", "call_id": call.call_id, "output": output}
+                for call, output in zip(calls, outputs, strict=True)
+            ]
+            return items
+        assistant: dict[str, Any] = {
+            "role": "assistant",
+            "content": text or None,
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in calls
+            ],
+        }
+        return [
+            assistant,
+            *(
+                {"role": "tool", "tool_call_id": call.call_id, "content": output}
+                for call, output in zip(calls, outputs, strict=True)
+            ),
+        ]
+
+    def _tool_shape(self, spec: ToolSpec) -> dict[str, Any]:
+        if self._api == "responses":
+            # The Responses API makes tools strict unless told otherwise, and strict mode
+            # refuses most schemas MCP servers publish (optional properties, no
+            # additionalProperties: false).
+            return {
+                "type": "function",
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": dict(spec.parameters),
+                "strict": False,
+            }
+        return {
+            "type": "function",
+            "function": {
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": dict(spec.parameters),
+            },
+        }
+
+
+def _result_text(content: str, failed: bool) -> str:
+    """A tool's result as the model reads it; a failure says so in its first word."""
+    if failed and not content.startswith("Error"):
+        return f"Error: {content}" if content else "Error: the tool failed without a message."
+    return content
 
 
 class _OpenStreams:
@@ -132,7 +305,11 @@ class _OpenStreams:
 
 
 class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
-    """One streamed answer; always closes its HTTP response, also when the reader stops early."""
+    """One streamed answer; always closes its HTTP response, also when the reader stops early.
+
+    Iterating yields text. After it, ``finish_reason`` is ``"tool_calls"`` when the model asked
+    for tools, and ``tool_calls`` lists those calls (after a failure: the ones begun so far).
+    """
 
     def __init__(
         self,
@@ -142,12 +319,23 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         *,
         api: Literal["chat", "responses"] = "chat",
         streams: _OpenStreams | None = None,
+        toolless: set[str] | None = None,
     ) -> None:
         self._client = client
         self._body = body
         self._idle = idle
         self._open = streams or _OpenStreams()
-        self._absorb = self._absorb_response_event if api == "responses" else self._absorb_chunk
+        self._toolless = toolless if toolless is not None else set()
+        # Text-only answers read with the plain absorbers: no tool work per chunk.
+        self._text_absorb = (
+            self._absorb_response_event if api == "responses" else self._absorb_chunk
+        )
+        if "tools" not in body:
+            self._absorb = self._text_absorb
+        elif api == "responses":
+            self._absorb = self._absorb_response_event_with_tools
+        else:
+            self._absorb = self._absorb_chunk_with_tools
         self._endpoint = (
             client.responses.with_streaming_response
             if api == "responses"
@@ -157,6 +345,17 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
         self.chars = 0
+        self.tools_dropped = False
+        """Tools were asked for, but this answer was made without them (the model refuses them)."""
+        self.on_tool_call: Callable[[str, int], object] | None = None
+        """Called with (name, index in ``tool_calls``) as soon as a call's name is known."""
+        self._calls: list[_Assembly] = []
+        self._call_keys: dict[object, _Assembly] = {}
+        self._last_key: object = 0
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [call.freeze() for call in self._calls]
 
     async def __aenter__(self) -> AnswerStream:
         return self
@@ -179,20 +378,26 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
 
     async def __aiter__(self) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._idle):
-                # The idle clock covers the time to first byte too.
-                # The transport's read timeout ends a silent stream without a timer per line.
-                self._response_cm = self._endpoint.create(
-                    **self._body, timeout=httpx2.Timeout(self._idle, connect=min(10.0, self._idle))
-                )
-                response = await self._response_cm.__aenter__()
-        except TimeoutError:
-            raise ModelUnavailable("no response within the idle timeout") from None
-        except openai.APIStatusError as exc:
-            raise ModelUnavailable(f"HTTP {exc.status_code}") from exc
-        except (openai.APIError, httpx2.HTTPError) as exc:
-            raise ModelUnavailable(type(exc).__name__) from exc
+        while True:
+            try:
+                async with asyncio.timeout(self._idle):
+                    # The idle clock covers the time to first byte too.
+                    # The transport's read timeout ends a silent stream without a timer per line.
+                    self._response_cm = self._endpoint.create(
+                        **self._body,
+                        timeout=httpx2.Timeout(self._idle, connect=min(10.0, self._idle)),
+                    )
+                    response = await self._response_cm.__aenter__()
+                break
+            except TimeoutError:
+                raise ModelUnavailable("no response within the idle timeout") from None
+            except openai.APIStatusError as exc:
+                if "tools" in self._body and _refuses_tools(exc):
+                    self._drop_tools(exc)
+                    continue  # nothing was streamed: the same question again, without tools
+                raise ModelUnavailable(f"HTTP {exc.status_code}") from exc
+            except (openai.APIError, httpx2.HTTPError) as exc:
+                raise ModelUnavailable(type(exc).__name__) from exc
 
         chunks = response.http_response.aiter_bytes().__aiter__()
         body = _aiohttp_response(response.http_response)
@@ -271,6 +476,24 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
             raise broken
         if self.finish_reason is None:
             raise self._broken(ModelInterrupted, "stream ended without finish_reason")
+        if self._calls and self.finish_reason == "stop":
+            self.finish_reason = "tool_calls"  # servers that end a call with "stop" (Ollama)
+
+    def _drop_tools(self, refusal: openai.APIStatusError) -> None:
+        model = str(self._body.get("model"))
+        log.warning(
+            "model %s refused tools (HTTP %s); it is sent none from now on",
+            model,
+            refusal.status_code,
+        )
+        self._toolless.add(model)
+        self._body = {
+            key: value
+            for key, value in self._body.items()
+            if key not in ("tools", "tool_choice", "parallel_tool_calls")
+        }
+        self._absorb = self._text_absorb
+        self.tools_dropped = True
 
     def _read_pause(self) -> float:
         """Seconds to rest before the next network read: none while few streams are open;
@@ -326,13 +549,152 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
                 self.finish_reason = str(choice["finish_reason"])
         return text
 
+    def _absorb_chunk_with_tools(self, chunk: Any) -> str:
+        """``_absorb_chunk``, and the tool-call fragments of the chunk."""
+        text = self._absorb_chunk(chunk)
+        if not isinstance(chunk, dict):
+            return text
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            fragments = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if isinstance(fragments, list):
+                for fragment in fragments:
+                    if isinstance(fragment, dict):
+                        self._take_chat_fragment(fragment)
+        return text
+
+    def _take_chat_fragment(self, fragment: dict[str, Any]) -> None:
+        # OpenAI numbers the calls (``index``) and sends id and name once, then argument
+        # pieces; servers without an index send each call whole, told apart by its id (or,
+        # with no id either, by a second name).
+        call_id = fragment.get("id")
+        index = fragment.get("index")
+        function = fragment.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        key: object
+        if isinstance(index, int):
+            key = index
+        elif isinstance(call_id, str) and call_id:
+            key = call_id
+        else:
+            last = self._call_keys.get(self._last_key)
+            named = last is not None and last.name and function.get("name")
+            key = len(self._calls) if named else self._last_key
+        self._last_key = key
+        call = self._call_keys.get(key)
+        if call is None:
+            call = self._call_keys[key] = _Assembly()
+            self._calls.append(call)
+        if isinstance(call_id, str) and call_id and not call.call_id:
+            call.call_id = call_id
+        name = function.get("name")
+        if isinstance(name, str) and name and not call.name:
+            call.name = name
+            self._announce(call)
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            call.parts.append(arguments)
+        elif isinstance(arguments, dict):  # a few servers send the object itself
+            call.parts.append(orjson.dumps(arguments).decode())
+
+    def _absorb_response_event_with_tools(self, event: Any) -> str:
+        """``_absorb_response_event``, and the function calls among the output items."""
+        if not isinstance(event, dict):
+            return ""
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            return self._absorb_response_event(event)
+        if kind == "response.function_call_arguments.delta":
+            call = self._item_call(event)
+            delta = event.get("delta")
+            if call is not None and isinstance(delta, str):
+                call.parts.append(delta)
+        elif kind == "response.function_call_arguments.done":
+            call = self._item_call(event)
+            arguments = event.get("arguments")
+            if call is not None and isinstance(arguments, str):
+                call.whole = arguments
+        elif kind in ("response.output_item.added", "response.output_item.done"):
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                self._take_function_call(_item_key(event), item)
+        elif kind in ("response.completed", "response.incomplete"):
+            # A server that sent no item events still lists the calls in its output.
+            response = event.get("response")
+            output = response.get("output") if isinstance(response, dict) else None
+            if not self._calls and isinstance(output, list):
+                for position, item in enumerate(output):
+                    if isinstance(item, dict) and item.get("type") == "function_call":
+                        self._take_function_call(item.get("id") or position, item)
+            text = self._absorb_response_event(event)
+            if self._calls and self.finish_reason == "stop":
+                self.finish_reason = "tool_calls"
+            return text
+        else:
+            return self._absorb_response_event(event)
+        return ""
+
+    def _item_call(self, event: dict[str, Any]) -> _Assembly | None:
+        return self._call_keys.get(_item_key(event)) or self._call_keys.get(event.get("item_id"))
+
+    def _take_function_call(self, key: object, item: dict[str, Any]) -> None:
+        call = self._call_keys.get(key)
+        if call is None:
+            call = self._call_keys[key] = _Assembly()
+            self._calls.append(call)
+        call_id, item_id = item.get("call_id"), item.get("id")
+        if isinstance(call_id, str) and call_id:
+            call.call_id = call_id
+        if isinstance(item_id, str) and item_id:
+            call.item_id = item_id
+            self._call_keys.setdefault(item_id, call)  # events may name it by id alone
+        arguments = item.get("arguments")
+        if isinstance(arguments, str) and (arguments or item.get("status") == "completed"):
+            call.whole = arguments
+        name = item.get("name")
+        if isinstance(name, str) and name and not call.name:
+            call.name = name
+            self._announce(call)
+
+    def _announce(self, call: _Assembly) -> None:
+        callback = self.on_tool_call
+        if callback is None:
+            return
+        try:
+            callback(call.name, self._calls.index(call))
+        except Exception:
+            # A hint for the screen: its failure must not end the model's answer.
+            log.exception("on_tool_call failed")
+
     def _broken(
         self, kind: type[ModelInterrupted], why: str
     ) -> ModelInterrupted | ModelUnavailable:
         # Nothing shown yet: the user gets the "model unavailable" note, not "interrupted".
-        if self.chars == 0:
+        # A tool call under way counts as shown (its pending step may be on screen).
+        if self.chars == 0 and not self._calls:
             return ModelUnavailable(why)
         return kind(why)
+
+
+def _item_key(event: dict[str, Any]) -> object:
+    """Which output item a Responses event is about (by its position, else its id)."""
+    index = event.get("output_index")
+    return index if isinstance(index, int) else event.get("item_id")
+
+
+def _refuses_tools(error: openai.APIStatusError) -> bool:
+    """The server said this model takes no tools (see ``_TOOLS_REFUSED``)."""
+    if error.status_code not in _REFUSAL_STATUSES:
+        return False
+    texts = [error.message]
+    body = error.body
+    detail = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(detail, dict):
+        detail = detail.get("message")
+    if isinstance(detail, str):
+        texts.append(detail)
+    return any(_TOOLS_REFUSED.search(text) for text in texts)
 
 
 def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:

@@ -17,7 +17,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
+from tests.fakes.openai import Answer, Call, FakeOpenAI, echo_last_user
 
 MESSAGES: list[Any] = [
     {"role": "system", "content": "Be brief."},
@@ -620,3 +620,175 @@ async def test_responses_transport_failures_raise(llm: FakeOpenAI, client: Async
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
             await stream_response(client)
+
+
+# -- tool calls --------------------------------------------------------------------------------
+
+CHAT_TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {"name": "echo", "parameters": {"type": "object", "properties": {}}},
+    }
+]
+RESPONSE_TOOLS: list[Any] = [
+    {"type": "function", "name": "echo", "parameters": None, "strict": False},
+]
+
+
+async def test_tool_calls_stream_as_chat_deltas_after_the_text(
+    llm: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    llm.script(
+        Answer(
+            text="Let me look.", tool_calls=[Call("echo", {"text": "hi"}), Call("add", {"a": 2})]
+        )
+    )
+
+    chunks = await stream_chat(client, tools=CHAT_TOOLS)
+
+    assert text_of(chunks) == "Let me look."
+    fragments = [f for c in chunks if c.choices for f in c.choices[0].delta.tool_calls or ()]
+    firsts = [f for f in fragments if f.id is not None]
+    assert [(f.index, f.type, f.function and f.function.name) for f in firsts] == [
+        (0, "function", "echo"),
+        (1, "function", "add"),
+    ]
+    assert firsts[0].id != firsts[1].id
+    arguments = {
+        index: "".join(
+            f.function.arguments or "" for f in fragments if f.index == index and f.function
+        )
+        for index in (0, 1)
+    }
+    assert arguments == {0: '{"text":"hi"}', 1: '{"a":2}'}
+    assert sum(1 for f in fragments if f.index == 0) > 2  # the arguments came in pieces
+    assert finish_reasons(chunks) == ["tool_calls"]
+    assert llm.requests[0].tool_names == ["echo"]
+
+
+async def test_tool_calls_stream_as_function_call_items_of_a_response(
+    llm: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    llm.script(Answer(text="Looking.", tool_calls=[Call("echo", {"text": "hi"}, id="call_x")]))
+
+    stream = await client.responses.create(
+        model="gpt-test", input="Say hello", tools=RESPONSE_TOOLS, stream=True
+    )
+    async with stream:
+        events: list[Any] = [event async for event in stream]
+
+    kinds = [e.type for e in events]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    # The message item is closed before the call's item opens.
+    assert kinds.index("response.output_item.done") < kinds.index("response.output_item.added", 3)
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert [(e.output_index, e.item.type) for e in added] == [(0, "message"), (1, "function_call")]
+    call = added[1].item
+    assert (call.name, call.call_id, call.arguments) == ("echo", "call_x", "")
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(deltas) > 1 and "".join(deltas) == '{"text":"hi"}'
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert (done.item_id, done.arguments) == (call.id, '{"text":"hi"}')
+    completed = events[-1].response
+    assert events[-1].type == "response.completed"
+    assert [item.type for item in completed.output] == ["message", "function_call"]
+    assert completed.output_text == "Looking."
+    assert completed.tools[0].name == "echo"
+
+
+async def test_a_fault_among_the_call_chunks_keeps_the_response_events_in_sequence(
+    llm: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    llm.script(Answer(tool_calls=[Call("echo", {"text": "hi"})], error_after=2))
+
+    events = await stream_response(client)
+
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert [e.type for e in events][2:] == [
+        "response.output_item.added",  # a call alone: no message item before it
+        "response.function_call_arguments.delta",
+        "response.failed",
+    ]
+
+
+async def test_whole_answers_carry_their_tool_calls(llm: FakeOpenAI, client: AsyncOpenAI) -> None:
+    llm.script(
+        Answer(tool_calls=[Call("echo", {"text": "hi"})]),
+        Answer(tool_calls=[Call("echo", {"text": "hi"})]),
+    )
+
+    completion = await client.chat.completions.create(
+        model="gpt-test", messages=MESSAGES, tools=CHAT_TOOLS
+    )
+    response: Any = await client.responses.create(
+        model="gpt-test", input="hi", tools=RESPONSE_TOOLS
+    )
+
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert message.content is None and message.tool_calls is not None
+    assert message.tool_calls[0].type == "function"
+    assert message.tool_calls[0].function.arguments == '{"text":"hi"}'
+    assert [(item.type, getattr(item, "name", None)) for item in response.output] == [
+        ("function_call", "echo")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("style", "error", "words"),
+    [
+        ("ollama", openai.BadRequestError, "gpt-test:latest does not support tools"),
+        ("vllm", openai.BadRequestError, "tool choice requires --enable-auto-tool-choice"),
+        ("llama.cpp", openai.InternalServerError, "tools param requires --jinja flag"),
+        ("openai", openai.BadRequestError, "tools is not supported in this model"),
+    ],
+)
+async def test_a_tool_less_server_refuses_requests_with_tools_only(
+    llm: FakeOpenAI, client: AsyncOpenAI, style: Any, error: type[Exception], words: str
+) -> None:
+    llm.refuse_tools = style
+    llm.script(Answer(text="plain"))
+
+    with pytest.raises(error) as caught:
+        await stream_chat(client, tools=CHAT_TOOLS)
+    assert llm.pending_answers == 1  # the refusal used no scripted answer
+    chunks = await stream_chat(client)
+
+    assert words in str(caught.value)
+    assert text_of(chunks) == "plain"
+
+
+async def test_a_history_whose_calls_and_results_do_not_pair_is_rejected(
+    llm: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    asked = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "echo", "arguments": "{}"}}
+        ],
+    }
+    answered = {"role": "tool", "tool_call_id": "call_1", "content": "hi"}
+    call = {"type": "function_call", "call_id": "call_1", "name": "echo", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "hi"}
+    user = {"role": "user", "content": "hi"}
+    rejected: list[str] = []
+    for messages in ([user, asked, user], [user, answered], [user, asked, answered]):
+        try:
+            await client.chat.completions.create(model="gpt-test", messages=messages)  # type: ignore[arg-type]
+        except openai.BadRequestError as exc:
+            rejected.append(str(exc.message))
+    for items in ([user, call], [user, output], [user, call, output]):
+        try:
+            await client.responses.create(model="gpt-test", input=items)  # type: ignore[arg-type]
+        except openai.BadRequestError as exc:
+            rejected.append(str(exc.message))
+
+    assert len(rejected) == 4
+    assert "did not have response messages: call_1" in rejected[0]
+    assert "must be a response to a preceeding message with 'tool_calls'" in rejected[1]
+    assert "No tool output found for function call call_1." in rejected[2]
+    assert "No tool call found for function call output with call_id call_1." in rejected[3]
+    accepted = [r for r in llm.requests if r.answer is not None]
+    assert [r.tool_results for r in accepted] == [[("call_1", "hi")], [("call_1", "hi")]]
+    assert [r.tool_calls for r in accepted] == [[("call_1", "echo", "{}")]] * 2

@@ -17,19 +17,31 @@ answers with ``llm.default`` (an ``Answer``, or a ``responder(body) -> Answer`` 
 
 ======================  =====================================================================
 ``status=429``          HTTP error before the stream, OpenAI-shaped JSON, ``Retry-After``
-``error_after=N``       after N content chunks: ``data: {"error": {...}}`` and the end
-``disconnect_after=N``  after N content chunks: the connection is closed mid-body (``reset``:
+``error_after=N``       after N chunks: ``data: {"error": {...}}`` and the end
+``disconnect_after=N``  after N chunks: the connection is closed mid-body (``reset``:
                         with a TCP RST instead of a FIN)
-``truncate_after=N``    after N content chunks: a clean end without a ``finish_reason`` chunk
+``truncate_after=N``    after N chunks: a clean end without a ``finish_reason`` chunk
                         (``[DONE]`` still sent unless ``done_after_truncate=False``)
-``stall_after=N``       after N content chunks: silence until the client leaves or the fake stops
-``corrupt_after=N``     after N content chunks: one data line that is not JSON, then carry on
+``stall_after=N``       after N chunks: silence until the client leaves or the fake stops
+``corrupt_after=N``     after N chunks: one data line that is not JSON, then carry on
 ======================  =====================================================================
 
-On ``/v1/responses`` the same answer becomes Responses events; ``error_after`` sends
-``response.failed`` (or an ``error`` event, see ``Answer.error_event``), ``finish_reason``
-``"length"``/``"content_filter"`` sends ``response.incomplete``, and ``truncate_after`` ends the
-stream before any terminal event.
+Chunks are the content chunks, then the tool-call chunks: ``Answer(text="Let me look.",
+tool_calls=[Call("echo", {"text": "hi"}), Call("add", {"a": 1})])`` streams its text, then per
+call one chunk with its id and name and its JSON arguments in ``chunk_size`` pieces, and ends
+with ``finish_reason: "tool_calls"``.
+
+On ``/v1/responses`` the same answer becomes Responses events (calls as ``function_call`` items:
+``response.output_item.added``, ``response.function_call_arguments.delta``/``.done``,
+``response.output_item.done``); ``error_after`` sends ``response.failed`` (or an ``error``
+event, see ``Answer.error_event``), ``finish_reason`` ``"length"``/``"content_filter"`` sends
+``response.incomplete``, and ``truncate_after`` ends the stream before any terminal event.
+
+Tools: ``llm.refuse_tools = "ollama"`` (or ``True``, ``"vllm"``, ``"llama.cpp"``, ``"openai"``)
+answers every request that offers ``tools`` with that server's refusal (``TOOL_REFUSALS``)
+without using a scripted answer. Like OpenAI, the fake rejects (HTTP 400, no answer used) a
+history whose tool calls and tool results do not pair up. ``Request.tools``, ``tool_names``,
+``tool_calls`` and ``tool_results`` show what a request carried.
 
 Every request is recorded (``llm.requests``) with its arrival time and, for benchmarks, the time
 and cumulative character count of each content chunk written (``llm.emitted``), measured with the
@@ -50,7 +62,15 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-__all__ = ["Answer", "FakeOpenAI", "Request", "Responder", "echo_last_user"]
+__all__ = [
+    "TOOL_REFUSALS",
+    "Answer",
+    "Call",
+    "FakeOpenAI",
+    "Request",
+    "Responder",
+    "echo_last_user",
+]
 
 Responder = Callable[[dict[str, Any]], "Answer"]
 """Chooses an answer from the parsed request body."""
@@ -76,6 +96,76 @@ _SERVER_ERROR = (
     None,
 )
 
+RefusalStyle = Literal["ollama", "vllm", "llama.cpp", "openai"]
+TOOL_REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
+    # Ollama, for a model whose template has no tools ({model} is the requested name).
+    "ollama": (
+        400,
+        {
+            "error": {
+                "message": "registry.ollama.ai/library/{model}:latest does not support tools",
+                "type": "api_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+    # vLLM started without --enable-auto-tool-choice (its older error shape, no "error" key).
+    "vllm": (
+        400,
+        {
+            "object": "error",
+            "message": '"auto" tool choice requires --enable-auto-tool-choice and '
+            "--tool-call-parser to be set",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        },
+    ),
+    # llama.cpp's server without --jinja: a 500, which the SDK retries before it raises.
+    "llama.cpp": (
+        500,
+        {
+            "error": {
+                "code": 500,
+                "message": "tools param requires --jinja flag",
+                "type": "server_error",
+            }
+        },
+    ),
+    # OpenAI, for a model without function calling (gpt-5-chat-latest).
+    "openai": (
+        400,
+        {
+            "error": {
+                "message": "tools is not supported in this model. For a list of supported "
+                "models, refer to https://platform.openai.com/docs/guides/function-calling"
+                "#models-supporting-function-calling.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+}
+"""How tool-less servers refuse a request with ``tools``: (HTTP status, body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One scripted tool call: ``Call("add", {"a": 1, "b": 2})``. ``arguments`` as a string is
+    sent as written (corrupt JSON too); ``id`` defaults to one made from the request id."""
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+
+    @property
+    def arguments_text(self) -> str:
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(self.arguments, separators=(",", ":"), ensure_ascii=False)
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -84,11 +174,13 @@ class Answer:
     ``Answer(text="Hello world")`` streams ``"Hell"``, ``"o wo"``, ``"rld"``;
     ``Answer(chunks=["Hel", "lo"], ttft=0.2, tokens_per_second=50)`` paces explicit chunks;
     ``Answer(text="abc", error_after=1)`` fails mid-stream. Chunk counts (``*_after``) count
-    content chunks; a count past the end fires after the last chunk.
+    content chunks, then tool-call chunks; a count past the end fires after the last chunk.
+    With ``tool_calls`` the default ``finish_reason`` becomes ``"tool_calls"``.
     """
 
     text: str = ""
     chunks: Sequence[str] | None = None
+    tool_calls: Sequence[Call] = ()
     chunk_size: int = 4
     ttft: float = 0.0
     token_delay: float = 0.0
@@ -129,6 +221,19 @@ class Answer:
     @property
     def full_text(self) -> str:
         return "".join(self.pieces())
+
+    @property
+    def ending(self) -> str:
+        """The finish reason sent: ``finish_reason``, or ``"tool_calls"`` for calls."""
+        if self.tool_calls and self.finish_reason == "stop":
+            return "tool_calls"
+        return self.finish_reason
+
+    def argument_pieces(self, call: Call) -> list[str]:
+        """A call's JSON arguments as streamed, in ``chunk_size`` pieces."""
+        whole = call.arguments_text
+        size = self.chunk_size
+        return [whole[i : i + size] for i in range(0, len(whole), size)]
 
     @property
     def interval(self) -> float:
@@ -196,6 +301,32 @@ class Request:
     def messages(self) -> list[dict[str, Any]]:
         return _messages_of(self.body)
 
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The ``tools`` offered, as sent."""
+        tools = self.body.get("tools")
+        return tools if isinstance(tools, list) else []
+
+    @property
+    def tool_names(self) -> list[str]:
+        """The names of the tools offered (either API's shape)."""
+        names = []
+        for tool in self.tools:
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = (function or tool).get("name") if isinstance(tool, dict) else None
+            names.append(str(name))
+        return names
+
+    @property
+    def tool_calls(self) -> list[tuple[str, str, str]]:
+        """(call id, name, arguments) of the model's earlier calls the history carries."""
+        return _calls_of(self.body)
+
+    @property
+    def tool_results(self) -> list[tuple[str, str]]:
+        """(call id, content) of the tool results the history carries."""
+        return _results_of(self.body)
+
 
 class FakeOpenAI:
     """An OpenAI-compatible HTTP server on ``127.0.0.1`` and a free port.
@@ -212,10 +343,13 @@ class FakeOpenAI:
         default: Answer | Responder | None = None,
         clock: Callable[[], float] = time.monotonic,
         shutdown_timeout: float = 0.5,
+        refuse_tools: bool | RefusalStyle = False,
     ) -> None:
         self.api_key = api_key
         self.default: Answer | Responder = default or Answer(text="Hello from the fake model.")
         self.clock = clock
+        self.refuse_tools: bool | RefusalStyle = refuse_tools
+        """A tool-less server: requests offering ``tools`` get its refusal (see TOOL_REFUSALS)."""
         self.requests: list[Request] = []
         self._script: deque[Answer | Responder] = deque()
         self._shutdown_timeout = shutdown_timeout
@@ -353,6 +487,13 @@ class FakeOpenAI:
                 return _error_response(record, 401, Answer().error_body(401))
             if not isinstance(body, dict):
                 return _error_response(record, 400, Answer().error_body(400))
+            if self.refuse_tools and body.get("tools"):
+                style = "ollama" if self.refuse_tools is True else self.refuse_tools
+                status, refusal = _refusal(style, str(body.get("model")))
+                return _error_response(record, status, refusal)
+            invalid = _invalid_tool_history(body)
+            if invalid is not None:
+                return _error_response(record, 400, _invalid_request(*invalid))
             answer = self._next_answer(body)
             record.answer = answer
             if answer.status is not None:
@@ -425,6 +566,25 @@ class FakeOpenAI:
             head + open_choice + b'{"content":' + _dumps(piece) + b"}" + close_choice + tail
             for piece in pieces
         ]
+        if answer.tool_calls:
+            for index, (call, call_id) in enumerate(_call_ids(record, answer)):
+                first = {"index": index, "id": call_id, "type": "function"}
+                first["function"] = {"name": call.name, "arguments": ""}
+                fragments = [first] + [
+                    {"index": index, "function": {"arguments": piece}}
+                    for piece in answer.argument_pieces(call)
+                ]
+                frames += [
+                    head
+                    + open_choice
+                    + b'{"tool_calls":['
+                    + _dumps(fragment)
+                    + b"]}"
+                    + close_choice
+                    + tail
+                    for fragment in fragments
+                ]
+            pieces = pieces + [""] * (len(frames) - len(pieces))
         corrupt = head + b'[{"index":0,"delta":{"content":"\n\n'
 
         resp = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": record.request_id})
@@ -432,7 +592,7 @@ class FakeOpenAI:
         try:
             role = b'{"role":"assistant","content":"","refusal":null}'
             await resp.write(head + open_choice + role + close_choice + tail)
-            fault = answer._terminal_fault(len(pieces))
+            fault = answer._terminal_fault(len(frames))
             await self._play(record, resp, answer, frames, pieces, fault, corrupt)
             kind = fault[0] if fault is not None else None
             if kind == "error":
@@ -448,7 +608,7 @@ class FakeOpenAI:
             else:
                 finish = (
                     b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-                    + _dumps(answer.finish_reason)
+                    + _dumps(answer.ending)
                     + b"}]"
                 )
                 await resp.write(head + finish + tail)
@@ -475,24 +635,39 @@ class FakeOpenAI:
             number += 1
             return b"event: " + kind.encode() + b"\ndata: " + _dumps(data) + b"\n\n"
 
+        pieces = answer.pieces()
+        calls = _call_items(record, answer)
+        # OpenAI opens a message item only for text; an answer of calls alone has none.
+        has_message = bool(pieces) or not calls
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+
+        def message_done(text: str) -> bytes:
+            """The events that close the message item."""
+            message = _response_object(record, answer, model, text=text)["output"][0]
+            return (
+                event("response.output_text.done", {**where, "text": text})
+                + event("response.content_part.done", {**where, "part": {**part, "text": text}})
+                + event("response.output_item.done", {"output_index": 0, "item": message})
+            )
+
         resp = web.StreamResponse(headers={**_SSE_HEADERS, "x-request-id": record.request_id})
         await resp.prepare(request)
         try:
             await resp.write(event("response.created", {"response": base}))
             await resp.write(event("response.in_progress", {"response": base}))
-            item = {
-                "id": item_id,
-                "type": "message",
-                "status": "in_progress",
-                "role": "assistant",
-                "content": [],
-            }
-            await resp.write(event("response.output_item.added", {"output_index": 0, "item": item}))
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-            await resp.write(event("response.content_part.added", {**where, "part": part}))
+            if has_message:
+                item = {
+                    "id": item_id,
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                }
+                added = {"output_index": 0, "item": item}
+                await resp.write(event("response.output_item.added", added))
+                await resp.write(event("response.content_part.added", {**where, "part": part}))
 
-            pieces = answer.pieces()
             first = number
             head = (
                 b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
@@ -503,12 +678,34 @@ class FakeOpenAI:
                 head + _dumps(piece) + b',"sequence_number":' + str(first + i).encode() + b"}\n\n"
                 for i, piece in enumerate(pieces)
             ]
+            number = first + len(frames)
+            after = list(range(first + 1, number + 1))  # the sequence number after each frame
+            closing = b""  # events that close the last item, sent after its last chunk
+            if calls:
+                closing = message_done(answer.full_text) if has_message else b""
+                offset = 1 if has_message else 0
+                for index, (call, item) in enumerate(zip(answer.tool_calls, calls, strict=True)):
+                    at = {"item_id": item["id"], "output_index": offset + index}
+                    opened = {**item, "status": "in_progress", "arguments": ""}
+                    added = {"output_index": offset + index, "item": opened}
+                    frames.append(closing + event("response.output_item.added", added))
+                    after.append(number)
+                    for piece in answer.argument_pieces(call):
+                        delta = {**at, "delta": piece}
+                        frames.append(event("response.function_call_arguments.delta", delta))
+                        after.append(number)
+                    arguments = {**at, "name": item["name"], "arguments": item["arguments"]}
+                    done = {"output_index": offset + index, "item": item}
+                    closing = event("response.function_call_arguments.done", arguments) + event(
+                        "response.output_item.done", done
+                    )
+                pieces = pieces + [""] * (len(frames) - len(pieces))
             corrupt = head + b'"\n\n'
-            fault = answer._terminal_fault(len(pieces))
+            fault = answer._terminal_fault(len(frames))
             sent = await self._play(record, resp, answer, frames, pieces, fault, corrupt)
             kind = fault[0] if fault is not None else None
-            text = "".join(pieces[:sent])
-            number = first + sent
+            if kind is not None:
+                number = after[sent - 1] if sent else first
             if kind == "error":
                 error = answer.error_body()["error"]
                 if answer.error_event == "error":
@@ -528,16 +725,9 @@ class FakeOpenAI:
                 await self._stall(request, record)
                 return resp
             elif kind is None:
-                await resp.write(event("response.output_text.done", {**where, "text": text}))
-                part = {**part, "text": text}
-                await resp.write(event("response.content_part.done", {**where, "part": part}))
+                await resp.write(closing if calls else message_done("".join(pieces)))
                 final = _response_object(record, answer, model)
                 final["id"] = response_id
-                message = final["output"][0]
-                message["id"] = item_id
-                await resp.write(
-                    event("response.output_item.done", {"output_index": 0, "item": message})
-                )
                 terminal = (
                     "response.completed"
                     if final["status"] == "completed"
@@ -659,6 +849,10 @@ def _prompt_tokens(body: Mapping[str, Any]) -> int:
     messages = _messages_of(body)
     instructions = body.get("instructions")
     extra = _rough_tokens(instructions) if isinstance(instructions, str) else 0
+    extra += sum(_rough_tokens(arguments) for _, _, arguments in _calls_of(body))
+    # Chat tool results are messages (counted there); Responses ones are items without a role.
+    if "input" in body:
+        extra += sum(4 + _rough_tokens(output) for _, output in _results_of(body))
     return extra + sum(4 + _rough_tokens(_text_of(m.get("content"))) for m in messages)
 
 
@@ -666,7 +860,9 @@ def _chat_usage(record: Request, answer: Answer) -> dict[str, int]:
     if answer.usage is not None:
         return dict(answer.usage)
     prompt = _prompt_tokens(record.body)
-    completion = _rough_tokens(answer.full_text)
+    completion = _rough_tokens(answer.full_text) + sum(
+        _rough_tokens(call.arguments_text) for call in answer.tool_calls
+    )
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -688,6 +884,17 @@ def _responses_usage(record: Request, answer: Answer) -> dict[str, Any]:
 
 
 def _chat_completion(record: Request, answer: Answer, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": answer.full_text, "refusal": None}
+    if answer.tool_calls:
+        message["content"] = answer.full_text or None
+        message["tool_calls"] = [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_text},
+            }
+            for call, call_id in _call_ids(record, answer)
+        ]
     return {
         "id": f"chatcmpl-{record.request_id}",
         "object": "chat.completion",
@@ -697,9 +904,9 @@ def _chat_completion(record: Request, answer: Answer, model: str) -> dict[str, A
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.full_text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": answer.finish_reason,
+                "finish_reason": answer.ending,
             }
         ],
         "usage": _chat_usage(record, answer),
@@ -725,17 +932,23 @@ def _response_object(
         status = "incomplete" if reason else "completed"
     if output is None:
         content = answer.full_text if text is None else text
-        output = [
-            {
-                "id": "msg_fake",
-                "type": "message",
-                "status": status,
-                "role": "assistant",
-                "content": [
-                    {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
-                ],
-            }
-        ]
+        calls = _call_items(record, answer)
+        output = (
+            []
+            if calls and not content
+            else [
+                {
+                    "id": f"msg_{record.request_id}",
+                    "type": "message",
+                    "status": status,
+                    "role": "assistant",
+                    "content": [
+                        {"type": "output_text", "text": content, "annotations": [], "logprobs": []}
+                    ],
+                }
+            ]
+        )
+        output += calls
     return {
         "id": "resp_fake",
         "object": "response",
@@ -755,10 +968,171 @@ def _response_object(
         "temperature": 1.0,
         "text": {"format": {"type": "text"}},
         "tool_choice": "auto",
-        "tools": [],
+        "tools": record.body.get("tools") or [],
         "top_p": 1.0,
         "truncation": "disabled",
         "usage": _responses_usage(record, answer) if final else None,
         "user": None,
         "metadata": {},
     }
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+def _call_ids(record: Request, answer: Answer) -> list[tuple[Call, str]]:
+    """Each scripted call with its call id (its own, or one made from the request id)."""
+    stem = record.request_id.removeprefix("req_")
+    return [(call, call.id or f"call_{stem}_{i}") for i, call in enumerate(answer.tool_calls)]
+
+
+def _call_items(record: Request, answer: Answer) -> list[dict[str, Any]]:
+    """The Responses API ``function_call`` output items of the scripted calls."""
+    stem = record.request_id.removeprefix("req_")
+    return [
+        {
+            "id": f"fc_{stem}_{i}",
+            "type": "function_call",
+            "status": "completed",
+            "arguments": call.arguments_text,
+            "call_id": call_id,
+            "name": call.name,
+        }
+        for i, (call, call_id) in enumerate(_call_ids(record, answer))
+    ]
+
+
+def _refusal(style: RefusalStyle, model: str) -> tuple[int, dict[str, Any]]:
+    status, body = TOOL_REFUSALS[style]
+    body = json.loads(json.dumps(body))
+    error = body.get("error")
+    if isinstance(error, dict):
+        error["message"] = str(error["message"]).replace("{model}", model)
+    return status, body
+
+
+def _calls_of(body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    found: list[tuple[str, str, str]] = []
+    for item in _history(body):
+        if item.get("type") == "function_call":
+            found.append(
+                (str(item.get("call_id")), str(item.get("name")), str(item.get("arguments")))
+            )
+        for call in item.get("tool_calls") or () if item.get("role") == "assistant" else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                found.append(
+                    (str(call.get("id")), str(function.get("name")), str(function.get("arguments")))
+                )
+    return found
+
+
+def _results_of(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for item in _history(body):
+        if item.get("role") == "tool":
+            found.append((str(item.get("tool_call_id")), _text_of(item.get("content"))))
+        elif item.get("type") == "function_call_output":
+            found.append((str(item.get("call_id")), _text_of(item.get("output"))))
+    return found
+
+
+def _history(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    given = body.get("messages", body.get("input"))
+    return [item for item in given if isinstance(item, dict)] if isinstance(given, list) else []
+
+
+def _invalid_request(message: str, param: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": None,
+        }
+    }
+
+
+def _invalid_tool_history(body: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """What OpenAI would refuse in the history's tool calls and results (message, param)."""
+    if isinstance(body.get("messages"), list):
+        return _invalid_chat_tools(body["messages"])
+    if isinstance(body.get("input"), list):
+        return _invalid_response_tools(body["input"])
+    return None
+
+
+def _invalid_chat_tools(messages: list[Any]) -> tuple[str, str | None] | None:
+    waiting: list[str] = []  # call ids the next messages must answer
+    for at, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if waiting and role != "tool":
+            break
+        if role == "assistant" and message.get("tool_calls"):
+            calls = message["tool_calls"]
+            if not isinstance(calls, list):
+                return f"Invalid type for 'messages[{at}].tool_calls'.", f"messages[{at}]"
+            for n, call in enumerate(calls):
+                function = call.get("function") if isinstance(call, dict) else None
+                if (
+                    not isinstance(function, dict)
+                    or call.get("type") != "function"
+                    or not isinstance(call.get("id"), str)
+                    or not isinstance(function.get("name"), str)
+                    or not isinstance(function.get("arguments"), str)
+                ):
+                    where = f"messages[{at}].tool_calls[{n}]"
+                    return f"Invalid value for '{where}'.", where
+                waiting.append(call["id"])
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in waiting:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    f"messages.[{at}].role",
+                )
+            if not isinstance(message.get("content"), str | list):
+                return f"Invalid type for 'messages[{at}].content'.", f"messages[{at}].content"
+            waiting.remove(call_id)
+    if waiting:
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages responding "
+            "to each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+            + ", ".join(waiting),
+            "messages",
+        )
+    return None
+
+
+def _invalid_response_tools(items: list[Any]) -> tuple[str, str | None] | None:
+    calls: list[str] = []
+    outputs: list[str] = []
+    for at, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            for key in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(key), str):
+                    where = f"input[{at}].{key}"
+                    return f"Missing required parameter: '{where}'.", where
+            calls.append(item["call_id"])
+        elif item.get("type") == "function_call_output":
+            if not isinstance(item.get("call_id"), str):
+                where = f"input[{at}].call_id"
+                return f"Missing required parameter: '{where}'.", where
+            if not isinstance(item.get("output"), str | list):
+                where = f"input[{at}].output"
+                return f"Invalid type for '{where}'.", where
+            if item["call_id"] not in calls:
+                return (
+                    f"No tool call found for function call output with call_id {item['call_id']}.",
+                    "input",
+                )
+            outputs.append(item["call_id"])
+    for call_id in calls:
+        if call_id not in outputs:
+            return f"No tool output found for function call {call_id}.", "input"
+    return None
