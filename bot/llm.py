@@ -15,8 +15,10 @@ results go back in the API's own shape::
         results = [await run(call) for call in answer.tool_calls]   # (content, is_error)
         messages += model.tool_round(text, answer.tool_calls, results)   # then the next round
 
-A server or model that refuses ``tools`` (HTTP 400 saying so) is asked again without them, once,
-and that model is sent no tools for the rest of the process (``answer.tools_dropped``).
+``on_tool_call`` is a plain function (not a coroutine), called inside the read. A server or model
+that refuses ``tools`` (an HTTP error saying so, see ``_TOOLS_REFUSED``) is asked again without
+them, once, and that model is sent no tools for the rest of the process
+(``answer.tools_dropped``). Answers offered no tools are read without any tool work per chunk.
 
 The SSE lines are read raw and decoded with ``orjson`` (0.5 µs a chunk; ``json`` takes 2.2 µs
 and the SDK's typed chunks ~100 µs), which matters with hundreds of concurrent streams. With many
@@ -24,8 +26,8 @@ streams open in the process, each stream also reads the network in batches (see
 ``_read_pause``; between reads its socket is not read at all, see ``_rest``): a read costs
 ~80 µs of CPU in the HTTP stack whether it brings one event or ten, and a model sends one event
 per token. Failures
-leave as ``ModelUnavailable`` (nothing streamed yet), ``ModelInterrupted`` (broken mid-answer,
-including a stream that ends without ``finish_reason``) or ``ModelIdle`` (no token for
+leave as ``ModelUnavailable`` (nothing streamed yet: no text, no tool call begun),
+``ModelInterrupted`` (broken mid-answer, including a stream that ends without ``finish_reason``) or ``ModelIdle`` (no token for
 ``idle_timeout`` seconds). A healthy stream has no total-duration limit.
 """
 
@@ -75,8 +77,9 @@ _TOOLS_REFUSED = re.compile(
     r"|\b(?:tools|functions|tool use|tool calling|function calling)'? (?:is|are) not supported",
     re.IGNORECASE,
 )
-# llama.cpp answers its refusals with 500 (after the SDK's retries), Azure with 404.
-_REFUSAL_STATUSES = frozenset({400, 404, 422, 500})
+# Most refuse with 400; Azure and OpenRouter with 404, llama.cpp with 500 (seen here after the
+# SDK's own retries).
+_REFUSAL_STATUSES = frozenset({400, 404, 500})
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,17 +553,28 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         return text
 
     def _absorb_chunk_with_tools(self, chunk: Any) -> str:
-        """``_absorb_chunk``, and the tool-call fragments of the chunk."""
-        text = self._absorb_chunk(chunk)
+        """``_absorb_chunk`` that also takes the tool-call fragments (one pass: with tools on,
+        this reads every chunk)."""
         if not isinstance(chunk, dict):
-            return text
+            return ""
+        if chunk.get("error"):
+            raise self._broken(ModelInterrupted, "error event in stream")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = {k: v for k, v in usage.items() if isinstance(v, int)}
+        text = ""
         for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            fragments = delta.get("tool_calls") if isinstance(delta, dict) else None
-            if isinstance(fragments, list):
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str):
+                text += content
+            fragments = delta.get("tool_calls")
+            if fragments and isinstance(fragments, list):
                 for fragment in fragments:
                     if isinstance(fragment, dict):
                         self._take_chat_fragment(fragment)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
         return text
 
     def _take_chat_fragment(self, fragment: dict[str, Any]) -> None:
@@ -604,7 +618,8 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
             return ""
         kind = event.get("type")
         if kind == "response.output_text.delta":
-            return self._absorb_response_event(event)
+            delta = event.get("delta")
+            return delta if isinstance(delta, str) else ""
         if kind == "response.function_call_arguments.delta":
             call = self._item_call(event)
             delta = event.get("delta")

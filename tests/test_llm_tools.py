@@ -252,6 +252,32 @@ async def test_a_server_that_refuses_tools_is_asked_again_without_them_and_remem
 
 
 @pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (404, "Unrecognized request argument supplied: tools"),  # Azure OpenAI
+        (
+            404,
+            "No endpoints found that support tool use. To learn more about provider routing, "
+            "visit: https://openrouter.ai/docs/provider-routing",
+        ),  # OpenRouter
+        (400, "Unsupported parameter: 'tools' is not supported with this model."),  # OpenAI o1
+        (500, "Unsupported param: tools"),  # llama.cpp before --jinja existed
+        (500, "Cannot use tools with stream"),  # llama.cpp before streamed tool calls
+        (400, "Model does not support tools."),
+    ],
+)
+async def test_other_wordings_of_a_refusal_of_tools_are_recognised(
+    llm: FakeOpenAI, status: int, message: str
+) -> None:
+    llm.script(Answer(status=status, error_message=message), Answer(text="Five."))
+    async with chat_model(llm, "chat", retries=False) as model:
+        text, answer = await ask(model, PROMPT)
+    assert (text, answer.tools_dropped) == ("Five.", True)
+    refused, retried = llm.requests
+    assert refused.tools and not retried.tools
+
+
+@pytest.mark.parametrize(
     "message",
     [
         # OpenAI's context overflow mentions functions; retrying without tools would hide it.

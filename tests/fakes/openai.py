@@ -568,9 +568,10 @@ class FakeOpenAI:
         ]
         if answer.tool_calls:
             for index, (call, call_id) in enumerate(_call_ids(record, answer)):
-                first = {"index": index, "id": call_id, "type": "function"}
-                first["function"] = {"name": call.name, "arguments": ""}
-                fragments = [first] + [
+                # As OpenAI: the id and name first (empty arguments), then argument pieces.
+                opening = {"name": call.name, "arguments": ""}
+                first = {"index": index, "id": call_id, "type": "function", "function": opening}
+                fragments: list[dict[str, Any]] = [first] + [
                     {"index": index, "function": {"arguments": piece}}
                     for piece in answer.argument_pieces(call)
                 ]
