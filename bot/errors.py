@@ -11,7 +11,12 @@
     └── SlackError             a Web API call failed
         ├── SlackRateLimited   HTTP 429; ``retry_after`` seconds to wait
         ├── SlackTransient     5xx, connection reset or timeout: worth retrying
-        └── SlackRejected      ``ok: false`` for a reason retrying will not fix (``error`` names it)
+        ├── SlackRejected      ``ok: false`` for a reason retrying will not fix (``error`` names it)
+        └── FileUnavailable    a shared file could not be fetched (download or files.info)
+            ├── FileMissing        deleted or no longer shared: 404, ``file_not_found``
+            ├── FileTooLarge       bigger than the download cap (``limit`` bytes)
+            ├── FileNotAuthorized  Slack's sign-in page (the app lacks ``files:read``), 401/403
+            └── FileTimedOut       the download took longer than its timeout
 
 Users never see the text of any of these: the reply shows a short, fixed note instead.
 """
@@ -78,3 +83,28 @@ class SlackTransient(SlackError):
 
 class SlackRejected(SlackError):
     """Slack refused the call (``ok: false``); retrying the same call will not help."""
+
+
+class FileUnavailable(SlackError):
+    """A file shared in Slack could not be fetched; ``error`` says why in a few words."""
+
+
+class FileMissing(FileUnavailable):
+    """The file is gone: deleted, or no longer shared where the bot can see it."""
+
+
+class FileTooLarge(FileUnavailable):
+    """The file is bigger than ``limit`` bytes; the rest of it was not read."""
+
+    def __init__(self, method: str, limit: int) -> None:
+        super().__init__(method, f"larger than {limit} bytes")
+        self.limit = limit
+
+
+class FileNotAuthorized(FileUnavailable):
+    """Slack would not hand the file to the bot: without the ``files:read`` scope a download
+    answers 200 with an HTML sign-in page instead of the file."""
+
+
+class FileTimedOut(FileUnavailable):
+    """The download did not finish within its timeout."""

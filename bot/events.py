@@ -3,6 +3,7 @@
 inbound = Inbound.from_event(body, event, bot_user_id="U0BOT")
 inbound.key        # ThreadKey(team='T1', channel='C1', thread_ts='1700000000.000100')
 inbound.text       # the question, the bot's own mention removed
+inbound.files      # (SlackFile(id='F1', name='photo.jpg', mimetype='image/jpeg', …), …)
 """
 
 from __future__ import annotations
@@ -17,8 +18,96 @@ from bot.conversation import ThreadKey
 USER_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 
 
+# A file object's ``mode``: how Slack holds it. Only ``hosted`` and ``snippet`` files (and
+# ``post``s) have content to download; a ``tombstone`` is a file deleted since it was shared.
+DOWNLOADABLE_MODES = frozenset({"hosted", "snippet", "post", ""})
+CHECK_FILE_INFO = "check_file_info"
+
+
 class MalformedEvent(ValueError):
     """The event lacks a field the bot needs (channel, ts, user)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlackFile:
+    """A file attached to a message, as Slack described it (``files[]`` of a message event,
+    or ``files.info``). Only what the bot needs: the rest of Slack's file object is dropped.
+
+    SlackFile.from_api({"id": "F1", "name": "a.png", "mimetype": "image/png", "size": 3})
+    """
+
+    id: str
+    name: str = ""
+    title: str = ""
+    mimetype: str = ""  # as Slack guessed it from the upload; the content may disagree
+    filetype: str = ""  # Slack's short type: png, pdf, python, text, zip …
+    size: int = 0  # bytes; 0 when Slack did not say (a Slack Connect file before files.info)
+    url_private: str = ""
+    url_private_download: str = ""
+    # hosted, snippet (pasted code/text), post, external (Google Drive …), tombstone (deleted),
+    # hidden_by_limit (a free workspace's older files), file_access (see ``file_access``)
+    mode: str = ""
+    # "check_file_info": a Slack Connect file whose details come only from files.info
+    file_access: str = ""
+
+    @property
+    def label(self) -> str:
+        """How to name the file to a person: its name, else its title, else "a file"."""
+        return self.name or self.title or "a file"
+
+    @property
+    def download_url(self) -> str:
+        return self.url_private_download or self.url_private
+
+    @property
+    def needs_info(self) -> bool:
+        """Slack sent only the id: the details (and the download URL) come from files.info."""
+        return self.file_access == CHECK_FILE_INFO or (not self.download_url and not self.mode)
+
+    @property
+    def deleted(self) -> bool:
+        return self.mode == "tombstone"
+
+    @classmethod
+    def by_id(cls, file_id: str) -> SlackFile:
+        """A file known only by its id (e.g. from a stored turn): read it through files.info."""
+        return cls(id=file_id, file_access=CHECK_FILE_INFO)
+
+    @classmethod
+    def from_api(cls, raw: object) -> SlackFile | None:
+        """A file object from an event or a Web API answer; None when it has no id."""
+        if not isinstance(raw, dict):
+            return None
+        file_id = raw.get("id")
+        if not isinstance(file_id, str) or not file_id:
+            return None
+        size = raw.get("size")
+        return cls(
+            id=file_id,
+            name=_text(raw, "name"),
+            title=_text(raw, "title"),
+            mimetype=_text(raw, "mimetype"),
+            filetype=_text(raw, "filetype"),
+            size=size if isinstance(size, int) and size >= 0 else 0,
+            url_private=_text(raw, "url_private"),
+            url_private_download=_text(raw, "url_private_download"),
+            mode=_text(raw, "mode"),
+            file_access=_text(raw, "file_access"),
+        )
+
+
+def files_of(message: dict[str, Any]) -> tuple[SlackFile, ...]:
+    """The files attached to a message (an event, or one read back from a thread), in order."""
+    raw = message.get("files")
+    if not isinstance(raw, list):
+        return ()
+    parsed = (SlackFile.from_api(item) for item in raw)
+    return tuple(f for f in parsed if f is not None)
+
+
+def _text(raw: dict[str, Any], name: str) -> str:
+    value = raw.get(name)
+    return value if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +127,7 @@ class Inbound:
     received_at: float = 0.0  # time.monotonic() when the event reached the bot
     user_team: str = ""  # the person's own workspace ('' : same as ``team``), shared channels
     retry_attempt: int = 0  # Slack's redelivery count (0: the first delivery)
+    files: tuple[SlackFile, ...] = ()  # attached to the message (``subtype: file_share``)
 
     @property
     def key(self) -> ThreadKey:
@@ -93,6 +183,7 @@ class Inbound:
             received_at=received_at,
             user_team=str(event.get("user_team") or ""),
             retry_attempt=retry_attempt,
+            files=files_of(event),
         )
 
 

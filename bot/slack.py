@@ -9,8 +9,12 @@ and the assistant thread's status, title and suggested prompts.
     await slack.append_stream("C1", ts, "More **Markdown**")
     await slack.stop_stream("C1", ts, blocks=[...])
 
+    file = await slack.file_info("F1")               # SlackFile (Slack Connect files)
+    data = await slack.download(file.download_url, max_bytes=20_000_000, time_limit=30)
+
 Every failure leaves as ``SlackRateLimited`` (429, with ``retry_after``), ``SlackTransient``
-(5xx, connection trouble, timeouts: worth retrying) or ``SlackRejected`` (``ok: false``).
+(5xx, connection trouble, timeouts: worth retrying) or ``SlackRejected`` (``ok: false``); a file
+that cannot be fetched as one of the ``FileUnavailable`` kinds (bot/errors.py).
 No method here retries: callers decide, because only they know whether a call is idempotent.
 """
 
@@ -19,12 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.errors import SlackRateLimited, SlackRejected, SlackTransient
+from bot.errors import (
+    FileMissing,
+    FileNotAuthorized,
+    FileTimedOut,
+    FileTooLarge,
+    FileUnavailable,
+    SlackRateLimited,
+    SlackRejected,
+    SlackTransient,
+)
+from bot.events import SlackFile
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -40,6 +55,19 @@ _TRANSIENT_ERRORS = frozenset(
         # chat.update of a message whose native stream is still open: it closes by itself.
         "streaming_state_conflict",
     }
+)
+
+
+DOWNLOAD = "file download"  # how downloads are named in errors and metrics
+# Hosts the bot token may be sent to (besides the configured API's own): Slack's file hosts.
+_SLACK_DOMAINS = ("slack.com", "slack-gov.com")
+_CHUNK = 64 * 1024
+_FILE_GONE = frozenset({"file_not_found", "file_deleted"})
+_FILE_FORBIDDEN = frozenset({"missing_scope", "no_permission", "access_denied"})
+_SCOPE_FIX = (
+    "Slack answered a file request with a sign-in page or missing_scope: the app lacks the "
+    "files:read scope. Add files:read under oauth_config.scopes.bot (manifest.yml) and reinstall "
+    "the app to the workspace; until then people are told their files could not be opened"
 )
 
 
@@ -59,6 +87,7 @@ class SlackGateway:
         self._client = client
         self._timeout = timeout
         self._calls = metrics.slack_calls if metrics is not None else None
+        self._told_scope = False  # the missing files:read scope is logged once
 
     async def post(
         self,
@@ -225,6 +254,121 @@ class SlackGateway:
         )
         return next((m for m in messages if m.get("ts") == ts), None)
 
+    # -- files ---------------------------------------------------------------------------------
+
+    async def file_info(self, file_id: str) -> SlackFile:
+        """A file's details (``files.info``): what a Slack Connect file's event leaves out
+        (``file_access: check_file_info``), its download URL among them."""
+        try:
+            data = await self._call("files.info", {"file": file_id}, read=True)
+        except SlackRejected as exc:
+            if exc.error in _FILE_GONE:
+                raise FileMissing("files.info", exc.error) from None
+            if exc.error in _FILE_FORBIDDEN:
+                self._tell_scope()
+                raise FileNotAuthorized("files.info", exc.error) from None
+            raise
+        found = SlackFile.from_api(data.get("file"))
+        if found is None:
+            raise FileMissing("files.info", "no file in the answer")
+        return found
+
+    async def download(
+        self, url: str, *, max_bytes: int, time_limit: float, html_expected: bool = False
+    ) -> bytes:
+        """The file at ``url`` (``url_private_download``), fetched with the bot token and read
+        as a stream: more than ``max_bytes`` raises ``FileTooLarge`` without reading the rest;
+        the whole download is bounded by ``time_limit`` seconds (``FileTimedOut``).
+
+        Without ``files:read`` Slack answers 200 with an HTML sign-in page: that raises
+        ``FileNotAuthorized`` (and is logged once, with the fix). ``html_expected``: the file
+        itself is an HTML page, so only a page that looks like Slack's sign-in is refused.
+        The token goes only to Slack's own hosts (and the configured API's); an answer that
+        redirects elsewhere is fetched without it (aiohttp drops it across origins).
+        """
+        if not self._may_authorize(url):
+            self._count(DOWNLOAD, "rejected")
+            raise FileUnavailable(DOWNLOAD, f"not a Slack file URL: {_shown(url)}")
+        headers = {"Authorization": f"Bearer {self._client.token}"}
+        try:
+            async with asyncio.timeout(time_limit):
+                session = self._client.session
+                if session is None:
+                    async with aiohttp.ClientSession() as own:
+                        data = await self._fetch(own, url, headers, max_bytes, html_expected)
+                else:
+                    data = await self._fetch(session, url, headers, max_bytes, html_expected)
+        except FileUnavailable as exc:
+            self._count(DOWNLOAD, "rejected")
+            if isinstance(exc, FileNotAuthorized):
+                self._tell_scope()
+            raise
+        except (SlackRateLimited, SlackTransient, SlackRejected) as exc:
+            self._count(DOWNLOAD, _OUTCOMES[type(exc)])
+            raise
+        except TimeoutError:
+            self._count(DOWNLOAD, "transient")
+            raise FileTimedOut(DOWNLOAD, f"no complete answer within {time_limit:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            self._count(DOWNLOAD, "transient")
+            raise SlackTransient(DOWNLOAD, type(exc).__name__) from None
+        self._count(DOWNLOAD, "ok")
+        return data
+
+    async def _fetch(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        headers: dict[str, str],
+        max_bytes: int,
+        html_expected: bool,
+    ) -> bytes:
+        async with session.get(url, headers=headers, allow_redirects=True, max_redirects=5) as r:
+            if r.status in (404, 410):
+                raise FileMissing(DOWNLOAD, f"HTTP {r.status}")
+            if r.status in (401, 403):
+                raise FileNotAuthorized(DOWNLOAD, f"HTTP {r.status}")
+            if r.status == 429:
+                raise SlackRateLimited(DOWNLOAD, _retry_after(r.headers.get("Retry-After")))
+            if r.status >= 500:
+                raise SlackTransient(DOWNLOAD, f"HTTP {r.status}")
+            if r.status != 200:
+                raise SlackRejected(DOWNLOAD, f"HTTP {r.status}")
+            if r.content_length is not None and r.content_length > max_bytes:
+                raise FileTooLarge(DOWNLOAD, max_bytes)
+            body = bytearray()
+            async for chunk in r.content.iter_chunked(_CHUNK):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise FileTooLarge(DOWNLOAD, max_bytes)
+            data = bytes(body)
+            if _is_sign_in_page(r.content_type, data, html_expected=html_expected):
+                raise FileNotAuthorized(DOWNLOAD, "sign-in page instead of the file")
+            return data
+
+    def _may_authorize(self, url: str) -> bool:
+        """Whether the bot token may go to ``url``: Slack's HTTPS hosts, or the API's origin."""
+        try:
+            target, api = urlsplit(url), urlsplit(self._client.base_url)
+            target_port, api_port = target.port, api.port
+        except ValueError:
+            return False
+        host = (target.hostname or "").lower()
+        if target.scheme == "https" and any(
+            host == domain or host.endswith("." + domain) for domain in _SLACK_DOMAINS
+        ):
+            return True
+        return bool(host) and (target.scheme, host, target_port) == (
+            api.scheme,
+            (api.hostname or "").lower(),
+            api_port,
+        )
+
+    def _tell_scope(self) -> None:
+        if not self._told_scope:
+            self._told_scope = True
+            log.warning(_SCOPE_FIX)
+
     async def _call(
         self, method: str, args: dict[str, Any], *, read: bool = False
     ) -> dict[str, Any]:
@@ -257,6 +401,37 @@ def _page(data: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     cursor = metadata.get("next_cursor") if isinstance(metadata, dict) else None
     more = data.get("has_more", True) and isinstance(cursor, str) and cursor
     return messages, cursor if more else None
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(float(value or 1), 0.5)
+    except ValueError:
+        return 1.0
+
+
+def _shown(url: str) -> str:
+    """A URL as it may be logged: no query (Slack may sign URLs there), no credentials."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+    except ValueError:
+        return "(unparsable URL)"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# What Slack's sign-in page (and the redirect to it) carry; an HTML file a person shared won't.
+_SIGN_IN_MARKS = (b"slack-edge.com", b"?redir=", b"signin", b"sign in to")
+
+
+def _is_sign_in_page(content_type: str, data: bytes, *, html_expected: bool) -> bool:
+    head = data[:4096].lstrip().lower()
+    html = content_type == "text/html" or head.startswith((b"<!doctype html", b"<html"))
+    if not html:
+        return False
+    return not html_expected or any(mark in data[:65536].lower() for mark in _SIGN_IN_MARKS)
 
 
 _OUTCOMES = {

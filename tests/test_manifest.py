@@ -31,6 +31,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "assistant.threads.setTitle": {"assistant:write"},
     "assistant.threads.setSuggestedPrompts": {"assistant:write"},
     "users.info": {"users:read"},
+    "files.info": {"files:read"},
 }
 EVENT_SUBSCRIPTIONS: dict[str, tuple[set[str], set[str]]] = {
     # listener event type → (bot events, scopes)
@@ -70,15 +71,22 @@ def test_manifest_covers_listeners_and_methods(manifest: str) -> None:
     if re.search(r"app\.action\(", source):
         assert data["settings"]["interactivity"]["is_enabled"] is True
 
+    # Slack's method names are dotted camelCase, never snake_case (that is a tool's name,
+    # e.g. an MCP server's "files.read_file").
     called = set(
         re.findall(
-            r'"((?:auth|apps|chat|conversations|reactions|assistant|users)\.[\w.]+)"', source
+            r'"((?:auth|apps|chat|conversations|reactions|assistant|users|files)\.[A-Za-z.]+)"',
+            source,
         )
     )
     assert {"chat.postMessage", "chat.update", "conversations.replies"} <= called
     for method in called:
         assert method in METHOD_SCOPES, f"{method}: add its scopes to this test"
         assert METHOD_SCOPES[method] <= scopes, (method, METHOD_SCOPES[method] - scopes)
+    # Downloading a shared file (url_private_download) needs files:read: without it Slack
+    # answers with a sign-in page instead of the file.
+    if "url_private_download" in source:
+        assert "files:read" in scopes
 
 
 def test_socket_and_http_manifests_differ_only_in_transport() -> None:

@@ -8,6 +8,7 @@ key schema (``keys.py``):
     usage.py     Usage          rate limits, token usage, feedback votes
     relay.py     StopRelay      Stop clicks across replicas
     inflight.py  InFlightRegistry  replies in flight, finished by another replica if theirs died
+    files.py     FileCache      shared files as read (text, downscaled images), for follow-ups
     embedded.py  the private server used when no REDIS_URL is set
 
     store = Store.open(connect_redis(url), history_ttl_s=30 * 86400, history_max_turns=200)
@@ -32,6 +33,7 @@ from bot.errors import ConfigError
 from bot.store.budgets import SlackBudgets
 from bot.store.client import connect_redis, is_cluster
 from bot.store.dedupe import Dedupe, Sighting
+from bot.store.files import FileCache
 from bot.store.guard import Guard
 from bot.store.history import Participation, ThreadMemory
 from bot.store.inflight import InFlightRegistry
@@ -45,6 +47,7 @@ log = logging.getLogger("bot.store")
 
 __all__ = [
     "Dedupe",
+    "FileCache",
     "InFlightRegistry",
     "KeySchema",
     "Participation",
@@ -71,6 +74,7 @@ class Store:
     usage: Usage
     stops: StopRelay
     inflight: InFlightRegistry
+    files: FileCache
 
     @classmethod
     def open(
@@ -81,10 +85,12 @@ class Store:
         history_ttl_s: float = 30 * 86400,
         history_max_turns: int = 200,
         turn_tokens: int = 8000,
+        file_cache_entry_bytes: int = 1_000_000,
         clock: Callable[[], float] = time.time,
     ) -> Store:
         """The store on ``redis`` (which it closes in ``aclose``). ``turn_tokens``: the most of
-        one turn a prompt can use, what a stored turn is cut to."""
+        one turn a prompt can use, what a stored turn is cut to. ``file_cache_entry_bytes``:
+        the largest read file kept for follow-ups (with the history TTL)."""
         guard = Guard(redis)
         keys = KeySchema(prefix)
         return cls(
@@ -103,6 +109,9 @@ class Store:
             usage=Usage(guard, keys, votes_ttl_s=history_ttl_s, clock=clock),
             stops=StopRelay(guard, keys),
             inflight=InFlightRegistry(guard, keys, clock=clock),
+            files=FileCache(
+                guard, keys, ttl_s=history_ttl_s, max_entry_bytes=file_cache_entry_bytes
+            ),
         )
 
     @property

@@ -36,6 +36,9 @@ message's two dedupe markers) runs on one node. TTLs are set by the module that 
                                               team:feedback_{good|bad}: votes cast that day
     {p}:{T}:feedback:{channel}:{message_ts}   hash user → good | bad — feedback on one answer,
                                               a changed vote replaces the earlier one; history TTL
+    {p}:{T}:file:{file_id}                    hash {meta: JSON, data: bytes} — a shared file as
+                                              read (text, downscaled image, or why it could not
+                                              be); history TTL, bounded size (bot/store/files.py)
 
 Schema 1 (before the hash tags) named the workspace's keys ``{p}:{kind}:{T}:…``; ``renamed``
 maps such a name to today's, for the one-time migration (bot/store/migrate.py).
@@ -136,6 +139,9 @@ class KeySchema:
 
     def feedback(self, team: str, channel: str, message_ts: str) -> str:
         return f"{self._team(team)}:feedback:{channel}:{message_ts}"
+
+    def file(self, team: str, file_id: str) -> str:
+        return f"{self._team(team)}:file:{file_id}"
 
     def legacy_thread(self, key: ThreadKey) -> str:
         """A thread's turns under schema 1 (an old replica may still write there)."""

@@ -22,6 +22,11 @@ with an optional lifetime; scripted faults (``fail_next``). Reading back: ``conv
 (a thread, oldest first) and ``conversations.history`` (a channel's top-level messages and
 broadcast replies, newest first), both with ``oldest`` / ``latest`` / ``inclusive`` bounds
 (exclusive by default), ``limit`` and cursor pagination, and deleted messages left out.
+Files: ``upload`` stores a file and returns its file object as events carry it (for
+:func:`file_share_event`); the fake serves it at ``url_private`` / ``url_private_download`` to a
+bot token (``Authorization: Bearer``), answers ``files.info``, and, like Slack, redirects to an
+HTML sign-in page instead of the file when the app lacks ``files:read`` (``files_read = False``)
+or the token is missing; a deleted file is a 404 there and a ``tombstone`` in messages.
 ``FakeSlack(limited_reads=True)`` is an app Slack limits (commercially distributed outside the
 Marketplace, created after 2025-05-29): 1 read per minute per method per workspace, and pages
 of at most 15 messages. Only bot and app tokens are known; everything else is ``invalid_auth``.
@@ -35,6 +40,7 @@ import contextlib
 import itertools
 import json
 import math
+import mimetypes
 import re
 import time
 import uuid
@@ -43,6 +49,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import WSMsgType, web
 
@@ -52,6 +59,7 @@ __all__ = [
     "LIMITED_READ_PAGE",
     "READ_PAGE_SIZES",
     "Call",
+    "Download",
     "Ephemeral",
     "FakeSlack",
     "Message",
@@ -59,6 +67,7 @@ __all__ = [
     "assistant_thread_context_changed_event",
     "assistant_thread_started_event",
     "block_actions_payload",
+    "file_share_event",
     "mention_event",
     "message_event",
     "new_ts",
@@ -74,6 +83,7 @@ DEFAULT_BUDGETS: dict[str, tuple[float, int]] = {
     "chat.stopStream": (20, 3),
     "conversations.replies": (50, 5),
     "conversations.history": (50, 5),
+    "files.info": (100, 20),
 }
 
 #: read method -> (default limit, maximum limit) for an app Slack does not limit.
@@ -250,6 +260,31 @@ def mention_event(
     return event
 
 
+def file_share_event(
+    text: str,
+    files: list[dict[str, Any]],
+    *,
+    mention: str | None = None,
+    **message: Any,
+) -> dict[str, Any]:
+    """A message with files attached (``subtype: file_share``), as Slack sends it when a person
+    uploads files with (or without) a message; ``files`` from :meth:`FakeSlack.upload`.
+    ``mention`` (a bot user id) makes it an ``app_mention`` carrying the same files instead.
+
+    >>> file_share_event("", [{"id": "F1"}], channel="D0DM", channel_type="im")["subtype"]
+    'file_share'
+    """
+    if mention is not None:
+        for key in ("channel_type", "subtype", "bot_id"):
+            message.pop(key, None)
+        return mention_event(
+            text, bot_user_id=mention, files=files, upload=True, display_as_bot=False, **message
+        )
+    return message_event(
+        text, subtype="file_share", files=files, upload=True, display_as_bot=False, **message
+    )
+
+
 def block_actions_payload(
     action_id: str,
     *,
@@ -384,6 +419,34 @@ class Call:
         return error if isinstance(error, str) else None
 
 
+@dataclass(frozen=True)
+class Download:
+    """One request for a file's content: ``status`` as sent (0: no answer, a fault), whether a
+    known bot token came with it, and whether the sign-in page was served instead."""
+
+    file_id: str
+    path: str
+    authorized: bool
+    status: int
+    sign_in: bool = False
+
+
+@dataclass
+class _StoredFile:
+    id: str
+    team: str
+    content: bytes
+    name: str
+    title: str
+    mimetype: str
+    filetype: str
+    mode: str
+    user: str
+    created: int
+    connect: bool
+    deleted: bool = False
+
+
 @dataclass
 class Message:
     """A message in the fake's workspace; ``history`` lists every text it has shown."""
@@ -405,6 +468,7 @@ class Message:
     stream_touched_at: float | None = None
     stopped_by_user: bool = False
     broadcast: bool = False
+    files: list[dict[str, Any]] | None = None  # file objects as the event carried them
 
     @property
     def is_reply(self) -> bool:
@@ -434,6 +498,8 @@ class Message:
             body["blocks"] = self.blocks
         if self.thread_ts is not None:
             body["thread_ts"] = self.thread_ts
+        if self.files is not None:
+            body["files"] = self.files
         if self.edits:
             body["edited"] = {"user": self.user, "ts": self.ts}
         if self.reactions:
@@ -593,6 +659,10 @@ class FakeSlack:
         self.titles: dict[tuple[str, str], str] = {}
         self.suggested_prompts: dict[tuple[str, str], SuggestedPrompts] = {}
         self.ephemerals: list[Ephemeral] = []
+        self.files_read = True  # the app holds files:read (else downloads get a sign-in page)
+        self.chunked_downloads = False  # serve files without Content-Length
+        self.downloads: list[Download] = []
+        self._files: dict[str, _StoredFile] = {}
 
         self._messages: dict[tuple[str, str], Message] = {}
         self._max_ts = (0, 0)
@@ -623,6 +693,7 @@ class FakeSlack:
             "chat.appendStream": self._api_append_stream,
             "chat.stopStream": self._api_stop_stream,
             "users.info": self._api_users_info,
+            "files.info": self._api_files_info,
             "apps.connections.open": self._api_connections_open,
         }
 
@@ -641,6 +712,9 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._handle_api, allow_head=False)
         app.router.add_get("/socket", self._handle_socket)
         app.router.add_post("/respond/{n}", self._handle_response_url)
+        app.router.add_get("/files-pri/{key}/download/{name}", self._handle_file)
+        app.router.add_get("/files-pri/{key}/{name}", self._handle_file)
+        app.router.add_get("/", self._handle_sign_in)
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -676,6 +750,8 @@ class FakeSlack:
         ``kind``: ``"ratelimited"`` (429 + Retry-After), ``"500"`` or any 5xx (an HTML error
         page), ``"reset"`` (connection dropped, no response), ``"hang"`` (no response until the
         client gives up or the fake stops), else ``{"ok": false, "error": kind}`` with HTTP 200.
+        File downloads are ``"files.download"`` (any file) or ``"files.download:F123"`` (one
+        file), with ``hang``, ``reset`` or an HTTP status.
         """
         self._faults[method].append(_Fault(kind, times, retry_after))
 
@@ -714,6 +790,118 @@ class FakeSlack:
 
     def message(self, channel: str, ts: str) -> Message | None:
         return self._messages.get((channel, ts))
+
+    def upload(
+        self,
+        content: bytes,
+        *,
+        name: str,
+        mimetype: str | None = None,
+        filetype: str | None = None,
+        title: str | None = None,
+        mode: str = "hosted",
+        user: str = "U0USER",
+        team_id: str | None = None,
+        connect: bool = False,
+    ) -> dict[str, Any]:
+        """Store a file a person uploaded; return its file object as message events carry it.
+
+        ``mimetype`` / ``filetype`` default to what the name suggests, as Slack guesses them
+        (a wrong name gives a wrong type: the bytes are what they are). ``mode="snippet"`` is
+        text pasted as a snippet. ``connect`` makes it a Slack Connect file: events carry only
+        its id and ``file_access: check_file_info`` (the rest from ``files.info``).
+        """
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        guessed = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        stored = _StoredFile(
+            id=file_id,
+            team=team_id or self.team_id,
+            content=content,
+            name=name,
+            title=title if title is not None else name,
+            mimetype=mimetype or ("text/plain" if mode == "snippet" else guessed),
+            filetype=filetype or suffix or "binary",
+            mode=mode,
+            user=user,
+            created=int(time.time()),
+            connect=connect,
+        )
+        self._files[file_id] = stored
+        return self._event_file(stored)
+
+    def delete_file(self, file_id: str) -> None:
+        """The person deleted the file: a 404 to downloads, ``file_deleted`` to files.info, a
+        ``tombstone`` in the messages that shared it."""
+        stored = self._files[file_id]
+        stored.deleted = True
+        for message in self._messages.values():
+            for index, item in enumerate(message.files or ()):
+                if item.get("id") == file_id:
+                    assert message.files is not None
+                    message.files[index] = {"id": file_id, "mode": "tombstone"}
+
+    def file_downloads(self, file_id: str) -> list[Download]:
+        """Requests for the file's content that got it (not the sign-in page, not an error)."""
+        return [
+            d for d in self.downloads if d.file_id == file_id and d.status == 200 and not d.sign_in
+        ]
+
+    def file_object(self, file_id: str) -> dict[str, Any]:
+        """The file's full object, as files.info returns it."""
+        stored = self._files[file_id]
+        base = f"http://127.0.0.1:{self.port}/files-pri/{stored.team}-{stored.id}"
+        quoted = quote(stored.name)
+        body: dict[str, Any] = {
+            "id": stored.id,
+            "created": stored.created,
+            "timestamp": stored.created,
+            "name": stored.name,
+            "title": stored.title,
+            "mimetype": stored.mimetype,
+            "filetype": stored.filetype,
+            "pretty_type": stored.filetype.upper(),
+            "user": stored.user,
+            "user_team": stored.team,
+            "editable": stored.mode == "snippet",
+            "size": len(stored.content),
+            "mode": stored.mode,
+            "is_external": False,
+            "external_type": "",
+            "is_public": True,
+            "public_url_shared": False,
+            "display_as_bot": False,
+            "username": "",
+            "url_private": f"{base}/{quoted}",
+            "url_private_download": f"{base}/download/{quoted}",
+            "permalink": f"https://test.slack.com/files/{stored.user}/{stored.id}/{quoted}",
+            "permalink_public": f"https://slack-files.com/{stored.team}-{stored.id}-0a1b2c3d4e",
+            "has_rich_preview": False,
+            "file_access": "visible",
+        }
+        if stored.mode == "snippet":
+            lines = stored.content.decode(errors="replace").splitlines()
+            body.update(
+                preview="\n".join(lines[:5]),
+                lines=len(lines),
+                lines_more=max(0, len(lines) - 5),
+                preview_is_truncated=len(lines) > 5,
+            )
+        return body
+
+    def _event_file(self, stored: _StoredFile) -> dict[str, Any]:
+        if stored.deleted:
+            return {"id": stored.id, "mode": "tombstone"}
+        if stored.connect:
+            return {
+                "id": stored.id,
+                "mode": "file_access",
+                "file_access": "check_file_info",
+                "created": 0,
+                "timestamp": 0,
+                "user": "",
+            }
+        return self.file_object(stored.id)
 
     def thread(self, channel: str, thread_ts: str) -> list[Message]:
         """What a user sees in the thread now: parent then replies, in ts order, not deleted."""
@@ -998,6 +1186,9 @@ class FakeSlack:
                 team_id=team_id,
                 broadcast=event.get("subtype") == "thread_broadcast",
             )
+            files = event.get("files")
+            if isinstance(files, list):
+                self._messages[(channel, ts)].files = [dict(f) for f in files]
 
     async def _handle_socket(self, request: web.Request) -> web.StreamResponse:
         if self._stopping.is_set():
@@ -1041,6 +1232,61 @@ class FakeSlack:
         envelope_id = message.get("envelope_id")
         if isinstance(envelope_id, str):
             self.acks[envelope_id] = message
+
+    async def _handle_file(self, request: web.Request) -> web.StreamResponse:
+        """A file's content (``url_private`` / ``url_private_download``), as files.slack.com
+        serves it: to a bot token of an app holding files:read; else a redirect to the sign-in
+        page (HTTP 200, HTML), never a 401."""
+        file_id = request.match_info["key"].rpartition("-")[2]
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        authorized = token in self.bot_tokens
+        path = request.path
+
+        def record(status: int, *, sign_in: bool = False) -> None:
+            self.downloads.append(Download(file_id, path, authorized, status, sign_in))
+
+        # ``fail_next("files.download:F123", …)`` aims at one file, ``"files.download"`` at any.
+        fault = self._take_fault(f"files.download:{file_id}") or self._take_fault("files.download")
+        if fault is not None:
+            if fault.kind in ("reset", "hang"):
+                record(0)
+                if fault.kind == "hang":
+                    await self._until_stopped_or_gone(request)
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response()
+            status = int(fault.kind) if fault.kind.isdigit() else 500
+            record(status)
+            return web.Response(
+                status=status, text=f"<html>{status}</html>", content_type="text/html"
+            )
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+        if not authorized or not self.files_read:
+            record(302, sign_in=True)
+            raise web.HTTPFound(f"/?redir={quote(path, safe='')}")
+        stored = self._files.get(file_id)
+        if stored is None or stored.deleted:
+            record(404)
+            return web.Response(status=404, text=_NOT_FOUND_PAGE, content_type="text/html")
+        record(200)
+        headers = {"Content-Type": stored.mimetype}
+        if "/download/" in path:
+            headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(stored.name)}"
+        if not self.chunked_downloads:
+            return web.Response(body=stored.content, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(stored.content), 16384):
+            await response.write(stored.content[start : start + 16384])
+        await response.write_eof()
+        return response
+
+    async def _handle_sign_in(self, request: web.Request) -> web.Response:
+        """Slack's sign-in page: where a file request without access ends up."""
+        return web.Response(text=_SIGN_IN_PAGE, content_type="text/html")
 
     async def _handle_response_url(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -1544,5 +1790,29 @@ class FakeSlack:
             }
         }
 
+    def _api_files_info(self, args: dict[str, Any], team: str) -> dict[str, Any]:
+        if not self.files_read:
+            raise _ApiError("missing_scope")
+        stored = self._files.get(_need(args, "file", "file_not_found"))
+        if stored is None:
+            raise _ApiError("file_not_found")
+        if stored.deleted:
+            raise _ApiError("file_deleted")
+        return {
+            "file": self.file_object(stored.id),
+            "comments": [],
+            "response_metadata": {"next_cursor": ""},
+        }
+
     def _api_connections_open(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         return {"url": f"ws://127.0.0.1:{self.port}/socket?ticket={next(self._tickets)}"}
+
+
+_SIGN_IN_PAGE = """<!DOCTYPE html><html lang="en-US" class="" data-primer><head>
+<meta charset="utf-8"><title>Sign in to Test Team | Slack</title>
+<link href="https://a.slack-edge.com/d5fba4c/marketing/style/onetrust/onetrust_banner.css"
+ rel="stylesheet" type="text/css"></head>
+<body><h1>Sign in to Test Team</h1><p>test.slack.com</p>
+<form action="/signin" method="post"><input type="email" name="email"></form></body></html>
+"""
+_NOT_FOUND_PAGE = "<!DOCTYPE html><html><body><h1>File Not Found</h1></body></html>"

@@ -1,0 +1,76 @@
+"""Files already read, per workspace and Slack file id: a follow-up in the thread finds a file's
+text or downscaled image here instead of downloading and decoding it again.
+
+    cache = FileCache(guard, KeySchema(), ttl_s=30 * 86400, max_entry_bytes=1_000_000)
+    await cache.put("T1", attachment)        # False: too big to keep, or the store is down
+    await cache.get("T1", "F0123")           # None: not kept (or the store is down)
+
+Entries live as long as thread history (``ttl_s``) and are bounded in size: an entry over
+``max_entry_bytes`` is not kept, except that a document keeps its text without the PDF bytes it
+carries for models that read PDFs. While Redis is unavailable every lookup is a miss (the file
+is downloaded again) and nothing is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import redis.asyncio as aioredis
+
+from bot.files.attachment import Attachment
+from bot.store.guard import Guard
+from bot.store.keys import KeySchema
+
+MAX_ENTRY_BYTES = 1_000_000
+
+
+class FileCache:
+    """Read files (``Attachment``s) by workspace and file id, with the history TTL."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        keys: KeySchema,
+        *,
+        ttl_s: float,
+        max_entry_bytes: int = MAX_ENTRY_BYTES,
+    ) -> None:
+        self._guard = guard
+        self._keys = keys
+        self._ttl_ms = int(ttl_s * 1000)
+        self._max_entry_bytes = max_entry_bytes
+
+    async def get(self, team: str, file_id: str) -> Attachment | None:
+        name = self._keys.file(team, file_id)
+
+        async def read(r: aioredis.Redis) -> list[object]:
+            return list(await r.hmget(name, ["meta", "data"]))
+
+        found = await self._guard.attempt(read, "files", None)
+        if found is None:
+            return None
+        meta, data = found
+        if not isinstance(meta, bytes):
+            return None
+        return Attachment.from_record(meta, data if isinstance(data, bytes) else b"")
+
+    async def put(self, team: str, attachment: Attachment) -> bool:
+        """Keep ``attachment`` (an unnamed note, e.g. "too many files", is not kept)."""
+        if not attachment.file_id:
+            return False
+        meta, data = attachment.to_record()
+        if len(meta) + len(data) > self._max_entry_bytes and attachment.kind == "document":
+            meta, data = replace(attachment, data=b"", data_mime="").to_record()
+        if len(meta) + len(data) > self._max_entry_bytes:
+            return False
+        name = self._keys.file(team, attachment.file_id)
+
+        async def write(r: aioredis.Redis) -> bool:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.delete(name)
+                pipe.hset(name, mapping={"meta": meta, "data": data})
+                pipe.pexpire(name, self._ttl_ms)
+                await pipe.execute()
+            return True
+
+        return await self._guard.attempt(write, "files", False)
