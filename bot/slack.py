@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -136,21 +137,26 @@ class SlackGateway:
         *,
         markdown: str = "",
         recipient: tuple[str, str] | None = None,
+        tasks: Sequence[Mapping[str, str]] = (),
     ) -> str:
         """Open a native stream in the thread; its message's ``ts``. ``recipient`` is
-        (user id, team id), required by Slack outside DMs."""
+        (user id, team id), required by Slack outside DMs; ``tasks``: task cards to show
+        (``task_update`` chunks: id, title, status, details)."""
         args: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
-        if markdown:
-            args["markdown_text"] = markdown
+        _stream_content(args, markdown, tasks)
+        if tasks:
+            args["task_display_mode"] = "timeline"
         if recipient is not None:
             args["recipient_user_id"], args["recipient_team_id"] = recipient
         data = await self._call("chat.startStream", args)
         return str(data["ts"])
 
-    async def append_stream(self, channel: str, ts: str, markdown: str) -> None:
-        await self._call(
-            "chat.appendStream", {"channel": channel, "ts": ts, "markdown_text": markdown}
-        )
+    async def append_stream(
+        self, channel: str, ts: str, markdown: str, *, tasks: Sequence[Mapping[str, str]] = ()
+    ) -> None:
+        args: dict[str, Any] = {"channel": channel, "ts": ts}
+        _stream_content(args, markdown, tasks)
+        await self._call("chat.appendStream", args)
 
     async def stop_stream(
         self,
@@ -159,10 +165,10 @@ class SlackGateway:
         *,
         markdown: str = "",
         blocks: list[dict[str, Any]] | None = None,
+        tasks: Sequence[Mapping[str, str]] = (),
     ) -> None:
         args: dict[str, Any] = {"channel": channel, "ts": ts}
-        if markdown:
-            args["markdown_text"] = markdown
+        _stream_content(args, markdown, tasks)
         if blocks:
             args["blocks"] = blocks
         await self._call("chat.stopStream", args)
@@ -395,6 +401,20 @@ class SlackGateway:
             self._calls.labels(method=method, outcome=outcome).inc()
 
 
+def _stream_content(
+    args: dict[str, Any], markdown: str, tasks: Sequence[Mapping[str, str]]
+) -> None:
+    """A stream call's text, as ``markdown_text``, or with task cards as ``chunks``."""
+    if tasks:
+        chunks: list[dict[str, Any]] = []
+        if markdown:
+            chunks.append({"type": "markdown_text", "text": markdown})
+        chunks += [{"type": "task_update", **task} for task in tasks]
+        args["chunks"] = chunks
+    elif markdown:
+        args["markdown_text"] = markdown
+
+
 def _page(data: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     messages = [m for m in data.get("messages") or () if isinstance(m, dict)]
     metadata = data.get("response_metadata")
@@ -427,8 +447,13 @@ _SIGN_IN_MARKS = (b"slack-edge.com", b"?redir=", b"signin", b"sign in to")
 
 
 def _is_sign_in_page(content_type: str, data: bytes, *, html_expected: bool) -> bool:
+    # By its content type; the bytes only when there is none (a proxy may drop it): a text file
+    # that happens to begin with "<!doctype html" is served as text/plain.
     head = data[:4096].lstrip().lower()
-    html = content_type == "text/html" or head.startswith((b"<!doctype html", b"<html"))
+    untyped = content_type in ("", "application/octet-stream")
+    html = content_type == "text/html" or (
+        untyped and head.startswith((b"<!doctype html", b"<html"))
+    )
     if not html:
         return False
     return not html_expected or any(mark in data[:65536].lower() for mark in _SIGN_IN_MARKS)

@@ -409,9 +409,11 @@ async def test_text_files_are_read_by_their_bytes_not_their_names(
         slack.upload(b"def f():\n    return 1\n", name="f.py", mode="snippet", filetype="python"),
         slack.upload(png, name="notes.txt"),  # a PNG whatever its name says
         slack.upload(b'{"ok": true}', name="answer.json"),
+        # Text about HTML and PDFs is still text (served as text/plain: not a sign-in page).
+        slack.upload(b"<!doctype html>\n<p>%PDF-1.7 is a header</p>\n", name="howto.txt"),
     ]
-    read = await reader(per_message=6).read(TEAM, [parsed(f) for f in made])
-    people, menu, notes, snippet, picture, answer = read
+    read = await reader(per_message=7).read(TEAM, [parsed(f) for f in made])
+    people, menu, notes, snippet, picture, answer, howto = read
 
     assert (people.kind, people.mimetype, people.text) == (
         "document",
@@ -423,6 +425,7 @@ async def test_text_files_are_read_by_their_bytes_not_their_names(
     assert snippet.kind == "document" and "return 1" in snippet.text
     assert picture.kind == "image" and picture.data_mime == "image/png"
     assert answer.mimetype == "application/json"
+    assert howto.kind == "document" and howto.text.startswith("<!doctype html>")
 
 
 async def test_archives_binaries_audio_and_video_get_short_notes(
@@ -433,7 +436,12 @@ async def test_archives_binaries_audio_and_video_get_short_notes(
         slack.upload(zip_bytes({"word/document.xml": b"<w/>"}), name="plan.docx"),
         slack.upload(bytes(range(256)) * 40, name="firmware.bin"),
         slack.upload(b"ID3\x03\x00" + b"\x00" * 500, name="voice.mp3"),
-        slack.upload(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500, name="clip.mp4"),
+        # Slack did not recognise it; the bytes are an MP4 video
+        slack.upload(
+            b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500,
+            name="clip.mp4",
+            mimetype="application/octet-stream",
+        ),
         slack.upload(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 500, name="IMG_1.HEIC"),
     ]
     notes = await reader(per_message=6).read(TEAM, [parsed(f) for f in made])
@@ -450,6 +458,11 @@ async def test_archives_binaries_audio_and_video_get_short_notes(
     ]
     for note in notes:  # short, for a person: no exception text, no URL
         assert len(note.note) < 120 and "Error" not in note.note and "http" not in note.note
+    # A video Slack recognised is not worth its download.
+    movie = parsed(slack.upload(b"\x00" * 5000, name="talk.mov", mimetype="video/quicktime"))
+    (said,) = await reader().read(TEAM, [movie])
+    assert said.note == "talk.mov is a video, and I can't watch those."
+    assert slack.file_downloads(movie.id) == []
 
 
 async def test_audio_is_transcribed_when_a_transcriber_is_set(

@@ -63,9 +63,10 @@ def cut(text: str, room: int) -> tuple[str, str]:
 
 def _header(attachment: Attachment) -> str:
     kind = attachment.mimetype or "unknown"
+    size = f' size="{human_size(attachment.size)}"' if attachment.size else ""
     return (
         f'<attachment name="{_attribute(attachment.name or "unnamed")}" '
-        f'type="{_attribute(kind)}" size="{human_size(attachment.size)}">'
+        f'type="{_attribute(kind)}"{size}>'
     )
 
 

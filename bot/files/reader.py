@@ -69,10 +69,13 @@ class Transcriber(Protocol):
 
 
 class NoTranscriber:
-    """The transcriber when none is set up (no ``TRANSCRIBE_MODEL``): audio gets a note."""
+    """The transcriber when none is set up (no ``TRANSCRIBE_MODEL``): audio gets a note (not
+    cached: once a transcriber is set up the clip is read)."""
 
     async def transcribe(self, audio: bytes, *, filename: str, mimetype: str) -> str:
-        raise Unreadable(f"{filename} is an audio clip, and I can't listen to those.")
+        raise Unreadable(
+            f"{filename} is an audio clip, and I can't listen to those.", lasting=False
+        )
 
 
 class FileReader:
@@ -161,6 +164,8 @@ class FileReader:
             note = f"Slack gave me no way to download {name}."
         elif not self._limits.images and file.mimetype.startswith("image/"):
             note = f"{name} is an image, and the model I use can't see images."
+        elif file.mimetype.startswith("video/"):
+            note = f"{name} is a video, and I can't watch those."  # (not worth its download)
         return Attachment.unread(file, note) if note else None
 
     def _usable(self, cached: Attachment) -> bool:
@@ -186,8 +191,9 @@ class FileReader:
         if kind.family == "audio":
             return await self._transcribed(file, data, kind)
         if kind.family == "image" and not limits.images:
-            return Attachment.unread(
-                file, f"{file.label} is an image, and the model I use can't see images."
+            # Not kept: a reader for a model that sees images will want it.
+            raise Unreadable(
+                f"{file.label} is an image, and the model I use can't see images.", lasting=False
             )
         try:
             return await asyncio.to_thread(self._extract, file, data, kind)

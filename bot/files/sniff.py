@@ -70,7 +70,8 @@ def sniff(data: bytes, *, name: str = "", mimetype: str = "", filetype: str = ""
         return Sniffed("image", "image/webp")
     if head.startswith(_TEXT_BOMS):
         return Sniffed("text", text_type(name=name, mimetype=mimetype, filetype=filetype))
-    if b"%PDF-" in data[:1024]:  # the header may follow a little junk
+    if head.startswith(b"%PDF-") or (b"%PDF-" in data[:1024] and looks_binary(data[:1024])):
+        # (the header may follow a little binary junk; a text that mentions %PDF- stays text)
         return Sniffed("pdf", "application/pdf")
     if head.startswith(_ZIP):
         lowered = name.lower()
