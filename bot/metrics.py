@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOOL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
@@ -86,6 +87,26 @@ class Metrics:
         )
         self.active_streams = Gauge(
             "slackbot_active_streams", "Replies streaming in this process now.", registry=r
+        )
+        # Tools (bot/tools/): calls to MCP servers' tools, and which servers are connected.
+        self.tool_calls = Counter(
+            "slackbot_tool_calls",
+            "MCP tool calls by server, tool and outcome (ok, error, timeout, cancelled).",
+            ["server", "tool", "outcome"],
+            registry=r,
+        )
+        self.tool_call_seconds = Histogram(
+            "slackbot_tool_call_seconds",
+            "Duration of MCP tool calls, by server.",
+            ["server"],
+            buckets=_TOOL_BUCKETS,
+            registry=r,
+        )
+        self.tool_server_up = Gauge(
+            "slackbot_tool_server_up",
+            "1 while the MCP server is connected, else 0.",
+            ["server"],
+            registry=r,
         )
 
     def exposition(self) -> bytes:
