@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from bot.errors import ConfigError
@@ -171,6 +175,14 @@ def test_exposed_names_fit_openai_function_names() -> None:
     assert len(long) == 64 and long != exposed_name("server", "t" * 101)
 
 
+@given(
+    server=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}", fullmatch=True),
+    tool=st.text(min_size=1, max_size=200),
+)
+def test_every_tool_name_becomes_a_valid_function_name(server: str, tool: str) -> None:
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", exposed_name(server, tool))
+
+
 def test_toolsets_name_servers_and_single_tools() -> None:
     toolset = Toolset.of(["github", "files.read_file"])
     assert toolset.admits("github", "anything")
@@ -201,6 +213,9 @@ def test_summaries_show_keys_and_short_values_never_secrets() -> None:
     assert summarize("web", "echo", '{"text": "hi", "password": "pw123456"}') == (
         'web.echo(text="hi", password=[hidden])'
     )
+    sha, uuid = "0123456789abcdef0123456789abcdef01234567", "123e4567-e89b-12d3-a456-426614174000"
+    ids = json.dumps({"sha": sha, "id": uuid})
+    assert "[hidden]" not in summarize("git", "show", ids)  # ids are not secrets
     assert summarize("s", "t", "not json") == "s.t(…)"
     assert len(summarize("s", "t", '{"a": "' + "b c " * 200 + '"}')) <= 200
 
@@ -443,12 +458,14 @@ async def test_a_server_down_at_start_up_does_not_stop_the_bot(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     later = McpHttpServer(port=free_port())
+    metrics = Metrics()
     try:
-        async with toolbox(http_server(later.url), stdio_server()) as box:
+        async with toolbox(http_server(later.url), stdio_server(), metrics=metrics) as box:
             web, local = box.status()
             assert (web.state, web.tools, local.state) == ("down", 0, "up")
             assert web.problem and "ConnectError" in web.problem
             assert not await box.readiness()["mcp:web"]()
+            assert up(metrics) == 0
             assert "MCP server web is not reachable" in caplog.text
             assert not any(name.startswith("web__") for name in names(box))
             unknown = await box.call("web__add", '{"a": 1, "b": 1}')
@@ -457,10 +474,33 @@ async def test_a_server_down_at_start_up_does_not_stop_the_bot(
             await asyncio.to_thread(later.start)
             await until(lambda: "web__add" in names(box))  # retried in the background
             assert box.status()[0].state == "up"
-            assert await box.readiness()["mcp:web"]()
+            assert await box.readiness()["mcp:web"]() and up(metrics) == 1
             assert (await box.call("web__add", '{"a": 1, "b": 1}')).text == "2"
     finally:
         later.stop()
+
+
+def up(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("slackbot_tool_server_up", {"server": "web"})
+
+
+async def test_a_server_that_never_answers_holds_start_up_only_for_connect_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts the connection and the request, answers nothing
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    config = ToolServers(
+        servers=(http_server(f"http://127.0.0.1:{port}/mcp"),), connect_timeout=0.5
+    )
+    started = time.monotonic()
+    async with listener, Toolbox(config, metrics=Metrics(), backoff=FAST) as box:
+        (status,) = box.status()
+        assert (status.state, status.problem) == ("down", "no answer in time")
+        result = await box.call("web__add", "{}")
+        assert result.is_error
+    assert time.monotonic() - started < 5  # entering, and leaving while it retries
 
 
 @pytest.mark.parametrize("protocol", ["auto", "legacy"])

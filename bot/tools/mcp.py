@@ -220,7 +220,7 @@ class Toolbox:
             text = f"The tool's server refused the call: {exc.message}"
         except Exception as exc:  # the SDK's own checks (a result off its schema…): one call lost
             log.warning("MCP tool %s.%s failed: %s", spec.server, spec.tool, _problem(exc))
-            text = f"The call failed ({type(exc).__name__})."
+            text = f"The call failed: {_problem(exc)}"
         self._observe(spec, outcome, started)
         return ToolResult(cut(text, server.max_result_chars), outcome, summary)
 
@@ -356,6 +356,8 @@ class _Link:
         task = self._task
         if task is None:
             return
+        if self._client is None:
+            task.cancel()  # connecting or waiting to: nothing to close gracefully
         done, _ = await asyncio.wait([task], timeout=_CLOSE_TIMEOUT)
         if not done:
             log.warning("MCP server %s did not close in time; cancelling", self.server.name)
