@@ -23,6 +23,7 @@ from bot.admission import Admission
 from bot.app import build_app
 from bot.assistant import AssistantThreads
 from bot.config import Settings
+from bot.config import tool_servers as tool_servers_of
 from bot.errors import ConfigError
 from bot.llm import ChatModel, connect_openai
 from bot.metrics import Metrics
@@ -43,7 +44,8 @@ from bot.slack import SlackGateway, connect_slack
 from bot.stops import StopSignals
 from bot.store import Store, connect_redis
 from bot.store.embedded import embedded_server
-from bot.turn import Intake, Limits, Memory, Responder, Turns
+from bot.tools.mcp import Toolbox
+from bot.turn import Intake, Limits, Memory, NoTools, Responder, Turns
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +122,17 @@ async def open_bot(
             max_answer_tokens=settings.max_answer_tokens,
             api=settings.openai_api_mode,
         )
+        tool_servers = tool_servers_of(settings)
         policy = load_policy(
             settings.channels_file,
             default=Profile(
                 settings.system_prompt, settings.openai_model, settings.openai_temperature
             ),
         )
+        for channel, profile in [("(defaults)", policy.default), *policy.channels.items()]:
+            for problem in tool_servers.toolset_problems(profile.toolset):
+                log.warning("CHANNELS_FILE %s: %s", channel, problem)
+        toolbox = await stack.enter_async_context(Toolbox(tool_servers, metrics=metrics))
         slack = SlackGateway(web, metrics)
         stops = StopSignals(store.stops, slack, admins_may_stop=settings.stop_by_admins)
         recall = Recall(
@@ -205,6 +212,8 @@ async def open_bot(
                 stops=stops,
                 metrics=metrics,
                 max_answer_chars=settings.max_answer_chars,
+                tools=toolbox if tool_servers.servers else NoTools(),
+                max_tool_rounds=settings.max_tool_rounds,
             ),
             recall=recall,
             slack=slack,
@@ -253,7 +262,9 @@ async def open_bot(
         # The ops endpoints have a listener of their own (loopback unless OPS_HOST says
         # otherwise): Slack's public port serves /slack/events and nothing else.
         ops = build_ops_app(
-            metrics=metrics, checks={"slack": slack_ready}, degrading={"redis": store.ping}
+            metrics=metrics,
+            checks={"slack": slack_ready},
+            degrading={"redis": store.ping, **toolbox.readiness()},
         )
         if inherited is not None:
             ops_runner, ops_port = await serve_socket(ops, inherited.ops)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 from bot.store.client import redis_url_problem
+from bot.tools.config import ToolServers, load_tool_servers
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant in a Slack workspace. Answer clearly and concisely."
@@ -132,6 +133,12 @@ class Settings(BaseSettings):
     user_daily_tokens: int = Field(0, ge=0)
     workspace_daily_tokens: int = Field(0, ge=0)
 
+    # Tools: MCP servers the model may call (bot/tools/); TOOLS=off offers the model none.
+    mcp_servers_file: str | None = None
+    tools: Literal["on", "off"] = "on"
+    max_tool_rounds: int = Field(5, ge=1, le=50)
+    approval_timeout: float = Field(300.0, ge=5)
+
     # Assistant threads (agent view): what a new thread shows; empty disables that part.
     # ASSISTANT_PROMPTS is a JSON list of strings and/or {"title": …, "message": …} objects.
     assistant_greeting: str = DEFAULT_ASSISTANT_GREETING
@@ -148,7 +155,9 @@ class Settings(BaseSettings):
         # slack_sdk joins method names with urljoin: without the slash, '/api' is dropped.
         return url if url.endswith("/") else url + "/"
 
-    @field_validator("openai_base_url", "redis_url", "channels_file", mode="before")
+    @field_validator(
+        "openai_base_url", "redis_url", "channels_file", "mcp_servers_file", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -282,3 +291,10 @@ def _describe(err: Mapping[str, object]) -> str:
         return f"{name}: missing (set it in the environment or in .env)"
     # The message never echoes the value: it may be a secret.
     return f"{name}: {err.get('msg')}"
+
+
+def tool_servers(settings: Settings) -> ToolServers:
+    """The MCP servers of ``MCP_SERVERS_FILE`` (none with ``TOOLS=off``), their secrets read
+    from the environment variables the file names; ``ConfigError`` lists what is wrong."""
+    path = settings.mcp_servers_file if settings.tools == "on" else None
+    return load_tool_servers(path, os.environ)

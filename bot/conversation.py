@@ -28,6 +28,16 @@ class ThreadKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolUse:
+    """A tool call made for an answer, as remembered for follow-ups: its one-line summary
+    (bot/tools/calls.py: no secrets) and its result, cut short."""
+
+    summary: str
+    result: str
+    failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """One message of a conversation, as the model will be told it."""
 
@@ -36,9 +46,13 @@ class Turn:
     author: str | None = None  # Slack user id of a person; None for the bot
     ts: str | None = None
     interrupted: bool = False  # the assistant's answer was cut short; text is what the user saw
+    tools: tuple[ToolUse, ...] = ()  # tool calls the answer was built on
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        data = asdict(self)
+        if not self.tools:
+            del data["tools"]  # stored as before tools existed
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Turn:
@@ -49,6 +63,11 @@ class Turn:
             author=data.get("author"),
             ts=data.get("ts"),
             interrupted=bool(data.get("interrupted", False)),
+            tools=tuple(
+                ToolUse(str(t.get("summary", "")), str(t.get("result", "")), bool(t.get("failed")))
+                for t in data.get("tools") or ()
+                if isinstance(t, dict)
+            ),
         )
 
 
@@ -83,7 +102,7 @@ def newest_within(turns: list[Turn], budget_tokens: int) -> int:
     what is worth keeping of a thread's history."""
     remaining = budget_tokens
     for n, turn in enumerate(reversed(turns)):
-        remaining -= estimate_tokens(turn.text) + 4
+        remaining -= estimate_tokens(_content(turn, named=False)) + 4
         if remaining < 0:
             return max(n, 1)
     return len(turns)
@@ -149,7 +168,20 @@ def _cost(turn: Turn) -> int:
 
 def _content(turn: Turn, *, named: bool) -> str:
     if turn.role == "assistant":
-        return f"{turn.text}\n{INTERRUPTED_MARK}" if turn.interrupted else turn.text
+        text = f"{turn.text}\n{INTERRUPTED_MARK}" if turn.interrupted else turn.text
+        return f"{_tools_note(turn.tools)}\n\n{text}" if turn.tools else text
     if named and turn.author:
         return json.dumps({"from": turn.author, "text": turn.text}, ensure_ascii=False)
     return turn.text
+
+
+TOOLS_NOTE = "[Tool calls made for this answer, with their results]"
+
+
+def _tools_note(uses: tuple[ToolUse, ...]) -> str:
+    """An earlier answer's tool calls, for a follow-up to refer to ("what did the search
+    find?"); each result was cut when it was saved."""
+    lines = [TOOLS_NOTE]
+    for use in uses:
+        lines.append(f"- {use.summary} → {'error' if use.failed else 'result'}: {use.result}")
+    return "\n".join(lines)

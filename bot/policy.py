@@ -13,6 +13,8 @@ File format (every part optional)::
     system_prompt = "You are the support desk's assistant."
     model = "gpt-4o"
     temperature = 0.2
+    tools = ["tickets", "wiki.search"]  # MCP servers / single tools offered here (default: all
+                                        # of MCP_SERVERS_FILE; [] : none)
 
     [access]
     allow_channels = ["C0SUPPORT"]   # when non-empty, only these channels (DMs count as channels)
@@ -30,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.errors import ConfigError
+from bot.tools.config import Toolset
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,9 @@ class Profile:
     system_prompt: str
     model: str
     temperature: float | None
+    toolset: Toolset = field(
+        default_factory=Toolset
+    )  # which tools the model is offered (default: every tool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class _ProfileFile(BaseModel):
     system_prompt: str | None = None
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
+    tools: list[str] | None = None
 
 
 class _AccessFile(BaseModel):
@@ -105,10 +112,14 @@ def load_policy(path: str | None, *, default: Profile) -> Policy:
                 for err in exc.errors()
             ]
         ) from None
-    base = _merge(default, parsed.defaults)
+    try:
+        base = _merge(default, parsed.defaults)
+        channels = {cid: _merge(base, p) for cid, p in parsed.channels.items()}
+    except ValueError as exc:
+        raise ConfigError([f"CHANNELS_FILE {path}: {exc}"]) from None
     return Policy(
         default=base,
-        channels={cid: _merge(base, p) for cid, p in parsed.channels.items()},
+        channels=channels,
         allow_channels=frozenset(parsed.access.allow_channels),
         deny_channels=frozenset(parsed.access.deny_channels),
         allow_users=frozenset(parsed.access.allow_users),
@@ -122,4 +133,5 @@ def _merge(base: Profile, over: _ProfileFile) -> Profile:
         system_prompt=over.system_prompt if over.system_prompt is not None else base.system_prompt,
         model=over.model or base.model,
         temperature=over.temperature if over.temperature is not None else base.temperature,
+        toolset=Toolset.of(over.tools) if over.tools is not None else base.toolset,
     )

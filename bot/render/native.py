@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
@@ -161,6 +161,7 @@ class NativeReply(BaseReply):
         self._live = False  # a stream is open (started, not yet closed by anyone)
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # much text waiting, or closing: skip the timer
+        self._unsent_steps: dict[str, Step] = {}  # task card updates not appended yet
         self._flusher: asyncio.Task[None] | None = None
 
     # -- the Reply contract ------------------------------------------------------------------
@@ -200,7 +201,12 @@ class NativeReply(BaseReply):
             self._urgent.set()
 
     def _stepped(self, step: Step) -> None:
+        if self._fallback is not None:
+            self._fallback.step(step)
+            return
+        self._unsent_steps[step.id] = step  # a newer state of the same step replaces it
         self._wake.set()
+        self._urgent.set()
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -265,7 +271,11 @@ class NativeReply(BaseReply):
             try:
                 async with asyncio.timeout(min(self._call_timeout, deadline - loop.time())):
                     await self._slack.stop_stream(
-                        self._channel, self.ts, markdown=shown, blocks=blocks
+                        self._channel,
+                        self.ts,
+                        markdown=shown,
+                        blocks=blocks,
+                        tasks=[_task(step) for step in self._unsent_steps.values()],
                     )
             except SlackRateLimited as exc:
                 if loop.time() + exc.retry_after >= deadline:
@@ -284,6 +294,7 @@ class NativeReply(BaseReply):
                 return False
             else:
                 self._live = False
+                self._unsent_steps.clear()
                 self._text_visible()
                 return True
         return False
@@ -303,10 +314,11 @@ class NativeReply(BaseReply):
                 except UnsafeMarkdown:
                     await self._fall_back(None, "")
                     return
-                if not markdown:
+                steps = self._take_steps()
+                if not markdown and not steps:
                     self._wake.clear()
                     continue
-                if not await self._start(markdown, shown):
+                if not await self._start(markdown, shown, steps):
                     await self._fall_back(None, markdown)
                     return
                 next_at = loop.time() + await self._appends.interval(self._team, self.id)
@@ -323,7 +335,8 @@ class NativeReply(BaseReply):
                 streamable = True
             except UnsafeMarkdown:
                 chunk, shown, streamable = "", "", False
-            if streamable and not chunk:
+            steps = self._take_steps()
+            if streamable and not chunk and not steps:
                 continue
             if not streamable or len(self._shown) + len(shown) > self._limit:
                 # The message is full (or its text cannot be streamed as Markdown): the edit
@@ -338,9 +351,10 @@ class NativeReply(BaseReply):
                 self._team, priority, give_up=self._closing, reply_id=self.id
             ):
                 self._unsent = chunk + self._unsent
+                self._put_back(steps)  # they go with chat.stopStream
                 return
             started = loop.time()
-            if not await self._append(chunk, shown):
+            if not await self._append(chunk, shown, steps):
                 return
             next_at = started + await self._appends.interval(self._team, self.id)
 
@@ -353,16 +367,20 @@ class NativeReply(BaseReply):
             return False
         return True
 
-    async def _append(self, chunk: str, shown: str) -> bool:
-        """Append ``chunk`` (``shown``: its guarded form); False when the flusher must stop (the
-        answer has moved on to the edit renderer, or the person stopped it)."""
+    async def _append(self, chunk: str, shown: str, steps: Sequence[Step]) -> bool:
+        """Append ``chunk`` (``shown``: its guarded form) and task card updates; False when the
+        flusher must stop (the answer has moved on to the edit renderer, or the person stopped
+        it)."""
         assert self.ts is not None
         try:
             async with asyncio.timeout(self._call_timeout):
-                await self._slack.append_stream(self._channel, self.ts, shown)
+                await self._slack.append_stream(
+                    self._channel, self.ts, shown, tasks=[_task(step) for step in steps]
+                )
         except SlackRateLimited as exc:
             await self._appends.rate_limited(self._team, exc.retry_after)
             self._unsent = chunk + self._unsent
+            self._put_back(steps)
             self._wake.set()
             return True
         except (SlackTransient, TimeoutError) as exc:
@@ -412,6 +430,16 @@ class NativeReply(BaseReply):
         if error == "stopped_by_user":
             self.stopped.set()
 
+    def _take_steps(self) -> list[Step]:
+        steps = list(self._unsent_steps.values())
+        self._unsent_steps.clear()
+        return steps
+
+    def _put_back(self, steps: Sequence[Step]) -> None:
+        """Steps that were not sent go out later, unless a newer state replaced them."""
+        for step in steps:
+            self._unsent_steps.setdefault(step.id, step)
+
     def _absorb(self) -> None:
         if self._taken < len(self._chunks):
             self._unsent += "".join(self._chunks[self._taken :])
@@ -431,7 +459,7 @@ class NativeReply(BaseReply):
 
     # -- starting and falling back -----------------------------------------------------------
 
-    async def _start(self, markdown: str, shown: str) -> bool:
+    async def _start(self, markdown: str, shown: str, steps: Sequence[Step] = ()) -> bool:
         """Open the stream (with ``markdown``, possibly empty; ``shown``: its guarded form);
         False to fall back to edits."""
         if self._availability is not None and self._availability.refused(self._team, self._channel):
@@ -450,6 +478,7 @@ class NativeReply(BaseReply):
                     self._root,
                     markdown=shown,
                     recipient=self._recipient,
+                    tasks=[_task(step) for step in steps],
                 )
         except SlackRateLimited as exc:
             await self._starts.rate_limited(self._team, exc.retry_after)
@@ -483,6 +512,10 @@ class NativeReply(BaseReply):
         earlier = len(self._native_ts) - (1 if ts is not None else 0)
         await reply.adopt(ts, markdown, earlier=earlier, placeholder=placeholder)
         self._fallback = reply
+        self._unsent_steps.clear()
+        if reply.state is State.OPEN:
+            for step in self._steps.values():  # the step in progress shows in its indicator
+                reply.step(step)
         for delta in self._chunks[self._taken :]:  # written while the edit renderer started
             reply.append(delta)
         self._taken = len(self._chunks)
@@ -499,3 +532,11 @@ class NativeReply(BaseReply):
     async def _track(self) -> None:
         if self.ts is not None:
             await self._tracker.shown(self, self.ts, self._current)
+
+
+def _task(step: Step) -> dict[str, str]:
+    """A step as Slack's ``task_update`` chunk (a task card in the stream's timeline)."""
+    task = {"id": step.id, "title": " ".join(step.title.split())[:256], "status": step.status.value}
+    if step.detail:
+        task["details"] = step.detail[:256]
+    return task

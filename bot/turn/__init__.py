@@ -3,7 +3,7 @@
     intake  (bot/turn/intake.py)   dedupe, channel policy, limits, help → Accepted | None
     reply   (bot/render/factory)   the placeholder / status line goes up at once
     context (bot/turn/context.py)  history (store, else Slack) + question → prompt
-    answer  (bot/turn/respond.py)  the model's stream into the reply, Stop, length cap
+    answer  (bot/turn/respond.py)  model rounds and tool calls into the reply, Stop, cap
     save    (bot/turn/context.py)  the exchange, for follow-ups
 
     turns = Turns(intake=intake, replies=replies, memory=memory, responder=responder,
@@ -45,7 +45,7 @@ from bot.turn.intake import (
     Limits,
     Refusal,
 )
-from bot.turn.respond import Responder
+from bot.turn.respond import Answered, Approvals, NoApprovals, NoTools, Responder, Tools
 
 __all__ = [
     "DM_TOP_LEVEL",
@@ -53,12 +53,17 @@ __all__ = [
     "QUOTA_TEXT",
     "RATE_TEXT",
     "Accepted",
+    "Answered",
+    "Approvals",
     "Context",
     "Intake",
     "Limits",
     "Memory",
+    "NoApprovals",
+    "NoTools",
     "Refusal",
     "Responder",
+    "Tools",
     "Turns",
 ]
 
@@ -161,9 +166,9 @@ class Turns:
             async with self._store.locks.hold(accepted.key):
                 context = await self._memory.context(accepted, reply)
                 await entry.admit()  # a burst of questions starts its answers one by one
-                outcome = await self._responder.respond(accepted, context, reply)
-                finished = await reply.finish(outcome)
-                await self._memory.save(accepted, context, finished)
+                answered = await self._responder.respond(accepted, context, reply)
+                finished = await reply.finish(answered.outcome)
+                await self._memory.save(accepted, context, finished, answered.tools)
         if inbound.is_dm and inbound.in_thread and context.first_question:
             await self._title(accepted)
 

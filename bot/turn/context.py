@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bot.conversation import Turn, newest_within, prompt_window
+from bot.conversation import ToolUse, Turn, newest_within, prompt_window
 from bot.recall import Recall
 from bot.render.contract import Finished, Outcome, Reply
 from bot.store import Store
@@ -52,8 +52,15 @@ class Memory:
         messages = prompt_window(accepted.profile.system_prompt, [*history, question], self._budget)
         return Context(history, question, messages)
 
-    async def save(self, accepted: Accepted, context: Context, finished: Finished) -> None:
-        """Store the question and what the person saw of the answer (nothing of a failed one)."""
+    async def save(
+        self,
+        accepted: Accepted,
+        context: Context,
+        finished: Finished,
+        tools: tuple[ToolUse, ...] = (),
+    ) -> None:
+        """Store the question and what the person saw of the answer (nothing of a failed one),
+        with the tool calls it was built on."""
         turns = [context.question]
         if finished.outcome is not Outcome.FAILED and finished.text.strip():
             turns.append(
@@ -62,6 +69,7 @@ class Memory:
                     finished.text,
                     ts=finished.first_ts,
                     interrupted=finished.outcome is not Outcome.COMPLETE,
+                    tools=tools,
                 )
             )
         self._recall.forget(accepted.key)  # the bot has posted there since any read of it

@@ -447,6 +447,9 @@ class _StoredFile:
     deleted: bool = False
 
 
+TASK_STATES = ("pending", "in_progress", "complete", "error")
+
+
 @dataclass
 class Message:
     """A message in the fake's workspace; ``history`` lists every text it has shown."""
@@ -469,10 +472,19 @@ class Message:
     stopped_by_user: bool = False
     broadcast: bool = False
     files: list[dict[str, Any]] | None = None  # file objects as the event carried them
+    # A native stream's task cards (``task_update`` chunks) by id, latest state, and every
+    # update in the order received.
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_updates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_reply(self) -> bool:
         return self.thread_ts is not None and self.thread_ts != self.ts
+
+    def apply_tasks(self, updates: list[dict[str, Any]]) -> None:
+        for update in updates:
+            self.tasks[update["id"]] = {**self.tasks.get(update["id"], {}), **update}
+            self.task_updates.append(update)
 
     @property
     def in_channel(self) -> bool:
@@ -1725,25 +1737,30 @@ class FakeSlack:
             stream_started_at=now,
             stream_touched_at=now,
         )
-        message.set_text(self._stream_chunk(args))
+        text, tasks = self._stream_parts(args)
+        message.set_text(text)
+        message.apply_tasks(tasks)
         self._messages[(channel, message.ts)] = message
         self.statuses.pop((channel, thread_ts), None)
         return {"channel": channel, "ts": message.ts}
 
     def _api_append_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         message = self._live_stream(args)
-        chunk = self._stream_chunk(args)
-        if not chunk:
+        chunk, tasks = self._stream_parts(args)
+        if not chunk and not tasks:
             raise _ApiError("invalid_arguments")
         message.stream_touched_at = self.clock()
-        message.set_text(message.text + chunk)
+        if chunk:
+            message.set_text(message.text + chunk)
+        message.apply_tasks(tasks)
         return {"channel": message.channel, "ts": message.ts}
 
     def _api_stop_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         message = self._live_stream(args)
-        chunk = self._stream_chunk(args)
+        chunk, tasks = self._stream_parts(args)
         if chunk:
             message.set_text(message.text + chunk)
+        message.apply_tasks(tasks)
         blocks = args.get("blocks")
         if blocks is not None:
             if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
@@ -1761,14 +1778,29 @@ class FakeSlack:
         return message
 
     @staticmethod
-    def _stream_chunk(args: dict[str, Any]) -> str:
+    def _stream_parts(args: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        """The Markdown and the ``task_update`` chunks of a stream call (checked like Slack:
+        an id, a title and one of its four states)."""
         text = str(args.get("markdown_text") or "")
+        tasks: list[dict[str, Any]] = []
+        for chunk in args.get("chunks") or []:
+            if not isinstance(chunk, dict):
+                raise _ApiError("invalid_chunks")
+            if chunk.get("type") == "markdown_text":
+                text += str(chunk.get("text", ""))
+            elif chunk.get("type") == "task_update":
+                if not (
+                    isinstance(chunk.get("id"), str)
+                    and isinstance(chunk.get("title"), str)
+                    and chunk.get("status") in TASK_STATES
+                ):
+                    raise _ApiError("invalid_chunks")
+                tasks.append(chunk)
+            else:
+                raise _ApiError("invalid_chunks")
         if len(text) > MARKDOWN_TEXT_LIMIT:
             raise _ApiError("msg_too_long")
-        for chunk in args.get("chunks") or []:
-            if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
-                text += str(chunk.get("text", ""))
-        return text
+        return text, tasks
 
     def _api_users_info(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         user_id = _need(args, "user", "user_not_found")

@@ -1,0 +1,232 @@
+"""End to end: the model calls tools of a real MCP server (tests/mcp_servers.py) — the call
+shows in Slack while it runs, the server receives it, the result goes back to the model, and
+the answer goes on in the same message; failures go back to the model as errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.conversation import ThreadKey
+from bot.render.reply import INDICATOR_BLOCK_ID, STOP_ACTION_ID
+from tests.fakes.openai import Answer, Call, FakeOpenAI
+from tests.fakes.slack import (
+    FakeSlack,
+    Message,
+    block_actions_payload,
+    mention_event,
+    message_event,
+)
+from tests.mcp_servers import McpHttpServer
+from tests.test_stop_and_recovery import stop_value
+from tests.test_tools_mcp import http_server, toolbox
+from tests.views import bot_replies, notes, working
+
+
+@pytest.fixture(scope="module")
+def mcp_server() -> Iterator[McpHttpServer]:
+    server = McpHttpServer.start_new()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tools_file(tmp_path: Path, mcp_server: McpHttpServer) -> str:
+    path = tmp_path / "mcp.toml"
+    path.write_text(
+        f"""
+        connect_timeout = 10
+        [servers.lab]
+        url = "{mcp_server.url}"
+        timeout = 2
+        """,
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def indicator(message: Message) -> str:
+    return " ".join(
+        element["text"]
+        for block in message.blocks or []
+        if block.get("block_id") == INDICATOR_BLOCK_ID
+        for element in block["elements"]
+    )
+
+
+async def settled(slack: FakeSlack, channel: str, thread: str) -> Message:
+    def done() -> bool:
+        replies = bot_replies(slack, channel, thread)
+        return bool(replies) and not working(replies[-1]) and not replies[-1].streaming
+
+    await slack.wait_for(done, timeout=30, what="the finished answer")
+    return bot_replies(slack, channel, thread)[-1]
+
+
+async def test_a_tool_call_shows_while_it_runs_and_the_answer_goes_on_in_the_same_message(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(
+        Answer(text="Let me check.", tool_calls=[Call("lab__slow", {"seconds": 1.0})]),
+        Answer(text="It slept as asked.", ttft=0.1),
+    )
+    async with start_bot(mcp_servers_file=tools_file) as running:
+        event = mention_event("nap please")
+        await slack.send_event(event)
+        await slack.wait_for(
+            lambda: any(
+                "lab.slow(seconds=1.0)" in indicator(m)
+                for m in bot_replies(slack, "C0CHAN", event["ts"])
+            ),
+            timeout=10,
+            what="the step shown while the tool runs",
+        )
+        running_text = bot_replies(slack, "C0CHAN", event["ts"])[0].text
+        final = await settled(slack, "C0CHAN", event["ts"])
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=5)
+        turns = await running.store.history.history(ThreadKey("T0001", "C0CHAN", event["ts"]))
+
+    assert running_text == "Let me check."  # the text before the call stays while it runs
+    assert final.text == "Let me check.\n\nIt slept as asked."
+    assert len(bot_replies(slack, "C0CHAN", event["ts"])) == 1 and not notes(final)
+    first, second = llm.requests[0], llm.requests[1]
+    assert "lab__slow" in first.tool_names
+    # The model got the server's answer for its call, paired with the call's id.
+    ((call_id, name, _),) = second.tool_calls
+    assert name == "lab__slow" and second.tool_results == [(call_id, "slept 1.0")]
+    # Remembered for follow-ups: the call and its result with the answer.
+    assert turns is not None and turns[-1].tools and "slept 1.0" in turns[-1].tools[0].result
+
+
+async def test_parallel_calls_run_together_and_a_failing_and_a_slow_tool_are_errors_for_the_model(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(
+        Answer(
+            tool_calls=[
+                Call("lab__add", {"a": 2, "b": 3}),
+                Call("lab__fail", {}),
+                Call("lab__slow", {"seconds": 30}),  # over the server's 2 s timeout
+                Call("lab__nope", {}),
+            ]
+        ),
+        Answer(text="Two plus three is 5; the rest failed."),
+    )
+    async with start_bot(mcp_servers_file=tools_file):
+        event = mention_event("do it all")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert final.text == "Two plus three is 5; the rest failed."
+    results = dict(llm.requests[1].tool_results)
+    ids = [call_id for call_id, _, _ in llm.requests[1].tool_calls]
+    assert results[ids[0]] == "5"
+    assert results[ids[1]].startswith("Error") and "fail" in results[ids[1]]
+    assert "did not answer within 2 seconds" in results[ids[2]]
+    assert "no tool named" in results[ids[3]]
+
+
+async def test_stop_during_a_tool_call_cancels_it_and_ends_the_answer(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tmp_path: Path, mcp_server: McpHttpServer
+) -> None:
+    path = tmp_path / "slow.toml"
+    path.write_text(f'[servers.lab]\nurl = "{mcp_server.url}"\ntimeout = 60\n', encoding="utf-8")
+    llm.script(
+        Answer(text="Working on it.", tool_calls=[Call("lab__slow", {"seconds": 20})]),
+        Answer(text="never asked for"),
+    )
+    async with start_bot(mcp_servers_file=str(path)) as running:
+        event = mention_event("take your time")
+        await slack.send_event(event)
+        await slack.wait_for(
+            lambda: any(
+                "lab.slow" in indicator(m) for m in bot_replies(slack, "C0CHAN", event["ts"])
+            ),
+            timeout=10,
+        )
+        (message,) = bot_replies(slack, "C0CHAN", event["ts"])
+        value = stop_value(message)
+        assert value is not None
+        await slack.send_interactive(
+            block_actions_payload(
+                STOP_ACTION_ID, value=value, message_ts=message.ts, thread_ts=event["ts"]
+            )
+        )
+        final = await settled(slack, "C0CHAN", event["ts"])
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=5)
+        async with toolbox(http_server(mcp_server.url)) as box:
+            events = (await box.call("web__events", "{}")).text
+
+    assert final.text == "Working on it." and any("Stopped" in n for n in notes(final))
+    assert len(llm.requests) == 1  # the model was not asked to go on
+    assert "slow:cancelled" in events  # the server's call was cancelled, not left running
+
+
+async def test_a_server_down_at_start_leaves_the_bot_answering_without_its_tools(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tmp_path: Path
+) -> None:
+    from tests.redis_server import free_port
+
+    path = tmp_path / "down.toml"
+    path.write_text(
+        f'connect_timeout = 1\n[servers.gone]\nurl = "http://127.0.0.1:{free_port()}/mcp"\n',
+        encoding="utf-8",
+    )
+    llm.script(Answer(text="Plain answer."))
+    async with start_bot(mcp_servers_file=str(path)) as running:
+        ready = await _get(running.ops_port, "/readyz")
+        event = mention_event("hello")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert ready[0] == 200 and "mcp:gone" in ready[1]
+    assert final.text == "Plain answer."
+    assert not llm.requests[0].tool_names  # nothing offered from a server that is down
+
+
+async def test_with_tools_off_the_model_is_offered_none(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(Answer(text="No tools here."))
+    async with start_bot(mcp_servers_file=tools_file, tools="off"):
+        await slack.send_event(message_event("hi", channel="D0DM", channel_type="im"))
+        await slack.wait_for(lambda: bool(llm.requests), timeout=10)
+        await asyncio.sleep(0)
+    assert not llm.requests[0].tool_names
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_a_native_stream_shows_each_call_as_a_task_card(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(
+        Answer(text="Adding.", tool_calls=[Call("lab__add", {"a": 2, "b": 3})]),
+        Answer(text="It is 5.", ttft=0.1),
+    )
+    async with start_bot(mcp_servers_file=tools_file, stream_mode="native"):
+        event = mention_event("two plus three?")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert final.text == "Adding.\n\nIt is 5."
+    assert not slack.calls_to("chat.update")  # streamed natively to the end
+    (task,) = final.tasks.values()
+    assert task["title"] == "lab.add(a=2, b=3)" and task["status"] == "complete"
+    states = [update["status"] for update in final.task_updates]
+    assert states[-1] == "complete" and states == sorted(states, key=TASK_ORDER.index)
+
+
+TASK_ORDER = ["pending", "in_progress", "complete", "error"]
