@@ -168,7 +168,8 @@ class Responder:
                 return Answered(Outcome.STOPPED, tuple(uses))
             room -= len(text)
             calls = answer.tool_calls
-            if not calls:
+            # After "length" the server cut the answer on purpose: calls may be half-written.
+            if not calls or answer.finish_reason == "length":
                 return Answered(Outcome.COMPLETE, tuple(uses))
             results = await _unless_stopped(
                 self._run(calls, accepted, reply, number), pressed, reply
