@@ -566,7 +566,7 @@ async def run_point(scenario: Scenario, store: BenchStore, out: Path, workdir: P
             }
             peak = meter.peak_rss_kib()
             pids_after = meter.pids()
-            replies_after = await replies_by_worker(log_path)
+            replies_after = await _settled_replies(log_path)
             commands_after = command_counts(store)
             await loop_lag.stop()
             sampler.cancel()
@@ -622,6 +622,21 @@ async def run_point(scenario: Scenario, store: BenchStore, out: Path, workdir: P
 def _command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     delta = {name: count - before.get(name, 0) for name, count in after.items()}
     return {name: count for name, count in delta.items() if count > 0 and name != "info"}
+
+
+async def _settled_replies(log_path: Path, seconds: float = 5.0) -> dict[str, dict[str, float]]:
+    """The bot's replies by worker and outcome once every reply started has an outcome (a
+    reply's final call shows in Slack a moment before the bot counts it), or after
+    ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        counts = await replies_by_worker(log_path)
+        started = sum(c.get("started", 0.0) for c in counts.values())
+        ended = sum(v for c in counts.values() for k, v in c.items() if k != "started")
+        if ended >= started or loop.time() >= deadline:
+            return counts
+        await asyncio.sleep(0.05)
 
 
 def _difference(

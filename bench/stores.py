@@ -137,7 +137,7 @@ def command_counts(store: BenchStore) -> dict[str, int]:
 
 def server_pids(store: BenchStore) -> list[int]:
     """The process id of each of the store's servers (INFO server), to meter their CPU."""
-    return [int(_info(url, "server")["process_id"]) for url in store.node_urls()]
+    return [int(str(_info(url, "server")["process_id"])) for url in store.node_urls()]
 
 
 def _info(url: str, section: str) -> dict[str, object]:
