@@ -1,16 +1,26 @@
 """Run ``python -m bot`` as a real child process against the local fakes.
 
-proc = await spawn_bot(tmp_path / "bot.log", slack=slack, llm=llm, redis_url=url)
+proc = await spawn_bot(tmp_path / "bot.log", bot_env(slack, llm, redis_url))
 await stop_bot(proc)                  # SIGTERM, wait without blocking the event loop
+
+async with running_bots(env, tmp_path, count=2) as procs: ...  # logs bot0.log, bot1.log
+port = await ops_port(procs[0], tmp_path / "bot0.log")        # its /metrics, /healthz…
+await outcomes(port, "slackbot_events")                       # {'answered': 1.0, …}
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.slack import FakeSlack
@@ -81,3 +91,55 @@ async def stop_bot(
         proc.kill()
         await proc.wait()
         raise AssertionError(f"the bot did not exit within {timeout} s of signal {sig}") from None
+
+
+@asynccontextmanager
+async def running_bots(
+    env: dict[str, str], folder: Path, count: int = 2
+) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """``count`` bot processes logging to ``folder/bot{n}.log``; on a clean exit of the block
+    each must exit 0 on SIGTERM with no traceback in its log."""
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for n in range(count):
+            procs.append(await spawn_bot(folder / f"bot{n}.log", env))
+        yield procs
+    finally:
+        codes = [await stop_bot(proc) for proc in procs]
+    for n in range(count):
+        log_text = (folder / f"bot{n}.log").read_text()
+        assert "Traceback" not in log_text, log_text
+    assert codes == [0] * count
+
+
+_OPS_LINE = re.compile(r"ops endpoints \(/healthz, /readyz, /metrics\) on \S+ port (\d+)")
+
+
+async def ops_port(proc: asyncio.subprocess.Process, log_path: Path, timeout: float = 30) -> int:
+    """The port of the child's ops endpoints, once its log names it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        text = log_path.read_text()  # noqa: ASYNC240 (a small file on local disk)
+        if found := _OPS_LINE.search(text):
+            return int(found.group(1))
+        assert proc.returncode is None, f"the bot exited:\n{text}"
+        assert loop.time() < deadline, f"no ops port in the log within {timeout} s:\n{text}"
+        await asyncio.sleep(0.05)
+
+
+async def outcomes(port: int, counter: str) -> dict[str, float]:
+    """A counter of the child's /metrics by its ``outcome`` label, e.g. ``slackbot_events``."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == counter
+        for sample in family.samples
+        if sample.name == f"{counter}_total"
+    }

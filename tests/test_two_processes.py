@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bot_process import bot_env, spawn_bot, stop_bot
+from tests.bot_process import bot_env, running_bots
 from tests.fakes.openai import Answer, FakeOpenAI, echo_last_user
 from tests.fakes.slack import FakeSlack, mention_event, message_event
 from tests.test_e2e_rules import answered
@@ -19,14 +19,8 @@ from tests.test_e2e_rules import answered
 async def bot_processes(
     slack: FakeSlack, llm: FakeOpenAI, redis_url: str, tmp_path: Path
 ) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    env = bot_env(slack, llm, redis_url)
-    procs = [await spawn_bot(tmp_path / f"bot{n}.log", env) for n in range(2)]
-    yield procs
-    codes = [await stop_bot(proc) for proc in procs]
-    for n in range(2):
-        log_text = (tmp_path / f"bot{n}.log").read_text()
-        assert "Traceback" not in log_text, log_text
-    assert codes == [0, 0]
+    async with running_bots(bot_env(slack, llm, redis_url), tmp_path) as procs:
+        yield procs
 
 
 async def test_each_message_is_answered_once_by_two_processes(
