@@ -17,6 +17,9 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
     action   · stop_reply                        → stop the reply it names, on any replica (the
                                                    asker only; others are told so)
     action   · reply_feedback                    → store and count the vote, thank the clicker
+    action   · approve_tool / deny_tool          → decide on a tool call waiting for approval,
+                                                   on any replica (the asker only; others are
+                                                   told so)
 
 CHANNELS_FILE's allow/deny lists apply to every route: messages (bot/turn.py), buttons and
 assistant threads (here and bot/assistant.py).
@@ -36,6 +39,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID, ApprovalClick, Approvals
 from bot.assistant import AssistantThreads
 from bot.conversation import ThreadKey
 from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern, retry_attempt
@@ -59,6 +63,7 @@ def build_app(
     store: Store,
     metrics: Metrics,
     stops: StopSignals,
+    approvals: Approvals,
     assistant: AssistantThreads,
     policy: Policy,
     signing_secret: str | None,
@@ -119,6 +124,21 @@ def build_app(
             )
         else:
             await stops.press(click)
+
+    async def approval(ack: AsyncAck, body: dict[str, Any]) -> None:
+        await ack()
+        click = ApprovalClick.from_body(body)
+        if click is None:
+            log.info("ignored a malformed Approve / Deny click")
+        elif not policy.allows(channel=click.channel, user=click.user):
+            log.info(
+                "ignored %s by %s in %s: not allowed by CHANNELS_FILE",
+                click.verdict,
+                click.user,
+                click.channel,
+            )
+        else:
+            await approvals.press(click)
 
     async def thread_started(event: dict[str, Any]) -> None:
         await assistant.started(event)
@@ -194,6 +214,8 @@ def build_app(
     app.event("assistant_thread_context_changed")(ignore)
     app.action(STOP_ACTION_ID)(stop)
     app.action(FEEDBACK_ACTION_ID)(feedback)
+    app.action(APPROVE_ACTION_ID)(approval)
+    app.action(DENY_ACTION_ID)(approval)
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any]) -> None:

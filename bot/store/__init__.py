@@ -9,6 +9,7 @@ key schema (``keys.py``):
     relay.py     StopRelay      Stop clicks across replicas
     inflight.py  InFlightRegistry  replies in flight, finished by another replica if theirs died
     files.py     FileCache      shared files as read (text, downscaled images), for follow-ups
+    approvals.py ApprovalDecisions  decisions on tool calls waiting for approval, first wins
     embedded.py  the private server used when no REDIS_URL is set
 
     store = Store.open(connect_redis(url), history_ttl_s=30 * 86400, history_max_turns=200)
@@ -30,6 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bot.errors import ConfigError
+from bot.store.approvals import ApprovalDecisions
 from bot.store.budgets import SlackBudgets
 from bot.store.client import connect_redis, is_cluster
 from bot.store.dedupe import Dedupe, Sighting
@@ -46,6 +48,7 @@ from bot.store.usage import Usage
 log = logging.getLogger("bot.store")
 
 __all__ = [
+    "ApprovalDecisions",
     "Dedupe",
     "FileCache",
     "InFlightRegistry",
@@ -75,6 +78,7 @@ class Store:
     stops: StopRelay
     inflight: InFlightRegistry
     files: FileCache
+    approvals: ApprovalDecisions
 
     @classmethod
     def open(
@@ -112,6 +116,7 @@ class Store:
             files=FileCache(
                 guard, keys, ttl_s=history_ttl_s, max_entry_bytes=file_cache_entry_bytes
             ),
+            approvals=ApprovalDecisions(guard, keys),
         )
 
     @property

@@ -39,6 +39,9 @@ message's two dedupe markers) runs on one node. TTLs are set by the module that 
     {p}:{T}:file:{file_id}                    hash {meta: JSON, data: bytes} — a shared file as
                                               read (text, downscaled image, or why it could not
                                               be); history TTL, bounded size (bot/store/files.py)
+    {p}:{T}:approval:{approval_id}            "approved:U…" | "denied:U…" | "timeout" |
+                                              "cancelled", set NX (the first decision wins), 1 day
+                                              — a tool call waiting for the asker's approval
 
 Schema 1 (before the hash tags) named the workspace's keys ``{p}:{kind}:{T}:…``; ``renamed``
 maps such a name to today's, for the one-time migration (bot/store/migrate.py).
@@ -142,6 +145,9 @@ class KeySchema:
 
     def file(self, team: str, file_id: str) -> str:
         return f"{self._team(team)}:file:{file_id}"
+
+    def approval(self, team: str, approval_id: str) -> str:
+        return f"{self._team(team)}:approval:{approval_id}"
 
     def legacy_thread(self, key: ThreadKey) -> str:
         """A thread's turns under schema 1 (an old replica may still write there)."""
