@@ -21,6 +21,7 @@ from slack_bolt.async_app import AsyncApp
 
 from bot.admission import Admission
 from bot.app import build_app
+from bot.approvals import Approvals
 from bot.assistant import AssistantThreads
 from bot.config import Settings
 from bot.config import tool_servers as tool_servers_of
@@ -184,6 +185,7 @@ async def open_bot(
             tracker=inflight,
             metrics=metrics,
         )
+        approvals = Approvals(store.approvals, slack, timeout=settings.approval_timeout)
         turns = Turns(
             intake=Intake(
                 slack=slack,
@@ -213,6 +215,7 @@ async def open_bot(
                 metrics=metrics,
                 max_answer_chars=settings.max_answer_chars,
                 tools=toolbox if tool_servers.servers else NoTools(),
+                approvals=approvals,
                 max_tool_rounds=settings.max_tool_rounds,
             ),
             recall=recall,
@@ -229,6 +232,7 @@ async def open_bot(
             store=store,
             metrics=metrics,
             stops=stops,
+            approvals=approvals,
             policy=policy,
             assistant=AssistantThreads(
                 slack=slack,
