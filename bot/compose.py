@@ -26,7 +26,8 @@ from bot.assistant import AssistantThreads
 from bot.config import Settings
 from bot.config import tool_servers as tool_servers_of
 from bot.errors import ConfigError
-from bot.llm import ChatModel, connect_openai
+from bot.files import FileLimits, FileReader, NoTranscriber, Transcriber
+from bot.llm import ChatModel, Transcriptions, connect_openai
 from bot.metrics import Metrics
 from bot.policy import Profile, load_policy
 from bot.recall import READ_METHOD, Recall
@@ -46,7 +47,8 @@ from bot.stops import StopSignals
 from bot.store import Store, connect_redis
 from bot.store.embedded import embedded_server
 from bot.tools.mcp import Toolbox
-from bot.turn import Intake, Limits, Memory, NoTools, Responder, Turns
+from bot.turn import Intake, Limits, Memory, NoFiles, NoTools, Responder, SharedFiles, Turns
+from bot.turn.files import FileSource
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,11 @@ async def open_bot(
             idle_timeout=settings.model_idle_timeout,
             max_answer_tokens=settings.max_answer_tokens,
             api=settings.openai_api_mode,
+            vision=settings.model_vision,
         )
+        transcriber: Transcriber = NoTranscriber()
+        if settings.transcribe_model:  # voice clips shared in Slack, through the same server
+            transcriber = Transcriptions(llm_client, model=settings.transcribe_model)
         tool_servers = tool_servers_of(settings)
         policy = load_policy(
             settings.channels_file,
@@ -205,6 +211,10 @@ async def open_bot(
             memory=Memory(
                 store=store,
                 recall=recall,
+                files=SharedFiles(
+                    _file_reader(settings, slack, store, transcriber),
+                    image_turns=settings.image_history_turns,
+                ),
                 prompt_token_budget=settings.prompt_token_budget,
                 backfill_limit=settings.backfill_limit,
             ),
@@ -333,6 +343,23 @@ async def open_bot(
             if events_runner is not None:
                 await events_runner.cleanup()
             await turns.drain(settings.shutdown_grace)
+
+
+def _file_reader(
+    settings: Settings, slack: SlackGateway, store: Store, transcriber: Transcriber
+) -> FileSource:
+    """What reads shared files (FILE_* settings, MODEL_VISION, TRANSCRIBE_MODEL); nothing with
+    FILES_PER_MESSAGE=0."""
+    if settings.files_per_message == 0:
+        return NoFiles()
+    limits = FileLimits(
+        max_bytes=settings.file_max_bytes,
+        per_message=settings.files_per_message,
+        download_s=settings.file_download_timeout,
+        native_pdf=settings.file_input == "native",
+        images=settings.model_vision != "off",
+    )
+    return FileReader(slack, store.files, limits=limits, transcriber=transcriber)
 
 
 async def _listen(app: Application, host: str, port: int, setting: str) -> tuple[AppRunner, int]:

@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     max_tool_rounds: int = Field(5, ge=1, le=50)
     approval_timeout: float = Field(300.0, ge=5)
 
+    # Files shared in conversations (bot/files/): images, PDFs and text read for the model,
+    # a note to the person for the rest. FILES_PER_MESSAGE=0 reads none.
+    file_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    files_per_message: int = Field(5, ge=0, le=50)
+    file_input: Literal["text", "native"] = "text"
+    model_vision: Literal["auto", "on", "off"] = "auto"
+    image_history_turns: int = Field(3, ge=0)
+    transcribe_model: str | None = None
+    file_download_timeout: float = Field(30.0, gt=0)
+
     # Assistant threads (agent view): what a new thread shows; empty disables that part.
     # ASSISTANT_PROMPTS is a JSON list of strings and/or {"title": …, "message": …} objects.
     assistant_greeting: str = DEFAULT_ASSISTANT_GREETING
@@ -156,7 +166,12 @@ class Settings(BaseSettings):
         return url if url.endswith("/") else url + "/"
 
     @field_validator(
-        "openai_base_url", "redis_url", "channels_file", "mcp_servers_file", mode="before"
+        "openai_base_url",
+        "redis_url",
+        "channels_file",
+        "mcp_servers_file",
+        "transcribe_model",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

@@ -2,12 +2,15 @@
 
 window = prompt_window(system="Be brief.", history=turns, budget_tokens=8000)
 # [{'role': 'system', ...}, ...newest turns that fit, oldest first]
+
+A turn with ``images`` (data URLs) becomes a message whose content is a list of parts: its text,
+then one ``image_url`` part per image (Chat Completions' shape).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
@@ -47,11 +50,16 @@ class Turn:
     ts: str | None = None
     interrupted: bool = False  # the assistant's answer was cut short; text is what the user saw
     tools: tuple[ToolUse, ...] = ()  # tool calls the answer was built on
+    files: tuple[str, ...] = ()  # Slack file ids shared with this message (read from the cache)
+    # Images sent with this message to the model (data URLs): built per prompt, never stored.
+    images: tuple[str, ...] = field(default=(), repr=False)
 
     def to_json(self) -> str:
         data = asdict(self)
-        if not self.tools:
-            del data["tools"]  # stored as before tools existed
+        del data["images"]
+        for name in ("tools", "files"):
+            if not data[name]:
+                del data[name]  # stored as before tools and files existed
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -68,6 +76,7 @@ class Turn:
                 for t in data.get("tools") or ()
                 if isinstance(t, dict)
             ),
+            files=tuple(f for f in data.get("files") or () if isinstance(f, str) and f),
         )
 
 
@@ -102,7 +111,7 @@ def newest_within(turns: list[Turn], budget_tokens: int) -> int:
     what is worth keeping of a thread's history."""
     remaining = budget_tokens
     for n, turn in enumerate(reversed(turns)):
-        remaining -= estimate_tokens(_content(turn, named=False)) + 4
+        remaining -= estimate_tokens(_content(turn, named=False)) + 4 + _images_cost(turn)
         if remaining < 0:
             return max(n, 1)
     return len(turns)
@@ -141,7 +150,14 @@ def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[
         {"role": "system", "content": f"{system}\n\n{AUTHORSHIP_NOTE}" if named else system}
     ]
     for turn in kept:
-        messages.append({"role": turn.role, "content": _content(turn, named=named)})
+        content: str | list[dict[str, Any]] = _content(turn, named=named)
+        if turn.images:
+            # Chat Completions' content parts; bot/llm.py words them for the Responses API.
+            content = [
+                {"type": "text", "text": content},
+                *({"type": "image_url", "image_url": {"url": url}} for url in turn.images),
+            ]
+        messages.append({"role": turn.role, "content": content})
     return messages
 
 
@@ -162,8 +178,18 @@ def _truncated(text: str, tokens: int) -> str:
     return head + TRUNCATED_MARK
 
 
+# What one image costs in a prompt, about: vision models price an image by its pixels, and
+# bot/files/images.py sends at most ~1.15 MP (OpenAI: ~1,100 tokens at high detail; Anthropic's
+# width × height / 750: ~1,530).
+IMAGE_TOKENS = 1600
+
+
 def _cost(turn: Turn) -> int:
-    return estimate_tokens(_content(turn, named=True)) + 4
+    return estimate_tokens(_content(turn, named=True)) + 4 + _images_cost(turn)
+
+
+def _images_cost(turn: Turn) -> int:
+    return IMAGE_TOKENS * len(turn.images)
 
 
 def _content(turn: Turn, *, named: bool) -> str:

@@ -20,6 +20,13 @@ that refuses ``tools`` (an HTTP error saying so, see ``_TOOLS_REFUSED``) is aske
 them, once, and that model is sent no tools for the rest of the process
 (``answer.tools_dropped``). Answers offered no tools are read without any tool work per chunk.
 
+Images: a user message's ``content`` may be a list of Chat Completions parts (``text``,
+``image_url`` with a data URL; bot/conversation.py builds them), worded for the Responses API
+(``input_text``, ``input_image``) when that is the API. With ``vision="auto"`` a model that
+refuses images (``_IMAGES_REFUSED``) is asked again with each image replaced by a line saying it
+could not be shown, and is sent no images for the rest of the process (``answer.images_dropped``);
+``vision="off"`` never sends any.
+
 The SSE lines are read raw and decoded with ``orjson`` (0.5 µs a chunk; ``json`` takes 2.2 µs
 and the SDK's typed chunks ~100 µs), which matters with hundreds of concurrent streams. With many
 streams open in the process, each stream also reads the network in batches (see
@@ -80,6 +87,22 @@ _TOOLS_REFUSED = re.compile(
 # Most refuse with 400; Azure and OpenRouter with 404, llama.cpp with 500 (seen here after the
 # SDK's own retries).
 _REFUSAL_STATUSES = frozenset({400, 404, 500})
+
+# How servers word "this model takes no images" (again only explicit refusals, and only when
+# the request carried images).
+_IMAGES_REFUSED = re.compile(
+    r"image_url is only supported by certain models"  # OpenAI, Azure OpenAI
+    r"|image input is not supported"  # llama.cpp without a multimodal projector
+    r"|support image input"  # OpenRouter: "No endpoints found that support image input"
+    r"|(?:does not|doesn't|do not) support (?:images|image|vision|multimodal)"  # LM Studio …
+    r"|is not a multimodal model"  # vLLM
+    r"|at most 0 image"  # vLLM: "At most 0 image(s) may be provided in one request"
+    r"|unknown variant `image_url`"  # DeepSeek and other text-only Rust servers
+    r"|missing data required for image input"  # Ollama, a text-only model
+    r"|\b(?:images?|image input|vision|multimodal input)'? (?:is|are) not supported",
+    re.IGNORECASE,
+)
+IMAGE_NOT_SHOWN = "[An image was attached here, but this model cannot see images.]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +179,11 @@ class ChatModel:
         idle_timeout: float = 60.0,
         api: Literal["chat", "responses"] = "chat",
         max_answer_tokens: int = 0,
+        vision: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         self._client = client
         self._api = api
+        self._vision = vision
         self._max_tokens = max_answer_tokens
         # OpenAI's own API wants max_completion_tokens (its reasoning models refuse
         # max_tokens); OpenAI-compatible servers (vLLM, Ollama, llama.cpp) know max_tokens.
@@ -169,6 +194,7 @@ class ChatModel:
         self._idle_timeout = idle_timeout
         self._open = _OpenStreams()
         self._toolless: set[str] = set()  # models whose server refused tools
+        self._blind: set[str] = set()  # models whose server refused images
 
     @property
     def default_model(self) -> str:
@@ -181,6 +207,10 @@ class ChatModel:
     def takes_tools(self, model: str | None = None) -> bool:
         """False once this model's server has refused tools (for the rest of the process)."""
         return (model or self._model) not in self._toolless
+
+    def sees_images(self, model: str | None = None) -> bool:
+        """False with ``vision="off"``, or once this model's server has refused images."""
+        return self._vision != "off" and (model or self._model) not in self._blind
 
     def stream(
         self,
@@ -196,8 +226,13 @@ class ChatModel:
         name has arrived, before its arguments have."""
         name = model or self._model
         body: dict[str, Any] = {"model": name, "stream": True}
+        blind = not self.sees_images(name) and _has_images(messages)
+        if blind:
+            messages = _without_images(messages)
         if self._api == "responses":
-            body["input"] = messages  # role/content messages are valid Responses input
+            # Role/content messages are valid Responses input; content parts have names of
+            # their own there.
+            body["input"] = [_responses_message(message) for message in messages]
             if self._max_tokens:
                 body["max_output_tokens"] = self._max_tokens
         else:
@@ -218,8 +253,10 @@ class ChatModel:
             api=self._api,
             streams=self._open,
             toolless=self._toolless,
+            blind=self._blind if self._vision == "auto" else None,
         )
         answer.tools_dropped = dropped
+        answer.images_dropped = blind
         answer.on_tool_call = on_tool_call
         return answer
 
@@ -294,6 +331,33 @@ class ChatModel:
         }
 
 
+class Transcriptions:
+    """Speech to text through the server's ``/audio/transcriptions`` (``TRANSCRIBE_MODEL``): the
+    ``Transcriber`` that reads voice clips and audio files shared in Slack (bot/files).
+
+        text = await Transcriptions(client, model="whisper-1").transcribe(
+            clip, filename="memo.m4a", mimetype="audio/mp4")
+    """
+
+    def __init__(self, client: openai.AsyncOpenAI, *, model: str, timeout: float = 120.0) -> None:
+        self._client = client
+        self._model = model
+        self._timeout = timeout
+
+    async def transcribe(self, audio: bytes, *, filename: str, mimetype: str) -> str:
+        """The clip's words; ``ModelUnavailable`` when the server would not say."""
+        try:
+            result = await self._client.audio.transcriptions.create(
+                model=self._model, file=(filename, audio, mimetype), timeout=self._timeout
+            )
+        except openai.APIStatusError as exc:
+            raise ModelUnavailable(f"transcription: HTTP {exc.status_code}") from exc
+        except (openai.APIError, httpx2.HTTPError) as exc:
+            raise ModelUnavailable(f"transcription: {type(exc).__name__}") from exc
+        text = result if isinstance(result, str) else getattr(result, "text", "")
+        return text if isinstance(text, str) else ""
+
+
 def _result_text(content: str, failed: bool) -> str:
     """A tool's result as the model reads it; a failure says so in its first word."""
     if failed and not content.startswith("Error"):
@@ -323,12 +387,15 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         api: Literal["chat", "responses"] = "chat",
         streams: _OpenStreams | None = None,
         toolless: set[str] | None = None,
+        blind: set[str] | None = None,
     ) -> None:
         self._client = client
         self._body = body
         self._idle = idle
         self._open = streams or _OpenStreams()
         self._toolless = toolless if toolless is not None else set()
+        # Where to note a model that refuses images; None: no retry without them (vision on).
+        self._blind = blind
         # Text-only answers read with the plain absorbers: no tool work per chunk.
         self._text_absorb = (
             self._absorb_response_event if api == "responses" else self._absorb_chunk
@@ -350,6 +417,9 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         self.chars = 0
         self.tools_dropped = False
         """Tools were asked for, but this answer was made without them (the model refuses them)."""
+        self.images_dropped = False
+        """The messages carried images, but this answer was made without them (the model
+        refuses them)."""
         self.on_tool_call: Callable[[str, int], object] | None = None
         """Called with (name, index in ``tool_calls``) as soon as a call's name is known."""
         self._calls: list[_Assembly] = []
@@ -398,6 +468,9 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
                 if "tools" in self._body and _refuses_tools(exc):
                     self._drop_tools(exc)
                     continue  # nothing was streamed: the same question again, without tools
+                if self._blind is not None and _refuses_images(exc, self._body):
+                    self._drop_images(exc)
+                    continue  # the same question again, each image replaced by a line
                 raise ModelUnavailable(f"HTTP {exc.status_code}") from exc
             except (openai.APIError, httpx2.HTTPError) as exc:
                 raise ModelUnavailable(type(exc).__name__) from exc
@@ -497,6 +570,19 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         }
         self._absorb = self._text_absorb
         self.tools_dropped = True
+
+    def _drop_images(self, refusal: openai.APIStatusError) -> None:
+        model = str(self._body.get("model"))
+        log.warning(
+            "model %s refused images (HTTP %s); it is sent none from now on",
+            model,
+            refusal.status_code,
+        )
+        assert self._blind is not None
+        self._blind.add(model)
+        key = "input" if "input" in self._body else "messages"
+        self._body = {**self._body, key: _without_images(self._body[key])}
+        self.images_dropped = True
 
     def _read_pause(self) -> float:
         """Seconds to rest before the next network read: none while few streams are open;
@@ -702,6 +788,75 @@ def _refuses_tools(error: openai.APIStatusError) -> bool:
     """The server said this model takes no tools (see ``_TOOLS_REFUSED``)."""
     if error.status_code not in _REFUSAL_STATUSES:
         return False
+    return any(_TOOLS_REFUSED.search(text) for text in _error_texts(error))
+
+
+_IMAGE_PARTS = frozenset({"image_url", "input_image"})
+
+
+def _has_images(messages: object) -> bool:
+    """Whether any message's content holds an image part (either API's shape)."""
+    if not isinstance(messages, list):
+        return False
+    return any(
+        isinstance(message, dict)
+        and isinstance(message.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") in _IMAGE_PARTS for p in message["content"])
+        for message in messages
+    )
+
+
+def _without_images(messages: list[Any]) -> list[Any]:
+    """``messages`` with each image replaced by a line saying it could not be shown; content
+    that is then only text becomes one string again (text-only servers may take nothing else)."""
+    plain: list[Any] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            plain.append(message)
+            continue
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") in _IMAGE_PARTS:
+                texts.append(IMAGE_NOT_SHOWN)
+            elif isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        plain.append({**message, "content": "\n\n".join(texts)})
+    return plain
+
+
+def _responses_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as Responses input: content parts renamed (``input_text``,
+    ``input_image`` whose ``image_url`` is the URL itself); string content as it is."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append({"type": "input_text", "text": part.get("text", "")})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            parts.append({"type": "input_image", "image_url": url})
+        else:
+            parts.append(part)
+    return {**message, "content": parts}
+
+
+def _refuses_images(error: openai.APIStatusError, body: dict[str, Any]) -> bool:
+    """The server said this model takes no images, and the request carried some."""
+    if error.status_code not in _REFUSAL_STATUSES | {422}:
+        return False
+    if not _has_images(body.get("input", body.get("messages"))):
+        return False
+    return any(_IMAGES_REFUSED.search(text) for text in _error_texts(error))
+
+
+def _error_texts(error: openai.APIStatusError) -> list[str]:
     texts = [error.message]
     body = error.body
     detail = body.get("error", body) if isinstance(body, dict) else body
@@ -709,7 +864,7 @@ def _refuses_tools(error: openai.APIStatusError) -> bool:
         detail = detail.get("message")
     if isinstance(detail, str):
         texts.append(detail)
-    return any(_TOOLS_REFUSED.search(text) for text in texts)
+    return texts
 
 
 def _aiohttp_response(response: httpx2.Response) -> aiohttp.ClientResponse | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from bot.conversation import ThreadKey, Turn, ts_seconds
 from bot.errors import SlackError, SlackRateLimited
-from bot.events import USER_SUBTYPES, Inbound, mention_pattern
+from bot.events import USER_SUBTYPES, Inbound, files_of, mention_pattern
 from bot.render.budget import EditBudget, Priority
 from bot.slack import SlackGateway
 from bot.store import ThreadMemory
@@ -356,8 +356,21 @@ _FIELDS = (
 
 
 def _kept(message: dict[str, Any]) -> dict[str, Any]:
-    """What a cached view keeps of a message (not its blocks, files, reactions …)."""
-    return {name: message[name] for name in _FIELDS if name in message}
+    """What a cached view keeps of a message (not its blocks, reactions …; of its files only
+    their ids, read through the file cache or files.info when a prompt wants them)."""
+    kept = {name: message[name] for name in _FIELDS if name in message}
+    files = _file_ids(message)
+    if files:
+        kept["files"] = files
+    return kept
+
+
+def _file_ids(message: dict[str, Any]) -> tuple[str, ...]:
+    """The ids of a message's files: Slack's file objects, or the ids a cached view kept."""
+    files = message.get("files")
+    if isinstance(files, tuple):
+        return files
+    return tuple(file.id for file in files_of(message))
 
 
 def _turn_from_slack(message: dict[str, Any], inbound: Inbound, own: set[str]) -> Turn | None:
@@ -377,6 +390,7 @@ def _turn_from_slack(message: dict[str, Any], inbound: Inbound, own: set[str]) -
     if bot_user:
         text = mention_pattern(bot_user).sub("", text).strip()
     author = message.get("user") or message.get("bot_id")
-    if not text:
+    files = _file_ids(message)
+    if not text and not files:
         return None
-    return Turn("user", text, author=str(author) if author else None, ts=ts)
+    return Turn("user", text, author=str(author) if author else None, ts=ts, files=files)

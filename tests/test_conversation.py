@@ -92,7 +92,7 @@ def test_window_never_exceeds_budget_and_ends_with_the_newest(
     assert window[0]["content"].startswith("sys")
     if turns:
         newest = window[-1]["content"]
-        if turns[-1].author and newest.startswith("{"):
+        if turns[-1].author and newest.startswith('{"from":'):  # named: JSON
             newest = json.loads(newest)["text"]
         assert newest.startswith(turns[-1].text[:10])
     assert sum(estimate_tokens(m["content"]) + 4 for m in window) <= budget + 64

@@ -24,11 +24,14 @@ _CUT_ROOM = 96  # the cut note's length, at most
 _LINE_SLACK = 0.2  # a cut may end up to this share of the room early, at a line end
 
 
-def render_attachment(attachment: Attachment, *, max_chars: int) -> str:
+def render_attachment(attachment: Attachment, *, max_chars: int, attached: bool = True) -> str:
     """``attachment`` as prompt text of at most about ``max_chars`` characters (a header and
-    the cut note always fit, whatever the room)."""
+    the cut note always fit, whatever the room). ``attached=False``: an image shared earlier
+    that is not sent again (only named)."""
     header = _header(attachment)
     if attachment.kind == "image":
+        if not attached:
+            return f"{header}\n(an image shared earlier; not attached again)" + _CLOSE
         return f"{header}\n(an image; it is attached)" + _CLOSE
     if attachment.kind == "note":
         return f"{header}\n(not read) {_escaped(attachment.note)}" + _CLOSE

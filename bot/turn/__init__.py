@@ -3,6 +3,7 @@
     intake  (bot/turn/intake.py)   dedupe, channel policy, limits, help → Accepted | None
     reply   (bot/render/factory)   the placeholder / status line goes up at once
     context (bot/turn/context.py)  history (store, else Slack) + question → prompt
+            (bot/turn/files.py)    the files shared in it, read into the prompt
     answer  (bot/turn/respond.py)  model rounds and tool calls into the reply, Stop, cap
     save    (bot/turn/context.py)  the exchange, for follow-ups
 
@@ -35,6 +36,7 @@ from bot.render.mrkdwn import neutralise_mentions
 from bot.slack import SlackGateway
 from bot.store import Store
 from bot.turn.context import Context, Memory
+from bot.turn.files import NoFiles, SharedFiles
 from bot.turn.intake import (
     DM_TOP_LEVEL,
     HELP_TEXT,
@@ -60,9 +62,11 @@ __all__ = [
     "Limits",
     "Memory",
     "NoApprovals",
+    "NoFiles",
     "NoTools",
     "Refusal",
     "Responder",
+    "SharedFiles",
     "Tools",
     "Turns",
 ]
@@ -176,6 +180,8 @@ class Turns:
         """Name a new assistant thread after its first question (Slack lists threads by it)."""
         inbound = accepted.inbound
         first_line = inbound.text.strip().splitlines()[0] if inbound.text.strip() else ""
+        if not first_line and inbound.files:
+            first_line = ", ".join(file.label for file in inbound.files)  # files without words
         title = (
             first_line if len(first_line) <= TITLE_LENGTH else first_line[: TITLE_LENGTH - 1] + "…"
         )

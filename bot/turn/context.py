@@ -5,28 +5,34 @@
     await memory.save(accepted, context, finished)      # the exchange, for follow-ups
 
 History comes from the store; where the store cannot say (down, emptied, older than the
-thread) it comes from Slack (bot/recall.py), and is stored again.
+thread) it comes from Slack (bot/recall.py), and is stored again. Files shared in the
+conversation are read into the prompt by the files step (bot/turn/files.py); what could not be
+read is told to the person in a line at the top of the reply.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from bot.conversation import ToolUse, Turn, newest_within, prompt_window
+from bot.conversation import ToolUse, Turn, estimate_tokens, newest_within, prompt_window
 from bot.recall import Recall
 from bot.render.contract import Finished, Outcome, Reply
 from bot.store import Store
+from bot.turn.files import SharedFiles
 from bot.turn.intake import DM_TOP_LEVEL, Accepted
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """The conversation so far, the new question, and the prompt built from them."""
+    """The conversation so far, the new question, and the prompt built from them; ``images``
+    names the images the prompt carries (should the model refuse them)."""
 
     history: list[Turn]
     question: Turn
     messages: list[dict[str, Any]]
+    images: tuple[str, ...] = ()
 
     @property
     def first_question(self) -> bool:
@@ -38,19 +44,43 @@ class Memory:
     """Reads a conversation's context and saves each exchange; see the module docstring."""
 
     def __init__(
-        self, *, store: Store, recall: Recall, prompt_token_budget: int, backfill_limit: int
+        self,
+        *,
+        store: Store,
+        recall: Recall,
+        files: SharedFiles,
+        prompt_token_budget: int,
+        backfill_limit: int,
     ) -> None:
         self._store = store
         self._recall = recall
+        self._files = files
         self._budget = prompt_token_budget
         self._backfill_limit = backfill_limit
 
     async def context(self, accepted: Accepted, reply: Reply) -> Context:
         inbound = accepted.inbound
-        history = await self._history(accepted, reply)
-        question = Turn("user", inbound.text, author=inbound.user, ts=inbound.ts)
-        messages = prompt_window(accepted.profile.system_prompt, [*history, question], self._budget)
-        return Context(history, question, messages)
+        history, attachments = await asyncio.gather(
+            self._history(accepted, reply), self._files.read(inbound.team, inbound.files)
+        )
+        question = Turn(
+            "user",
+            inbound.text,
+            author=inbound.user,
+            ts=inbound.ts,
+            files=tuple(a.file_id for a in attachments if a.file_id),
+        )
+        system = accepted.profile.system_prompt
+        shown = await self._files.shown(
+            inbound.team,
+            [*history, question],
+            attachments,
+            room_tokens=self._budget - estimate_tokens(system),
+        )
+        if shown.notes:
+            reply.append("".join(f"_{note}_\n" for note in shown.notes) + "\n")
+        messages = prompt_window(system, shown.turns, self._budget)
+        return Context(history, question, messages, shown.images)
 
     async def save(
         self,

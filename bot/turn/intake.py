@@ -5,7 +5,7 @@
 
 In order: dedupe (the same message may reach several replicas several times), the channel
 policy (CHANNELS_FILE), a redelivery the store cannot vouch for checked against Slack, the abuse
-limits, and the help note for an empty mention.
+limits, and the help note for an empty mention (files without words are answered).
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ class Intake:
             self._count("deduplicated")
             return None
         self._count("answered")
-        if not inbound.text and not (inbound.mentioned or inbound.is_dm):
-            return None  # nothing to answer and no note to post (e.g. a file shared in a thread)
+        if not inbound.text and not inbound.files and not (inbound.mentioned or inbound.is_dm):
+            return None  # nothing to answer and no note to post (e.g. an emptied message)
         # Empty mentions count against the limits too: help notes are posts like any other.
         refusal = await self._limits.refusal(self._store, inbound)
         if refusal is not None:
@@ -162,7 +162,7 @@ class Intake:
             else:
                 log.info("%s is over a limit and was told so already", inbound.user)
             return None
-        if not inbound.text:
+        if not inbound.text and not inbound.files:  # files alone are a question about them
             await self._slack.post(inbound.channel, HELP_TEXT, thread_ts=reply_thread)
             return None
         return Accepted(inbound, key, reply_thread, self._policy.profile(inbound.channel))

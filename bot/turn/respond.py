@@ -146,6 +146,8 @@ class Responder:
         messages = list(context.messages)
         uses: list[ToolUse] = []
         room = self._max_chars  # what is left of the answer's length cap
+        # Said once, before the answer, if the model turns out not to take the images.
+        unseen = [_unseen_note(context.images)] if context.images else []
         for number in range(self._max_rounds + 1):
             answer = self._model.stream(
                 messages,
@@ -155,7 +157,9 @@ class Responder:
                 on_tool_call=self._pending(reply, number),
             )
             try:
-                text = await _unless_stopped(self._read(answer, reply, room), pressed, reply)
+                text = await _unless_stopped(
+                    self._read(answer, reply, room, unseen), pressed, reply
+                )
             except ModelUnavailable as exc:
                 log.warning("model unavailable: %s", exc)
                 return Answered(Outcome.FAILED, tuple(uses))
@@ -185,12 +189,15 @@ class Responder:
             )
         raise AssertionError("unreachable: the last round offers no tools")
 
-    async def _read(self, answer: AnswerStream, reply: Reply, room: int) -> str:
+    async def _read(self, answer: AnswerStream, reply: Reply, room: int, unseen: list[str]) -> str:
         """One round's text into the reply (after a blank line when earlier rounds wrote
-        some); returns it."""
+        some); returns it. ``unseen``: the note for images the model did not take, told (and
+        taken from the list) before the first text of an answer made without them."""
         written: list[str] = []
         async with answer:  # closes the model stream however reading ends
             async for delta in answer:
+                if answer.images_dropped and unseen:
+                    reply.append(unseen.pop())
                 if not written and reply.text and not reply.text.endswith("\n"):
                     reply.append("\n\n")
                 if len(delta) > room:
@@ -245,6 +252,12 @@ class Responder:
 
 
 _PENDING = StepStatus.PENDING
+
+
+def _unseen_note(images: tuple[str, ...]) -> str:
+    """The person's note for images the model could not look at."""
+    names = ", ".join(images[:3]) + (f" and {len(images) - 3} more" if len(images) > 3 else "")
+    return f"_I couldn't look at {names}: the model I use can't see images._\n\n"
 
 
 def _show(reply: Reply, step: Step) -> None:

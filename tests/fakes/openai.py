@@ -43,6 +43,15 @@ without using a scripted answer. Like OpenAI, the fake rejects (HTTP 400, no ans
 history whose tool calls and tool results do not pair up. ``Request.tools``, ``tool_names``,
 ``tool_calls`` and ``tool_results`` show what a request carried.
 
+Images: ``llm.refuse_images = True`` answers every request whose messages carry an image part
+(``image_url`` or ``input_image``) with OpenAI's refusal for a model without vision (HTTP 400,
+``IMAGE_REFUSAL``) without using a scripted answer. ``Request.images`` lists the image URLs a
+request carried.
+
+Speech: ``/v1/audio/transcriptions`` answers ``{"text": llm.transcript}`` (``llm.transcript =
+None``: HTTP 500); its requests are recorded too, the body as ``{"model", "filename",
+"mimetype", "size"}`` of the multipart upload.
+
 Every request is recorded (``llm.requests``) with its arrival time and, for benchmarks, the time
 and cumulative character count of each content chunk written (``llm.emitted``), measured with the
 injectable ``clock``.
@@ -63,6 +72,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 __all__ = [
+    "IMAGE_REFUSAL",
     "TOOL_REFUSALS",
     "Answer",
     "Call",
@@ -149,6 +159,16 @@ TOOL_REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
     ),
 }
 """How tool-less servers refuse a request with ``tools``: (HTTP status, body)."""
+
+IMAGE_REFUSAL: dict[str, Any] = {
+    "error": {
+        "message": "Invalid content type. image_url is only supported by certain models.",
+        "type": "invalid_request_error",
+        "param": "messages.[1].content.[1].type",
+        "code": None,
+    }
+}
+"""How OpenAI refuses images sent to a model without vision (with HTTP 400)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +347,11 @@ class Request:
         """(call id, content) of the tool results the history carries."""
         return _results_of(self.body)
 
+    @property
+    def images(self) -> list[str]:
+        """The image URLs (data URLs) the messages carry, in order (either API's shape)."""
+        return _images_of(self.body)
+
 
 class FakeOpenAI:
     """An OpenAI-compatible HTTP server on ``127.0.0.1`` and a free port.
@@ -344,12 +369,17 @@ class FakeOpenAI:
         clock: Callable[[], float] = time.monotonic,
         shutdown_timeout: float = 0.5,
         refuse_tools: bool | RefusalStyle = False,
+        refuse_images: bool = False,
     ) -> None:
         self.api_key = api_key
         self.default: Answer | Responder = default or Answer(text="Hello from the fake model.")
         self.clock = clock
         self.refuse_tools: bool | RefusalStyle = refuse_tools
         """A tool-less server: requests offering ``tools`` get its refusal (see TOOL_REFUSALS)."""
+        self.refuse_images = refuse_images
+        self.transcript: str | None = "Hello from the fake transcriber."
+        """What ``/audio/transcriptions`` hears in any clip (None: it fails with HTTP 500)."""
+        """A model without vision: requests carrying images get ``IMAGE_REFUSAL``."""
         self.requests: list[Request] = []
         self._script: deque[Answer | Responder] = deque()
         self._shutdown_timeout = shutdown_timeout
@@ -375,6 +405,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         # A deep backlog: benchmarks open a thousand connections at once.
@@ -453,6 +484,30 @@ class FakeOpenAI:
             }
         )
 
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        upload = form.get("file")
+        body: dict[str, Any] = {"model": str(form.get("model", ""))}
+        if isinstance(upload, web.FileField):
+            data = upload.file.read()
+            body.update(filename=upload.filename, mimetype=upload.content_type, size=len(data))
+        record = Request(
+            path=request.path,
+            body=body,
+            headers={key.lower(): value for key, value in request.headers.items()},
+            at=self.clock(),
+            request_id=f"req_fake{len(self.requests) + 1:06d}",
+        )
+        self.requests.append(record)
+        record.outcome = "done"
+        record.finished.set()
+        await self._announce()
+        if not self._authorized(request):
+            return _error_response(record, 401, Answer().error_body(401))
+        if self.transcript is None:
+            return _error_response(record, 500, Answer().error_body(500))
+        return web.json_response({"text": self.transcript})
+
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self._stream_chat, _chat_completion)
 
@@ -491,6 +546,8 @@ class FakeOpenAI:
                 style = "ollama" if self.refuse_tools is True else self.refuse_tools
                 status, refusal = _refusal(style, str(body.get("model")))
                 return _error_response(record, status, refusal)
+            if self.refuse_images and _images_of(body):
+                return _error_response(record, 400, json.loads(json.dumps(IMAGE_REFUSAL)))
             invalid = _invalid_tool_history(body)
             if invalid is not None:
                 return _error_response(record, 400, _invalid_request(*invalid))
@@ -840,6 +897,21 @@ def _messages_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     if isinstance(given, list):
         return [item for item in given if isinstance(item, dict) and "role" in item]
     return []
+
+
+def _images_of(body: Mapping[str, Any]) -> list[str]:
+    urls: list[str] = []
+    for message in _messages_of(body):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict):
+                continue
+            image = part.get("image_url")
+            if part.get("type") == "image_url" and isinstance(image, dict):
+                urls.append(str(image.get("url")))
+            elif part.get("type") == "input_image":
+                urls.append(str(image))
+    return urls
 
 
 def _rough_tokens(text: str) -> int:

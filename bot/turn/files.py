@@ -1,0 +1,177 @@
+"""The context step's files: what people shared in the conversation, read (bot/files) and written
+into the prompt, and what the person is told about files that could not be read.
+
+    attachments = await files.read(inbound.team, inbound.files)      # the question's files
+    shown = await files.shown(team, [*history, question], attachments, room_tokens=7000)
+    prompt_window(system, shown.turns, budget)     # documents in the text, images as parts
+    shown.notes                                    # for the person: "report.zip is an archive …"
+
+A turn keeps only its files' ids (``Turn.files``); a follow-up reads them again from the
+store's cache (bot/store/files.py), not from Slack. Documents go into their turn's text as
+delimited blocks, the newest turn's first: each turn with documents gets at most half of the
+prompt room still left, so earlier documents stay in the context as long as there is room and a
+long file is cut with a note saying so. Images travel as image parts for the newest
+``image_turns`` questions; older ones are only named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from bot.conversation import IMAGE_TOKENS, Turn, estimate_tokens
+from bot.events import SlackFile
+from bot.files import Attachment, render_attachment
+
+# Characters per prompt token for a document's text: estimate_tokens counts 4 bytes a token; a
+# little less leaves room for JSON escaping when several people speak in the thread.
+_CHARS_PER_TOKEN = 3.2
+# A document gets at least this much room, however little is left (the prompt window then
+# decides whether its turn fits at all).
+_MIN_DOC_TOKENS = 200
+
+
+class FileSource(Protocol):
+    """What the step needs of a reader (bot/files/reader.py ``FileReader``)."""
+
+    async def read(self, team: str, files: Sequence[SlackFile]) -> list[Attachment]: ...
+
+
+class NoFiles:
+    """The reader when files are turned off: every file gets the same note."""
+
+    async def read(self, team: str, files: Sequence[SlackFile]) -> list[Attachment]:
+        return [
+            Attachment.unread(file, f"I don't read files here, so I didn't open {file.label}.")
+            for file in files
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """The turns as the prompt shows them, and what the person is told about the question's
+    files (one short sentence each)."""
+
+    turns: list[Turn]
+    notes: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()  # the names of the images sent, newest turn first
+
+
+class SharedFiles:
+    """Reads the files of a conversation into its prompt; see the module docstring."""
+
+    def __init__(self, reader: FileSource, *, image_turns: int = 3) -> None:
+        self._reader = reader
+        self._image_turns = image_turns
+
+    async def read(self, team: str, files: Sequence[SlackFile]) -> list[Attachment]:
+        """The question's files, read (never raises: a bad file becomes a note)."""
+        if not files:
+            return []
+        return await self._reader.read(team, files)
+
+    async def shown(
+        self,
+        team: str,
+        turns: Sequence[Turn],
+        fresh: Sequence[Attachment],
+        *,
+        room_tokens: int,
+    ) -> Shown:
+        """``turns`` (the question last, whose files are ``fresh``) with their files in them;
+        ``room_tokens``: the prompt's budget less the system prompt."""
+        if not turns:
+            return Shown([])
+        earlier = await self._earlier_files(team, turns[:-1], room_tokens)
+        remaining = room_tokens
+        out: list[Turn] = []
+        notes: list[str] = []
+        images: list[str] = []
+        questions = 0
+        for index in range(len(turns) - 1, -1, -1):
+            turn = turns[index]
+            questions += turn.role == "user"
+            newest = index == len(turns) - 1
+            attachments = list(fresh) if newest else earlier.get(index, [])
+            remaining -= estimate_tokens(turn.text) + 4
+            if not attachments or remaining <= 0:
+                out.append(turn)
+                continue
+            attach_images = questions <= self._image_turns
+            shown_turn, cut = _with_files(turn, attachments, remaining, attach_images)
+            remaining -= estimate_tokens(shown_turn.text) - estimate_tokens(turn.text)
+            remaining -= IMAGE_TOKENS * len(shown_turn.images)
+            out.append(shown_turn)
+            images += [a.name for a in attachments if a.kind == "image" and attach_images]
+            if newest:
+                notes += [a.note for a in attachments if a.note]
+                notes += cut
+        out.reverse()
+        return Shown(out, tuple(notes), tuple(images))
+
+    async def _earlier_files(
+        self, team: str, turns: Sequence[Turn], room_tokens: int
+    ) -> dict[int, list[Attachment]]:
+        """The files of the earlier turns a prompt may still hold, from the cache (a miss reads
+        them from Slack again)."""
+        wanted: list[int] = []
+        remaining = room_tokens
+        for index in range(len(turns) - 1, -1, -1):
+            remaining -= estimate_tokens(turns[index].text) + 4
+            if remaining <= 0:
+                break
+            if turns[index].files:
+                wanted.append(index)
+        read = await asyncio.gather(
+            *(
+                self._reader.read(team, [SlackFile.by_id(i) for i in turns[index].files])
+                for index in wanted
+            )
+        )
+        return dict(zip(wanted, read, strict=True))
+
+
+def _with_files(
+    turn: Turn, attachments: Sequence[Attachment], remaining_tokens: int, attach_images: bool
+) -> tuple[Turn, list[str]]:
+    """``turn`` with its attachments' blocks after its text and its images as parts; and a note
+    for each document cut to fit."""
+    documents = [a for a in attachments if a.kind == "document"]
+    room = int(max(remaining_tokens // 2, _MIN_DOC_TOKENS * len(documents)) * _CHARS_PER_TOKEN)
+    rooms = _shares(documents, room)
+    blocks: list[str] = []
+    cut: list[str] = []
+    for attachment in attachments:
+        if attachment.kind == "document":
+            block = render_attachment(attachment, max_chars=rooms[id(attachment)])
+            blocks.append(block)
+            if len(block) < len(attachment.text):  # whole, a block is longer than the text
+                read = max(1, min(99, round(100 * len(block) / len(attachment.text))))
+                cut.append(
+                    f"{attachment.name} is long: only about {read}% of it fits in what "
+                    "I can read at once."
+                )
+        else:
+            blocks.append(render_attachment(attachment, max_chars=0, attached=attach_images))
+    text = "\n\n".join([turn.text, *blocks] if turn.text else blocks)
+    images = tuple(
+        a.data_url for a in attachments if a.kind == "image" and a.data and attach_images
+    )
+    return replace(turn, text=text, images=images), cut
+
+
+def _shares(documents: Sequence[Attachment], room: int) -> dict[int, int]:
+    """``room`` characters shared among ``documents``: evenly, what a short one leaves over
+    going to the longer ones."""
+    shares: dict[int, int] = {}
+    left = room
+    by_length = sorted(documents, key=lambda a: len(a.text))
+    for n, document in enumerate(by_length):
+        fair = left // (len(by_length) - n)
+        # The block's header and cut note take room of their own.
+        share = min(fair, len(document.text) + 300)
+        shares[id(document)] = share
+        left -= share
+    return shares
