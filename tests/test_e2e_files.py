@@ -224,7 +224,7 @@ async def test_older_images_are_named_not_sent_again(
         await slack.wait_for(lambda: len(slack.bot_messages()) == 2, timeout=15)
     assert len(llm.requests[0].images) == 1 and not llm.requests[1].images
     earlier = _text(next(m for m in llm.requests[1].messages if m["role"] == "user")["content"])
-    assert "before.png" in earlier and "not attached again" in earlier
+    assert "before.png" in earlier and "not attached this time" in earlier
     assert len(slack.file_downloads(shot["id"])) == 1
 
 

@@ -26,12 +26,12 @@ _LINE_SLACK = 0.2  # a cut may end up to this share of the room early, at a line
 
 def render_attachment(attachment: Attachment, *, max_chars: int, attached: bool = True) -> str:
     """``attachment`` as prompt text of at most about ``max_chars`` characters (a header and
-    the cut note always fit, whatever the room). ``attached=False``: an image shared earlier
-    that is not sent again (only named)."""
+    the cut note always fit, whatever the room). ``attached=False``: an image not sent with
+    this prompt (shared long ago, or no room), only named."""
     header = _header(attachment)
     if attachment.kind == "image":
         if not attached:
-            return f"{header}\n(an image shared earlier; not attached again)" + _CLOSE
+            return f"{header}\n(an image; not attached this time)" + _CLOSE
         return f"{header}\n(an image; it is attached)" + _CLOSE
     if attachment.kind == "note":
         return f"{header}\n(not read) {_escaped(attachment.note)}" + _CLOSE

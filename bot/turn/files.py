@@ -28,6 +28,8 @@ from bot.files import Attachment, render_attachment
 # Characters per prompt token for a document's text: estimate_tokens counts 4 bytes a token; a
 # little less leaves room for JSON escaping when several people speak in the thread.
 _CHARS_PER_TOKEN = 3.2
+# Room a turn's own words keep before its images take the rest.
+_TEXT_RESERVE = 1000
 # A document gets at least this much room, however little is left (the prompt window then
 # decides whether its turn fits at all).
 _MIN_DOC_TOKENS = 200
@@ -99,15 +101,24 @@ class SharedFiles:
             if not attachments or remaining <= 0:
                 out.append(turn)
                 continue
-            attach_images = questions <= self._image_turns
-            shown_turn, cut = _with_files(turn, attachments, remaining, attach_images)
+            # Images first (the turn's words keep _TEXT_RESERVE), then documents.
+            recent = questions <= self._image_turns
+            room_for_images = max(0, (remaining - _TEXT_RESERVE) // IMAGE_TOKENS)
+            attached = _images(attachments)[: room_for_images if recent else 0]
+            remaining -= IMAGE_TOKENS * len(attached)
+            shown_turn, cut = _with_files(turn, attachments, remaining, attached)
             remaining -= estimate_tokens(shown_turn.text) - estimate_tokens(turn.text)
-            remaining -= IMAGE_TOKENS * len(shown_turn.images)
             out.append(shown_turn)
-            images += [a.name for a in attachments if a.kind == "image" and attach_images]
+            images += [a.name for a in attached]
             if newest:
                 notes += [a.note for a in attachments if a.note]
                 notes += cut
+                left_out = [a.name for a in _images(attachments)[len(attached) :]]
+                if left_out:
+                    notes.append(
+                        f"I could look at only {len(attached)} of the images at once; "
+                        f"{', '.join(left_out)} didn't fit."
+                    )
         out.reverse()
         return Shown(out, tuple(notes), tuple(images))
 
@@ -133,11 +144,19 @@ class SharedFiles:
         return dict(zip(wanted, read, strict=True))
 
 
+def _images(attachments: Sequence[Attachment]) -> list[Attachment]:
+    """The images that can be sent (read, with their data), in order."""
+    return [a for a in attachments if a.kind == "image" and a.data]
+
+
 def _with_files(
-    turn: Turn, attachments: Sequence[Attachment], remaining_tokens: int, attach_images: bool
+    turn: Turn,
+    attachments: Sequence[Attachment],
+    remaining_tokens: int,
+    attached: Sequence[Attachment],
 ) -> tuple[Turn, list[str]]:
-    """``turn`` with its attachments' blocks after its text and its images as parts; and a note
-    for each document cut to fit."""
+    """``turn`` with its attachments' blocks after its text and the ``attached`` images as
+    parts; and a note for each document cut to fit."""
     documents = [a for a in attachments if a.kind == "document"]
     room = int(max(remaining_tokens // 2, _MIN_DOC_TOKENS * len(documents)) * _CHARS_PER_TOKEN)
     rooms = _shares(documents, room)
@@ -154,12 +173,10 @@ def _with_files(
                     "I can read at once."
                 )
         else:
-            blocks.append(render_attachment(attachment, max_chars=0, attached=attach_images))
+            sent = any(attachment is image for image in attached)
+            blocks.append(render_attachment(attachment, max_chars=0, attached=sent))
     text = "\n\n".join([turn.text, *blocks] if turn.text else blocks)
-    images = tuple(
-        a.data_url for a in attachments if a.kind == "image" and a.data and attach_images
-    )
-    return replace(turn, text=text, images=images), cut
+    return replace(turn, text=text, images=tuple(a.data_url for a in attached)), cut
 
 
 def _shares(documents: Sequence[Attachment], room: int) -> dict[int, int]:

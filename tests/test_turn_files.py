@@ -1,0 +1,155 @@
+"""The context step's files (bot/turn/files.py) driven alone: documents written into the prompt
+within its budget (the newest first, a long one cut with a note for the person), images sent
+while there is room, older images named, earlier files read again by id."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.conversation import IMAGE_TOKENS, Turn, estimate_tokens, prompt_window
+from bot.events import SlackFile
+from bot.files import Attachment
+from bot.turn.files import SharedFiles
+
+SYSTEM = "Be brief."
+
+
+class Shelf:
+    """Files already read, by id (what the FileReader returns from the store's cache)."""
+
+    def __init__(self, *attachments: Attachment) -> None:
+        self.files = {a.file_id: a for a in attachments}
+        self.asked: list[list[str]] = []
+
+    async def read(self, team: str, files: Sequence[SlackFile]) -> list[Attachment]:
+        self.asked.append([f.id for f in files])
+        return [self.files[f.id] for f in files]
+
+
+def document(file_id: str, text: str) -> Attachment:
+    return Attachment("document", file_id, f"{file_id}.txt", "text/plain", len(text), text=text)
+
+
+def image(file_id: str) -> Attachment:
+    return Attachment(
+        "image", file_id, f"{file_id}.png", "image/png", 999, data=b"png", data_mime="image/png"
+    )
+
+
+def text_of(message: dict[str, object]) -> str:
+    content = message["content"]
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content)
+    assert isinstance(content, str)
+    return content
+
+
+def tokens(messages: list[dict[str, object]]) -> int:
+    images = sum(
+        1
+        for m in messages
+        if isinstance(m["content"], list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    )
+    return sum(estimate_tokens(text_of(m)) + 4 for m in messages) + IMAGE_TOKENS * images
+
+
+async def prompt(
+    files: SharedFiles,
+    turns: list[Turn],
+    fresh: Sequence[Attachment],
+    budget: int,
+) -> tuple[list[dict[str, object]], tuple[str, ...]]:
+    shown = await files.shown("T1", turns, fresh, room_tokens=budget - estimate_tokens(SYSTEM))
+    return prompt_window(SYSTEM, shown.turns, budget), shown.notes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=60_000), min_size=1, max_size=6),
+    budget=st.integers(min_value=512, max_value=20_000),
+    two_people=st.booleans(),
+)
+async def test_documents_stay_within_the_budget_and_the_question_is_never_cut(
+    sizes: list[int], budget: int, two_people: bool
+) -> None:
+    docs = [document(f"F{n}", f"line {n}\n" * (size // 7)) for n, size in enumerate(sizes)]
+    shelf = Shelf(*docs[:-1])
+    turns: list[Turn] = []
+    for n, doc in enumerate(docs[:-1]):
+        author = "U2" if two_people and n % 2 else "U1"
+        turns += [Turn("user", f"file {n}", author, files=(doc.file_id,)), Turn("assistant", "ok")]
+    question = Turn("user", "what do they say?", "U1", files=(docs[-1].file_id,))
+    messages, _ = await prompt(SharedFiles(shelf), [*turns, question], [docs[-1]], budget)
+
+    assert tokens(messages) <= budget + 64
+    newest = text_of(messages[-1])
+    if newest.startswith('{"from":'):
+        newest = json.loads(newest)["text"]
+    assert newest.startswith("what do they say?\n\n<attachment ")
+    assert newest.count("<attachment ") == newest.count("</attachment>") == 1
+    assert "truncated to fit" not in newest  # cut by the files step, with its own note
+
+
+async def test_a_long_document_is_cut_with_a_note_and_the_person_is_told() -> None:
+    long = document("F1", "word " * 40_000)
+    messages, notes = await prompt(SharedFiles(Shelf()), [Turn("user", "sum up")], [long], 8000)
+    assert "[cut here:" in text_of(messages[-1])
+    assert notes == ("F1.txt is long: only about 6% of it fits in what I can read at once.",)
+
+
+async def test_earlier_documents_are_read_again_by_id_and_the_newest_gets_more_room() -> None:
+    old, new = document("F1", "old " * 20_000), document("F2", "new " * 20_000)
+    shelf = Shelf(old, new)
+    turns = [
+        Turn("user", "first", "U1", files=("F1",)),
+        Turn("assistant", "read it"),
+        Turn("user", "second", "U1", files=("F2",)),
+        Turn("assistant", "read that too"),
+        Turn("user", "compare them", "U1"),
+    ]
+    messages, notes = await prompt(SharedFiles(shelf), turns, [], 8000)
+    assert shelf.asked == [["F2"], ["F1"]] or shelf.asked == [["F1"], ["F2"]]
+    first, second = (text_of(m) for m in messages if m["role"] == "user" and "<attach" in str(m))
+    assert "old old" in first and "new new" in second
+    assert len(second) > len(first)
+    assert notes == ()  # nothing to tell about files shared earlier
+
+
+async def test_images_are_sent_while_there_is_room_and_the_rest_are_named() -> None:
+    shots = [image(f"F{n}") for n in range(5)]
+    question = Turn("user", "which screen is broken?", "U1")
+    messages, notes = await prompt(SharedFiles(Shelf()), [question], shots, 6000)
+    content = messages[-1]["content"]
+    assert isinstance(content, list)
+    sent = [part for part in content if part["type"] == "image_url"]
+    assert len(sent) == 3  # the rest of 6,000 tokens less 1,000 kept for words: 3 images
+    assert content[0]["text"].startswith("which screen is broken?")
+    assert content[0]["text"].count("not attached this time") == 5 - len(sent)
+    assert notes == (
+        f"I could look at only {len(sent)} of the images at once; "
+        + ", ".join(f"F{n}.png" for n in range(len(sent), 5))
+        + " didn't fit.",
+    )
+    assert tokens(messages) <= 6000
+
+
+async def test_images_of_older_questions_are_named_not_sent() -> None:
+    shelf = Shelf(image("F1"), image("F2"))
+    turns = [
+        Turn("user", "look", "U1", files=("F1",)),
+        Turn("assistant", "a cat"),
+        Turn("user", "and this", "U1", files=("F2",)),
+        Turn("assistant", "a dog"),
+        Turn("user", "which is cuter?", "U1"),
+    ]
+    messages, _ = await prompt(SharedFiles(shelf, image_turns=2), turns, [], 16_000)
+    users = [m for m in messages if m["role"] == "user"]
+    assert isinstance(users[1]["content"], list)  # the second-newest question: sent again
+    assert isinstance(users[0]["content"], str)  # the third-newest: named only
+    assert "F1.png" in users[0]["content"] and "not attached this time" in users[0]["content"]
