@@ -17,7 +17,8 @@ from PIL import Image
 
 from bot.compose import RunningBot
 from tests.fakes.openai import Answer, FakeOpenAI, Request
-from tests.fakes.slack import FakeSlack, file_share_event, mention_event
+from tests.fakes.slack import FakeSlack, file_share_event, mention_event, message_event
+from tests.redis_server import RedisServer
 from tests.test_files import text_pdf
 
 BOT = "U0BOT"
@@ -316,3 +317,45 @@ async def test_without_transcribe_model_a_voice_clip_gets_a_note(
     reply = await _answered(slack, "Hello from the fake model.")
     assert "memo.wav is an audio clip, and I can't listen to those." in reply
     assert all(r.path != "/v1/audio/transcriptions" for r in llm.requests)
+
+
+async def test_through_a_store_outage_a_follow_up_reads_the_file_from_slack_again(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, own_redis: RedisServer
+) -> None:
+    pdf = slack.upload(text_pdf(["The budget is 12,000 euros."]), name="budget.pdf")
+    llm.script(Answer(text="Noted."), Answer(text="12,000 euros."))
+    async with start_bot(redis_url=own_redis.url):
+        first = file_share_event("keep this", [pdf], mention=BOT)
+        await slack.send_event(first)
+        await _answered(slack, "Noted.")
+        own_redis.stop()
+        await slack.send_event(message_event("what is the budget?", thread_ts=first["ts"]))
+        await _answered(slack, "12,000 euros.")
+    users = [m for m in llm.requests[1].messages if m["role"] == "user"]
+    assert "The budget is 12,000 euros." in _text(users[0]["content"])
+    assert len(slack.file_downloads(pdf["id"])) == 2  # the cache was down: read again
+
+
+async def test_notes_lead_a_native_stream_too(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.txt", "inside")
+    files = [slack.upload(archive.getvalue(), name="logs.zip")]
+    llm.script(Answer(text="Please send the logs as text."))
+    async with start_bot(stream_mode="native"):
+        await slack.send_event(file_share_event("what failed?", files, mention=BOT))
+        reply = await _answered(slack, "Please send the logs as text.")
+    assert reply.index("logs.zip is an archive") < reply.index("Please send the logs")
+
+
+async def test_a_slack_connect_file_is_read_through_files_info(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    shared = slack.upload(b"Partner SLA: 99.9%", name="sla.txt", connect=True)
+    assert "url_private" not in shared  # the event names only the file
+    await slack.send_event(file_share_event("what is the SLA?", [shared], mention=BOT))
+    await _answered(slack, "Hello from the fake model.")
+    assert "Partner SLA: 99.9%" in _text(_user_content(llm.requests[0]))
+    assert slack.ok_calls("files.info")
