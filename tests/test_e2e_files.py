@@ -359,3 +359,16 @@ async def test_a_slack_connect_file_is_read_through_files_info(
     await _answered(slack, "Hello from the fake model.")
     assert "Partner SLA: 99.9%" in _text(_user_content(llm.requests[0]))
     assert slack.ok_calls("files.info")
+
+
+async def test_a_file_name_in_a_note_cannot_mention_anyone(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.txt", "inside")
+    named = slack.upload(archive.getvalue(), name="<!channel> <@U0BOSS> my_logs.zip")
+    await slack.send_event(file_share_event("", [named], mention=BOT))
+    reply = await _answered(slack, "Hello from the fake model.")
+    assert "<!channel>" not in reply and "<@U0BOSS>" not in reply
+    assert "&lt;!channel&gt; &lt;@U0BOSS&gt; my_logs.zip is an archive" in reply

@@ -13,6 +13,7 @@ read is told to the person in a line at the top of the reply.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ class Memory:
             room_tokens=self._budget - estimate_tokens(system),
         )
         if shown.notes:
-            reply.append("".join(f"_{note}_\n" for note in shown.notes) + "\n")
+            reply.append("".join(f"_{_plain(note)}_\n" for note in shown.notes) + "\n")
         messages = prompt_window(system, shown.turns, self._budget)
         return Context(history, question, messages, shown.images)
 
@@ -132,3 +133,12 @@ class Memory:
     def _worth_keeping(self, turns: list[Turn]) -> int:
         """How many of a thread's newest turns to store: what a prompt can use."""
         return newest_within(turns, self._budget)
+
+
+_MARKDOWN = re.compile(r"([\\`*_~\[\]<>|])")
+
+
+def _plain(note: str) -> str:
+    """A note as Markdown that shows it as written (file names are the person's own text:
+    ``*draft*.pdf`` stays as it is)."""
+    return _MARKDOWN.sub(r"\\\1", note)
