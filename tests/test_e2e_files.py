@@ -198,7 +198,15 @@ async def test_a_model_without_vision_is_asked_again_without_the_image_and_remem
     await slack.send_event(file_share_event("and this one?", [other], thread_ts=first["ts"]))
     reply = await _answered(slack, "Still text only.")
     assert len(llm.requests) == 3 and not llm.requests[2].images
-    assert "couldn't look at" in reply
+    assert "couldn't look at graph.png" in reply
+
+    # A follow-up without images: the earlier ones are not sent, and not told about again.
+    llm.script(Answer(text="You're welcome."))
+    await slack.send_event(message_event("thanks", thread_ts=first["ts"]))
+    reply = await _answered(slack, "You're welcome.")
+    assert len(llm.requests) == 4 and not llm.requests[3].images
+    assert "couldn't look" not in reply
+    assert "cannot see images" in _text(llm.requests[3].messages[1]["content"])
 
 
 async def test_the_responses_api_gets_input_image_parts(

@@ -28,7 +28,7 @@ from bot.turn.intake import DM_TOP_LEVEL, Accepted
 @dataclass(frozen=True, slots=True)
 class Context:
     """The conversation so far, the new question, and the prompt built from them; ``images``
-    names the images the prompt carries (should the model refuse them)."""
+    names the question's images the prompt carries (should the model refuse them)."""
 
     history: list[Turn]
     question: Turn

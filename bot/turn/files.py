@@ -58,7 +58,9 @@ class Shown:
 
     turns: list[Turn]
     notes: tuple[str, ...] = ()
-    images: tuple[str, ...] = ()  # the names of the images sent, newest turn first
+    # The names of the question's images sent (told to the person if the model refuses them;
+    # images of earlier questions sent again are not: the person was told then).
+    images: tuple[str, ...] = ()
 
 
 class SharedFiles:
@@ -90,7 +92,7 @@ class SharedFiles:
         remaining = room_tokens
         out: list[Turn] = []
         notes: list[str] = []
-        images: list[str] = []
+        images: tuple[str, ...] = ()
         questions = 0
         for index in range(len(turns) - 1, -1, -1):
             turn = turns[index]
@@ -109,8 +111,8 @@ class SharedFiles:
             shown_turn, cut = _with_files(turn, attachments, remaining, attached)
             remaining -= estimate_tokens(shown_turn.text) - estimate_tokens(turn.text)
             out.append(shown_turn)
-            images += [a.name for a in attached]
             if newest:
+                images = tuple(a.name for a in attached)
                 notes += [a.note for a in attachments if a.note]
                 notes += cut
                 left_out = [a.name for a in _images(attachments)[len(attached) :]]
@@ -120,7 +122,7 @@ class SharedFiles:
                         f"{', '.join(left_out)} didn't fit."
                     )
         out.reverse()
-        return Shown(out, tuple(notes), tuple(images))
+        return Shown(out, tuple(notes), images)
 
     async def _earlier_files(
         self, team: str, turns: Sequence[Turn], room_tokens: int
