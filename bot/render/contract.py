@@ -72,6 +72,12 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+#: How long a step's change waits before it is shown on its own: a tool that answers sooner
+#: shows no separate update (its steps ride along with the next text), so fast tools do not
+#: spend the message's update slot just before the text that follows them.
+STEP_GRACE = 0.3
+
+
 class ReplyStateError(RuntimeError):
     """A reply method was called in a state that does not allow it (a bug in the caller)."""
 
@@ -233,6 +239,7 @@ class BaseReply(abc.ABC):
         self._first_token_at: float | None = None  # monotonic; None until visible text
         self._closing = asyncio.Event()
         self._closer: asyncio.Task[None] | None = None
+        self._step_timer: asyncio.TimerHandle | None = None
 
     @property
     def team(self) -> str:
@@ -292,6 +299,13 @@ class BaseReply(abc.ABC):
             return
         self._steps[step.id] = step
         self._stepped(step)
+        if self._step_timer is None:
+            self._step_timer = asyncio.get_running_loop().call_later(STEP_GRACE, self._steps_due)
+
+    def _steps_due(self) -> None:
+        self._step_timer = None
+        if self.state is State.OPEN:
+            self._show_steps()
 
     async def finish(self, outcome: Outcome) -> Finished:
         """Deliver the final form; never raises ``SlackError`` (what cannot be delivered is
@@ -309,6 +323,9 @@ class BaseReply(abc.ABC):
         return Finished(self.text, self.outcome or outcome, tuple(self.message_ts))
 
     def _start_closing(self, outcome: Outcome) -> None:
+        if self._step_timer is not None:
+            self._step_timer.cancel()
+            self._step_timer = None
         self.outcome = outcome
         self.state = State.CLOSING
         self._closing.set()
@@ -321,7 +338,11 @@ class BaseReply(abc.ABC):
 
     @abc.abstractmethod
     def _stepped(self, step: Step) -> None:
-        """A step was added or changed."""
+        """A step was added or changed (it shows with the next update, or ``_show_steps``)."""
+
+    @abc.abstractmethod
+    def _show_steps(self) -> None:
+        """Steps changed ``STEP_GRACE`` ago and have not gone out with text since: send them."""
 
     @abc.abstractmethod
     async def _close(self, outcome: Outcome) -> None:

@@ -205,8 +205,11 @@ class NativeReply(BaseReply):
             self._fallback.step(step)
             return
         self._unsent_steps[step.id] = step  # a newer state of the same step replaces it
-        self._wake.set()
-        self._urgent.set()
+
+    def _show_steps(self) -> None:
+        if self._fallback is None and self._unsent_steps:
+            self._wake.set()
+            self._urgent.set()
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -204,6 +204,9 @@ class ReplyStream(BaseReply):
         self._wake.set()
 
     def _stepped(self, step: Step) -> None:
+        pass  # the working indicator shows the newest steps at the next edit
+
+    def _show_steps(self) -> None:
         self._wake.set()
 
     async def _close(self, outcome: Outcome) -> None:
