@@ -230,3 +230,22 @@ async def test_a_native_stream_shows_each_call_as_a_task_card(
 
 
 TASK_ORDER = ["pending", "in_progress", "complete", "error"]
+
+
+async def test_a_model_server_that_refuses_tools_is_asked_again_without_them(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.refuse_tools = "ollama"  # HTTP 400 "… does not support tools" when tools are offered
+    llm.script(Answer(text="Plain answer."), Answer(text="Still plain."))
+    async with start_bot(mcp_servers_file=tools_file):
+        first = mention_event("hello")
+        await slack.send_event(first)
+        answered = await settled(slack, "C0CHAN", first["ts"])
+        second = mention_event("again")
+        await slack.send_event(second)
+        again = await settled(slack, "C0CHAN", second["ts"])
+
+    assert answered.text == "Plain answer." and again.text == "Still plain."
+    offered = [bool(request.tool_names) for request in llm.requests]
+    # Refused once, asked again without tools; the model is remembered as tool-less.
+    assert offered == [True, False, False]
