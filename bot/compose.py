@@ -356,6 +356,7 @@ def _file_reader(
         max_bytes=settings.file_max_bytes,
         per_message=settings.files_per_message,
         download_s=settings.file_download_timeout,
+        native_pdf=settings.file_input == "native",
         images=settings.model_vision != "off",
     )
     return FileReader(slack, store.files, limits=limits, transcriber=transcriber)

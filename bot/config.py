@@ -143,6 +143,7 @@ class Settings(BaseSettings):
     # a note to the person for the rest. FILES_PER_MESSAGE=0 reads none.
     file_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     files_per_message: int = Field(5, ge=0, le=50)
+    file_input: Literal["text", "native"] = "text"
     model_vision: Literal["auto", "on", "off"] = "auto"
     image_history_turns: int = Field(3, ge=0)
     transcribe_model: str | None = None

@@ -3,8 +3,9 @@
 window = prompt_window(system="Be brief.", history=turns, budget_tokens=8000)
 # [{'role': 'system', ...}, ...newest turns that fit, oldest first]
 
-A turn with ``images`` (data URLs) becomes a message whose content is a list of parts: its text,
-then one ``image_url`` part per image (Chat Completions' shape).
+A turn with ``enclosures`` (files sent as themselves: images, PDFs for models that read them)
+becomes a message whose content is a list of parts: its text, then one part per enclosure
+(Chat Completions' shapes: ``image_url``, ``file``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,33 @@ class ToolUse:
     failed: bool = False
 
 
+# What one image costs in a prompt, about: vision models price an image by its pixels, and
+# bot/files/images.py sends at most ~1.15 MP (OpenAI: ~1,100 tokens at high detail; Anthropic's
+# width × height / 750: ~1,530).
+IMAGE_TOKENS = 1600
+
+
+@dataclass(frozen=True, slots=True)
+class Enclosure:
+    """A file sent with a message as itself rather than as text: an image, or a PDF for a model
+    that reads PDFs (``FILE_INPUT=native``); ``tokens``: what it costs in the prompt, about.
+    Part of a prompt only, never stored."""
+
+    data_url: str
+    name: str = ""
+    tokens: int = IMAGE_TOKENS
+
+    @property
+    def is_image(self) -> bool:
+        return self.data_url.startswith("data:image/")
+
+    def part(self) -> dict[str, Any]:
+        """Its Chat Completions content part (bot/llm.py words it for the Responses API)."""
+        if self.is_image:
+            return {"type": "image_url", "image_url": {"url": self.data_url}}
+        return {"type": "file", "file": {"filename": self.name, "file_data": self.data_url}}
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     """One message of a conversation, as the model will be told it."""
@@ -51,12 +79,12 @@ class Turn:
     interrupted: bool = False  # the assistant's answer was cut short; text is what the user saw
     tools: tuple[ToolUse, ...] = ()  # tool calls the answer was built on
     files: tuple[str, ...] = ()  # Slack file ids shared with this message (read from the cache)
-    # Images sent with this message to the model (data URLs): built per prompt, never stored.
-    images: tuple[str, ...] = field(default=(), repr=False)
+    # Files sent with this message as themselves (images …): built per prompt, never stored.
+    enclosures: tuple[Enclosure, ...] = field(default=(), repr=False)
 
     def to_json(self) -> str:
         data = asdict(self)
-        del data["images"]
+        del data["enclosures"]
         for name in ("tools", "files"):
             if not data[name]:
                 del data[name]  # stored as before tools and files existed
@@ -111,7 +139,7 @@ def newest_within(turns: list[Turn], budget_tokens: int) -> int:
     what is worth keeping of a thread's history."""
     remaining = budget_tokens
     for n, turn in enumerate(reversed(turns)):
-        remaining -= estimate_tokens(_content(turn, named=False)) + 4 + _images_cost(turn)
+        remaining -= estimate_tokens(_content(turn, named=False)) + 4 + _enclosed_cost(turn)
         if remaining < 0:
             return max(n, 1)
     return len(turns)
@@ -151,12 +179,8 @@ def prompt_window(system: str, history: list[Turn], budget_tokens: int) -> list[
     ]
     for turn in kept:
         content: str | list[dict[str, Any]] = _content(turn, named=named)
-        if turn.images:
-            # Chat Completions' content parts; bot/llm.py words them for the Responses API.
-            content = [
-                {"type": "text", "text": content},
-                *({"type": "image_url", "image_url": {"url": url}} for url in turn.images),
-            ]
+        if turn.enclosures:
+            content = [{"type": "text", "text": content}, *(e.part() for e in turn.enclosures)]
         messages.append({"role": turn.role, "content": content})
     return messages
 
@@ -178,18 +202,12 @@ def _truncated(text: str, tokens: int) -> str:
     return head + TRUNCATED_MARK
 
 
-# What one image costs in a prompt, about: vision models price an image by its pixels, and
-# bot/files/images.py sends at most ~1.15 MP (OpenAI: ~1,100 tokens at high detail; Anthropic's
-# width × height / 750: ~1,530).
-IMAGE_TOKENS = 1600
-
-
 def _cost(turn: Turn) -> int:
-    return estimate_tokens(_content(turn, named=True)) + 4 + _images_cost(turn)
+    return estimate_tokens(_content(turn, named=True)) + 4 + _enclosed_cost(turn)
 
 
-def _images_cost(turn: Turn) -> int:
-    return IMAGE_TOKENS * len(turn.images)
+def _enclosed_cost(turn: Turn) -> int:
+    return sum(enclosure.tokens for enclosure in turn.enclosures)
 
 
 def _content(turn: Turn, *, named: bool) -> str:

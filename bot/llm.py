@@ -21,8 +21,8 @@ them, once, and that model is sent no tools for the rest of the process
 (``answer.tools_dropped``). Answers offered no tools are read without any tool work per chunk.
 
 Images: a user message's ``content`` may be a list of Chat Completions parts (``text``,
-``image_url`` with a data URL; bot/conversation.py builds them), worded for the Responses API
-(``input_text``, ``input_image``) when that is the API. With ``vision="auto"`` a model that
+``image_url`` with a data URL, ``file`` for a PDF; bot/conversation.py builds them), worded for
+the Responses API (``input_text``, ``input_image``, ``input_file``) when that is the API. With ``vision="auto"`` a model that
 refuses images (``_IMAGES_REFUSED``) is asked again with each image replaced by a line saying it
 could not be shown, and is sent no images for the rest of the process (``answer.images_dropped``);
 ``vision="off"`` never sends any.
@@ -792,6 +792,8 @@ def _refuses_tools(error: openai.APIStatusError) -> bool:
 
 
 _IMAGE_PARTS = frozenset({"image_url", "input_image"})
+_TEXT_PART = {"image_url": "text", "input_image": "input_text"}  # the text part of each API
+_TEXT_PARTS = frozenset(_TEXT_PART.values())
 
 
 def _has_images(messages: object) -> bool:
@@ -815,21 +817,25 @@ def _without_images(messages: list[Any]) -> list[Any]:
         if not isinstance(content, list):
             plain.append(message)
             continue
-        texts = []
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") in _IMAGE_PARTS:
-                texts.append(IMAGE_NOT_SHOWN)
-            elif isinstance(part.get("text"), str):
-                texts.append(part["text"])
-        plain.append({**message, "content": "\n\n".join(texts)})
+        parts = [
+            {"type": _TEXT_PART[part["type"]], "text": IMAGE_NOT_SHOWN}
+            if part.get("type") in _IMAGE_PARTS
+            else part
+            for part in content
+            if isinstance(part, dict)
+        ]
+        if all(part.get("type") in _TEXT_PARTS for part in parts):
+            text = "\n\n".join(str(part.get("text", "")) for part in parts)
+            plain.append({**message, "content": text})
+        else:  # a file part (a PDF) stays: the message keeps its parts
+            plain.append({**message, "content": parts})
     return plain
 
 
 def _responses_message(message: dict[str, Any]) -> dict[str, Any]:
     """A chat message as Responses input: content parts renamed (``input_text``,
-    ``input_image`` whose ``image_url`` is the URL itself); string content as it is."""
+    ``input_image`` whose ``image_url`` is the URL itself, ``input_file`` with ``filename``
+    and ``file_data``); string content as it is."""
     content = message.get("content")
     if not isinstance(content, list):
         return message
@@ -842,6 +848,9 @@ def _responses_message(message: dict[str, Any]) -> dict[str, Any]:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             parts.append({"type": "input_image", "image_url": url})
+        elif kind == "file":
+            file = part.get("file")
+            parts.append({"type": "input_file", **(file if isinstance(file, dict) else {})})
         else:
             parts.append(part)
     return {**message, "content": parts}

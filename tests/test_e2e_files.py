@@ -413,3 +413,28 @@ async def test_a_file_name_in_a_note_cannot_mention_anyone(
     reply = await _answered(slack, "Hello from the fake model.")
     assert "<!channel>" not in reply and "<@U0BOSS>" not in reply
     assert "&lt;!channel&gt; &lt;@U0BOSS&gt; my_logs.zip is an archive" in reply
+
+
+async def test_with_file_input_native_a_pdf_goes_as_itself_and_again_from_the_store(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    data = text_pdf(["Quarterly revenue was 42 million euros."])
+    report = slack.upload(data, name="q3.pdf")
+    llm.script(Answer(text="42 million."), Answer(text="In euros."))
+    async with start_bot(file_input="native"):
+        first = file_share_event("summarise", [report], mention=BOT)
+        await slack.send_event(first)
+        await _answered(slack, "42 million.")
+        await slack.send_event(mention_event("which currency?", thread_ts=first["ts"]))
+        await _answered(slack, "In euros.")
+    for request in llm.requests:
+        content = next(m for m in request.messages if m["role"] == "user")["content"]
+        assert content[1] == {
+            "type": "file",
+            "file": {
+                "filename": "q3.pdf",
+                "file_data": "data:application/pdf;base64," + base64.b64encode(data).decode(),
+            },
+        }
+        assert "(the file itself is attached)" in content[0]["text"]
+    assert len(slack.file_downloads(report["id"])) == 1

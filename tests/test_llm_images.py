@@ -149,3 +149,38 @@ async def test_a_clip_is_transcribed_and_a_failure_is_a_model_error(llm: FakeOpe
         "mimetype": "audio/wav",
         "size": 12,
     }
+
+
+PDF_PART = {
+    "type": "file",
+    "file": {"filename": "q3.pdf", "file_data": "data:application/pdf;base64,JVBE"},
+}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_a_pdf_part_is_sent_in_each_apis_shape_and_kept_when_images_are_refused(
+    llm: FakeOpenAI, api: Api
+) -> None:
+    llm.refuse_images = True
+    messages = [{**WITH_IMAGE[1], "content": [*WITH_IMAGE[1]["content"], PDF_PART]}]
+    async with chat_model(llm, api) as model:
+        await ask(model, messages)
+    refused, retried = llm.requests
+    text_kind, pdf = (
+        ("text", PDF_PART)
+        if api == "chat"
+        else (
+            "input_text",
+            {
+                "type": "input_file",
+                "filename": "q3.pdf",
+                "file_data": "data:application/pdf;base64,JVBE",
+            },
+        )
+    )
+    assert refused.messages[0]["content"][2] == pdf
+    assert retried.messages[0]["content"] == [
+        {"type": text_kind, "text": "what is this?"},
+        {"type": text_kind, "text": IMAGE_NOT_SHOWN},
+        pdf,
+    ]

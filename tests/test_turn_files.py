@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bot.conversation import IMAGE_TOKENS, Turn, estimate_tokens, prompt_window
 from bot.events import SlackFile
 from bot.files import Attachment
-from bot.turn.files import SharedFiles
+from bot.turn.files import PDF_PAGE_TOKENS, SharedFiles
 
 SYSTEM = "Be brief."
 
@@ -153,3 +153,42 @@ async def test_images_of_older_questions_are_named_not_sent() -> None:
     assert isinstance(users[1]["content"], list)  # the second-newest question: sent again
     assert isinstance(users[0]["content"], str)  # the third-newest: named only
     assert "F1.png" in users[0]["content"] and "not attached this time" in users[0]["content"]
+
+
+def pdf(file_id: str, pages: int, *, note: str = "") -> Attachment:
+    """A PDF read whole (its text, page marks as bot/files/documents.py writes them) and kept
+    as itself (FILE_INPUT=native)."""
+    text = "\n\n".join(f"--- page {n} ---\nRevenue in region {n}." for n in range(1, pages + 1))
+    return Attachment(
+        "document",
+        file_id,
+        f"{file_id}.pdf",
+        "application/pdf",
+        5000,
+        text=text,
+        data=b"%PDF-1.7 ...",
+        data_mime="application/pdf",
+        note=note,
+    )
+
+
+async def test_a_pdf_kept_as_itself_goes_as_a_file_part_when_it_fits_whole() -> None:
+    messages, _ = await prompt(
+        SharedFiles(Shelf()), [Turn("user", "sum up")], [pdf("F1", pages=2)], 8000
+    )
+    content = messages[-1]["content"]
+    assert isinstance(content, list)
+    assert content[1] == {
+        "type": "file",
+        "file": {"filename": "F1.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjcgLi4u"},
+    }
+    assert "(the file itself is attached)" in content[0]["text"]
+    assert "Revenue in region 1." not in content[0]["text"]  # not twice
+    assert tokens(messages) + 2 * PDF_PAGE_TOKENS <= 8000
+
+
+async def test_a_pdf_too_long_for_its_room_or_not_read_whole_goes_as_text() -> None:
+    for document in (pdf("F1", pages=6), pdf("F2", pages=2, note="Only the first 2 of 9 pages")):
+        messages, _ = await prompt(SharedFiles(Shelf()), [Turn("user", "sum up")], [document], 8000)
+        assert isinstance(messages[-1]["content"], str)
+        assert "Revenue in region 2." in messages[-1]["content"]

@@ -46,6 +46,12 @@ def render_attachment(attachment: Attachment, *, max_chars: int, attached: bool 
     return "\n".join(lines) + _CLOSE
 
 
+def render_enclosed(attachment: Attachment) -> str:
+    """The block naming a file sent with the message as itself (a PDF for a model that reads
+    PDFs): its content is in the file part, not here."""
+    return f"{_header(attachment)}\n(the file itself is attached)" + _CLOSE
+
+
 def cut(text: str, room: int) -> tuple[str, str]:
     """``text`` within ``room`` characters (ending at a line end when one is near) and a note
     of what was left out ("" when it all fits)."""

@@ -11,25 +11,32 @@ store's cache (bot/store/files.py), not from Slack. Documents go into their turn
 delimited blocks, the newest turn's first: each turn with documents gets at most half of the
 prompt room still left, so earlier documents stay in the context as long as there is room and a
 long file is cut with a note saying so. Images travel as image parts for the newest
-``image_turns`` questions; older ones are only named.
+``image_turns`` questions while there is room; older ones are only named. With
+``FILE_INPUT=native`` a PDF read whole that fits its room goes as itself (a file part), else as
+its text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bot.conversation import IMAGE_TOKENS, Turn, estimate_tokens
+from bot.conversation import IMAGE_TOKENS, Enclosure, Turn, estimate_tokens
 from bot.events import SlackFile
 from bot.files import Attachment, render_attachment
+from bot.files.prompt import render_enclosed
 
 # Characters per prompt token for a document's text: estimate_tokens counts 4 bytes a token; a
 # little less leaves room for JSON escaping when several people speak in the thread.
 _CHARS_PER_TOKEN = 3.2
 # Room a turn's own words keep before its images take the rest.
 _TEXT_RESERVE = 1000
+# A PDF page sent as itself: models that read PDFs take each page's text and an image of it.
+PDF_PAGE_TOKENS = 1000
+_PAGE_MARK = re.compile(r"^--- page (\d+) ---$", re.MULTILINE)  # bot/files/documents.py
 # A document gets at least this much room, however little is left (the prompt window then
 # decides whether its turn fits at all).
 _MIN_DOC_TOKENS = 200
@@ -110,6 +117,7 @@ class SharedFiles:
             remaining -= IMAGE_TOKENS * len(attached)
             shown_turn, cut = _with_files(turn, attachments, remaining, attached)
             remaining -= estimate_tokens(shown_turn.text) - estimate_tokens(turn.text)
+            remaining -= sum(e.tokens for e in shown_turn.enclosures if not e.is_image)
             out.append(shown_turn)
             if newest:
                 images = tuple(a.name for a in attached)
@@ -158,14 +166,20 @@ def _with_files(
     attached: Sequence[Attachment],
 ) -> tuple[Turn, list[str]]:
     """``turn`` with its attachments' blocks after its text and the ``attached`` images as
-    parts; and a note for each document cut to fit."""
+    parts (a PDF kept for a model that reads PDFs goes as itself when it fits whole); and a
+    note for each document cut to fit."""
     documents = [a for a in attachments if a.kind == "document"]
     room = int(max(remaining_tokens // 2, _MIN_DOC_TOKENS * len(documents)) * _CHARS_PER_TOKEN)
     rooms = _shares(documents, room)
     blocks: list[str] = []
     cut: list[str] = []
+    enclosures = [Enclosure(a.data_url, a.name) for a in attached]
     for attachment in attachments:
-        if attachment.kind == "document":
+        pdf = _native_pdf_tokens(attachment)
+        if pdf and pdf <= room / len(documents) / _CHARS_PER_TOKEN:  # its even share
+            blocks.append(render_enclosed(attachment))
+            enclosures.append(Enclosure(attachment.data_url, attachment.name, pdf))
+        elif attachment.kind == "document":
             block = render_attachment(attachment, max_chars=rooms[id(attachment)])
             blocks.append(block)
             if len(block) < len(attachment.text):  # whole, a block is longer than the text
@@ -178,7 +192,18 @@ def _with_files(
             sent = any(attachment is image for image in attached)
             blocks.append(render_attachment(attachment, max_chars=0, attached=sent))
     text = "\n\n".join([turn.text, *blocks] if turn.text else blocks)
-    return replace(turn, text=text, images=tuple(a.data_url for a in attached)), cut
+    return replace(turn, text=text, enclosures=tuple(enclosures)), cut
+
+
+def _native_pdf_tokens(attachment: Attachment) -> int:
+    """What a PDF kept as itself (``FILE_INPUT=native``) costs sent whole, about (0: not one,
+    or not read whole): its text and an image of each page, as models that read PDFs take
+    them."""
+    if attachment.data_mime != "application/pdf" or not attachment.data or attachment.note:
+        return 0
+    numbers = _PAGE_MARK.findall(attachment.text)
+    pages = int(numbers[-1]) if numbers else 1
+    return estimate_tokens(attachment.text) + PDF_PAGE_TOKENS * pages
 
 
 def _shares(documents: Sequence[Attachment], room: int) -> dict[int, int]:
