@@ -315,6 +315,20 @@ async def test_rate_limit_counts_within_a_window(store: Store, clock: Clock) -> 
     assert await store.usage.hit_rate("T1", "U1", limit=2, window_s=3600) == 0.0
 
 
+async def test_the_keys_an_answer_writes_all_expire(
+    store: Store, clock: Clock, store_url: str
+) -> None:
+    clock.now = 3600 * 500_000.0
+    await store.usage.hit_rate("T1", "U1", limit=2, window_s=3600)
+    await store.history.append(KEY, [Turn("user", "hi", "U1")])
+    raw = sync_client(store_url)
+    try:
+        assert 0 < raw.ttl("slackbot:{T1}:rate:U1:500000") <= 3601
+        assert 0 < raw.ttl("slackbot:{T1}:engaged:C1:1700000000.000100") <= 3600
+    finally:
+        raw.close()
+
+
 async def test_usage_and_feedback_are_counted_per_day(store: Store) -> None:
     usage = store.usage
     await usage.record("T1", "C1", "U1", {"prompt_tokens": 10, "total_tokens": 15})

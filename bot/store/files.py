@@ -39,6 +39,7 @@ class FileCache:
         self._keys = keys
         self._ttl_ms = int(ttl_s * 1000)
         self._max_entry_bytes = max_entry_bytes
+        self._put = guard.redis.register_script(_PUT_LUA)
 
     async def get(self, team: str, file_id: str) -> Attachment | None:
         name = self._keys.file(team, file_id)
@@ -66,11 +67,20 @@ class FileCache:
         name = self._keys.file(team, attachment.file_id)
 
         async def write(r: aioredis.Redis) -> bool:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.delete(name)
-                pipe.hset(name, mapping={"meta": meta, "data": data})
-                pipe.pexpire(name, self._ttl_ms)
-                await pipe.execute()
+            # One script, not a MULTI (redis-py's cluster client runs a transaction's commands
+            # on threads of their own, bench/README.md, issue 14): as atomic — a reader finds
+            # the old entry or the new one, never none between, never one without its TTL.
+            await self._put(keys=[name], args=[meta, data, self._ttl_ms], client=r)
             return True
 
         return await self._guard.attempt(write, "files", False)
+
+
+# KEYS: the file's entry.  ARGV: its meta (JSON), its data (bytes), its TTL (ms).  Replaces the
+# entry whole.
+_PUT_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'data', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""

@@ -65,6 +65,7 @@ class ThreadMemory:
         # back) and the threads whose stored history is then out of date.
         self._outage_turns: OrderedDict[ThreadKey, list[Turn]] = OrderedDict()
         self._unsynced: set[ThreadKey] = set()
+        self._append = guard.redis.register_script(_APPEND_LUA)
         guard.on_recovery(self._sync)
 
     async def history(self, key: ThreadKey) -> list[Turn] | None:
@@ -135,7 +136,10 @@ class ThreadMemory:
         name = self._keys.epoch
 
         async def mark(r: aioredis.Redis) -> object:
-            async with r.pipeline(transaction=True) as pipe:
+            # Not a transaction (redis-py's cluster client runs those on threads of their own,
+            # bench/README.md, issue 14): in order on one connection, the GET reads the epoch
+            # that won; a flush between the two reads nothing, and "now" is then right anyway.
+            async with r.pipeline(transaction=False) as pipe:
                 pipe.set(name, repr(now), nx=True)
                 pipe.get(name)
                 return (await pipe.execute())[1]
@@ -164,12 +168,13 @@ class ThreadMemory:
         newest = min(keep or self._max_turns, self._max_turns)
 
         async def write(r: aioredis.Redis) -> bool:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.rpush(name, *stored)
-                pipe.ltrim(name, -newest, -1)
-                pipe.pexpire(name, self._ttl_ms)
-                pipe.set(engaged, "1", px=self._ttl_ms)
-                await pipe.execute()
+            # One script over two keys of one slot (the workspace's), not a MULTI: as atomic
+            # (no reader sees the list untrimmed, no key is left without its TTL), one command,
+            # and redis-py's cluster client runs a transaction's commands on threads of their
+            # own while the event loop waits (bench/README.md, issue 14).
+            await self._append(
+                keys=[name, engaged], args=[self._ttl_ms, -newest, *stored], client=r
+            )
             return True
 
         if not stored:
@@ -213,3 +218,14 @@ class ThreadMemory:
         self._engaged_here.move_to_end(key)
         if len(self._engaged_here) > _LOCAL_THREADS:
             self._engaged_here.popitem(last=False)
+
+
+# KEYS: the thread's turns, its engagement.  ARGV: their TTL (ms), -(turns to keep), then the
+# turns (JSON).  Appends the turns, keeps the newest, refreshes both TTLs.
+_APPEND_LUA = """
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
+redis.call('LTRIM', KEYS[1], ARGV[2], -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 1
+"""
