@@ -213,6 +213,7 @@ async def open_bot(
                 recall=recall,
                 files=SharedFiles(
                     _file_reader(settings, slack, store, transcriber),
+                    metrics,
                     image_turns=settings.image_history_turns,
                 ),
                 prompt_token_budget=settings.prompt_token_budget,

@@ -108,6 +108,13 @@ class Metrics:
             ["server"],
             registry=r,
         )
+        # Files (bot/files/, bot/turn/files.py): what the files of questions became.
+        self.files = Counter(
+            "slackbot_files",
+            "Files shared with questions, by what they became (image, document, note: not read).",
+            ["kind"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -155,9 +155,12 @@ async def test_bad_files_are_named_to_the_person_and_the_rest_is_answered(
     ]
     slack.delete_file(files[3]["id"])  # deleted after it was shared: a 404 to the download
     llm.script(Answer(text="The launch is on Tuesday."))
-    async with start_bot(file_max_bytes=4096):
+    async with start_bot(file_max_bytes=4096) as running:
         await slack.send_event(file_share_event("when is the launch?", files, mention=BOT))
         reply = await _answered(slack, "The launch is on Tuesday.")
+        exposition = running.metrics.exposition().decode()
+    assert 'slackbot_files_total{kind="note"} 4.0' in exposition
+    assert 'slackbot_files_total{kind="document"} 1.0' in exposition
     for name in ("big.log", "locked.pdf", "bundle.zip", "gone.txt"):
         assert name in reply.split("The launch is on Tuesday.")[0], name
     assert "too big" in reply and "password" in reply.lower() and "archive" in reply

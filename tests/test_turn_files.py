@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bot.conversation import IMAGE_TOKENS, Turn, estimate_tokens, prompt_window
 from bot.events import SlackFile
 from bot.files import Attachment
+from bot.metrics import Metrics
 from bot.turn.files import PDF_PAGE_TOKENS, SharedFiles
 
 SYSTEM = "Be brief."
@@ -85,7 +86,9 @@ async def test_documents_stay_within_the_budget_and_the_question_is_never_cut(
         author = "U2" if two_people and n % 2 else "U1"
         turns += [Turn("user", f"file {n}", author, files=(doc.file_id,)), Turn("assistant", "ok")]
     question = Turn("user", "what do they say?", "U1", files=(docs[-1].file_id,))
-    messages, _ = await prompt(SharedFiles(shelf), [*turns, question], [docs[-1]], budget)
+    messages, _ = await prompt(
+        SharedFiles(shelf, Metrics()), [*turns, question], [docs[-1]], budget
+    )
 
     assert tokens(messages) <= budget + 64
     newest = text_of(messages[-1])
@@ -98,7 +101,9 @@ async def test_documents_stay_within_the_budget_and_the_question_is_never_cut(
 
 async def test_a_long_document_is_cut_with_a_note_and_the_person_is_told() -> None:
     long = document("F1", "word " * 40_000)
-    messages, notes = await prompt(SharedFiles(Shelf()), [Turn("user", "sum up")], [long], 8000)
+    messages, notes = await prompt(
+        SharedFiles(Shelf(), Metrics()), [Turn("user", "sum up")], [long], 8000
+    )
     assert "[cut here:" in text_of(messages[-1])
     assert notes == ("F1.txt is long: only about 6% of it fits in what I can read at once.",)
 
@@ -113,7 +118,7 @@ async def test_earlier_documents_are_read_again_by_id_and_the_newest_gets_more_r
         Turn("assistant", "read that too"),
         Turn("user", "compare them", "U1"),
     ]
-    messages, notes = await prompt(SharedFiles(shelf), turns, [], 8000)
+    messages, notes = await prompt(SharedFiles(shelf, Metrics()), turns, [], 8000)
     assert shelf.asked == [["F2"], ["F1"]] or shelf.asked == [["F1"], ["F2"]]
     first, second = (text_of(m) for m in messages if m["role"] == "user" and "<attach" in str(m))
     assert "old old" in first and "new new" in second
@@ -124,7 +129,7 @@ async def test_earlier_documents_are_read_again_by_id_and_the_newest_gets_more_r
 async def test_images_are_sent_while_there_is_room_and_the_rest_are_named() -> None:
     shots = [image(f"F{n}") for n in range(5)]
     question = Turn("user", "which screen is broken?", "U1")
-    messages, notes = await prompt(SharedFiles(Shelf()), [question], shots, 6000)
+    messages, notes = await prompt(SharedFiles(Shelf(), Metrics()), [question], shots, 6000)
     content = messages[-1]["content"]
     assert isinstance(content, list)
     sent = [part for part in content if part["type"] == "image_url"]
@@ -148,7 +153,7 @@ async def test_images_of_older_questions_are_named_not_sent() -> None:
         Turn("assistant", "a dog"),
         Turn("user", "which is cuter?", "U1"),
     ]
-    messages, _ = await prompt(SharedFiles(shelf, image_turns=2), turns, [], 16_000)
+    messages, _ = await prompt(SharedFiles(shelf, Metrics(), image_turns=2), turns, [], 16_000)
     users = [m for m in messages if m["role"] == "user"]
     assert isinstance(users[1]["content"], list)  # the second-newest question: sent again
     assert isinstance(users[0]["content"], str)  # the third-newest: named only
@@ -174,7 +179,7 @@ def pdf(file_id: str, pages: int, *, note: str = "") -> Attachment:
 
 async def test_a_pdf_kept_as_itself_goes_as_a_file_part_when_it_fits_whole() -> None:
     messages, _ = await prompt(
-        SharedFiles(Shelf()), [Turn("user", "sum up")], [pdf("F1", pages=2)], 8000
+        SharedFiles(Shelf(), Metrics()), [Turn("user", "sum up")], [pdf("F1", pages=2)], 8000
     )
     content = messages[-1]["content"]
     assert isinstance(content, list)
@@ -189,6 +194,8 @@ async def test_a_pdf_kept_as_itself_goes_as_a_file_part_when_it_fits_whole() -> 
 
 async def test_a_pdf_too_long_for_its_room_or_not_read_whole_goes_as_text() -> None:
     for document in (pdf("F1", pages=6), pdf("F2", pages=2, note="Only the first 2 of 9 pages")):
-        messages, _ = await prompt(SharedFiles(Shelf()), [Turn("user", "sum up")], [document], 8000)
+        messages, _ = await prompt(
+            SharedFiles(Shelf(), Metrics()), [Turn("user", "sum up")], [document], 8000
+        )
         assert isinstance(messages[-1]["content"], str)
         assert "Revenue in region 2." in messages[-1]["content"]

@@ -28,6 +28,7 @@ from bot.conversation import IMAGE_TOKENS, Enclosure, Turn, estimate_tokens
 from bot.events import SlackFile
 from bot.files import Attachment, render_attachment
 from bot.files.prompt import render_enclosed
+from bot.metrics import Metrics
 
 # Characters per prompt token for a document's text: estimate_tokens counts 4 bytes a token; a
 # little less leaves room for JSON escaping when several people speak in the thread.
@@ -73,15 +74,19 @@ class Shown:
 class SharedFiles:
     """Reads the files of a conversation into its prompt; see the module docstring."""
 
-    def __init__(self, reader: FileSource, *, image_turns: int = 3) -> None:
+    def __init__(self, reader: FileSource, metrics: Metrics, *, image_turns: int = 3) -> None:
         self._reader = reader
+        self._metrics = metrics
         self._image_turns = image_turns
 
     async def read(self, team: str, files: Sequence[SlackFile]) -> list[Attachment]:
         """The question's files, read (never raises: a bad file becomes a note)."""
         if not files:
             return []
-        return await self._reader.read(team, files)
+        read = await self._reader.read(team, files)
+        for attachment in read:
+            self._metrics.files.labels(kind=attachment.kind).inc()
+        return read
 
     async def shown(
         self,
