@@ -18,7 +18,13 @@ from pypdf import PdfReader, PdfWriter
 
 from bot.compose import RunningBot
 from tests.fakes.openai import Answer, FakeOpenAI, Request
-from tests.fakes.slack import FakeSlack, file_share_event, mention_event, message_event
+from tests.fakes.slack import (
+    FakeSlack,
+    assistant_thread_started_event,
+    file_share_event,
+    mention_event,
+    message_event,
+)
 from tests.redis_server import RedisServer
 from tests.test_files import text_pdf
 
@@ -441,3 +447,18 @@ async def test_with_file_input_native_a_pdf_goes_as_itself_and_again_from_the_st
         }
         assert "(the file itself is attached)" in content[0]["text"]
     assert len(slack.file_downloads(report["id"])) == 1
+
+
+async def test_an_assistant_thread_started_with_files_alone_is_named_after_them(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    started = assistant_thread_started_event(channel="D0ASSIST")
+    thread = started["assistant_thread"]["thread_ts"]
+    await slack.send_event(started)
+    await slack.wait_for(lambda: len(slack.bot_messages("D0ASSIST")) == 1, timeout=10)
+    notes = slack.upload(b"- ship the release\n", name="todo.md")
+    event = file_share_event("", [notes], channel="D0ASSIST", channel_type="im", thread_ts=thread)
+    await slack.send_event(event)
+    await slack.wait_for(lambda: ("D0ASSIST", thread) in slack.titles, timeout=10)
+    assert slack.titles[("D0ASSIST", thread)] == "todo.md"
+    assert "ship the release" in _text(_user_content(llm.requests[0]))
