@@ -199,3 +199,10 @@ async def test_a_pdf_too_long_for_its_room_or_not_read_whole_goes_as_text() -> N
         )
         assert isinstance(messages[-1]["content"], str)
         assert "Revenue in region 2." in messages[-1]["content"]
+
+
+async def test_notes_are_told_even_when_the_question_alone_fills_the_prompt() -> None:
+    note = Attachment.unread(SlackFile("F1", name="a.zip"), "a.zip is an archive.")
+    question = Turn("user", "x" * 40_000)
+    _, notes = await prompt(SharedFiles(Shelf(), Metrics()), [question], [note], 2000)
+    assert notes == ("a.zip is an archive.",)

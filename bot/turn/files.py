@@ -111,6 +111,8 @@ class SharedFiles:
             questions += turn.role == "user"
             newest = index == len(turns) - 1
             attachments = list(fresh) if newest else earlier.get(index, [])
+            if newest:  # told even when the question alone fills the prompt
+                notes += [a.note for a in attachments if a.note]
             remaining -= estimate_tokens(turn.text) + 4
             if not attachments or remaining <= 0:
                 out.append(turn)
@@ -126,7 +128,6 @@ class SharedFiles:
             out.append(shown_turn)
             if newest:
                 images = tuple(a.name for a in attached)
-                notes += [a.note for a in attachments if a.note]
                 notes += cut
                 left_out = [a.name for a in _images(attachments)[len(attached) :]]
                 if left_out:
