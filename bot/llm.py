@@ -89,7 +89,8 @@ _TOOLS_REFUSED = re.compile(
 _REFUSAL_STATUSES = frozenset({400, 404, 500})
 
 # How servers word "this model takes no images" (again only explicit refusals, and only when
-# the request carried images).
+# the request carried images). OpenAI's wording is its documented one; the others are as those
+# servers are known to answer, not checked against each of them here.
 _IMAGES_REFUSED = re.compile(
     r"image_url is only supported by certain models"  # OpenAI, Azure OpenAI
     r"|image input is not supported"  # llama.cpp without a multimodal projector
@@ -99,7 +100,8 @@ _IMAGES_REFUSED = re.compile(
     r"|at most 0 image"  # vLLM: "At most 0 image(s) may be provided in one request"
     r"|unknown variant `image_url`"  # DeepSeek and other text-only Rust servers
     r"|missing data required for image input"  # Ollama, a text-only model
-    r"|\b(?:images?|image input|vision|multimodal input)'? (?:is|are) not supported",
+    r"|content'? *:? *(?:value )?must be a string"  # Groq: only string content, no parts
+    r"|\b(?:images?|image inputs?|vision|multimodal(?: input)?)'? (?:is|are) not supported",
     re.IGNORECASE,
 )
 IMAGE_NOT_SHOWN = "[An image was attached here, but this model cannot see images.]"

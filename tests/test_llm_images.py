@@ -88,6 +88,12 @@ async def test_a_model_that_refuses_images_is_asked_again_without_them_and_remem
         (400, "Qwen2ForCausalLM is not a multimodal model"),  # vLLM
         (400, "At most 0 image(s) may be provided in one request."),  # vLLM
         (422, "Failed to deserialize: unknown variant `image_url`, expected `text`"),
+        (
+            400,
+            "'messages.1' : for 'role:user' the following must be satisfied"
+            "[('messages.1.content' : value must be a string)]",
+        ),  # Groq, a text-only model
+        (400, "Image inputs are not supported by this model."),
     ],
 )
 async def test_other_wordings_of_a_refusal_of_images_are_recognised(
