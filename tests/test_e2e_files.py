@@ -234,7 +234,7 @@ async def test_older_images_are_named_not_sent_again(
     start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
 ) -> None:
     shot = slack.upload(_screenshot((800, 600)), name="before.png")
-    async with start_bot(image_history_turns=1):
+    async with start_bot(image_history_turns=0):
         first = file_share_event("look", [shot], mention=BOT)
         await slack.send_event(first)
         await slack.wait_for(lambda: len(slack.bot_messages()) == 1, timeout=15)

@@ -153,10 +153,10 @@ async def test_images_of_older_questions_are_named_not_sent() -> None:
         Turn("assistant", "a dog"),
         Turn("user", "which is cuter?", "U1"),
     ]
-    messages, _ = await prompt(SharedFiles(shelf, Metrics(), image_turns=2), turns, [], 16_000)
+    messages, _ = await prompt(SharedFiles(shelf, Metrics(), image_turns=1), turns, [], 16_000)
     users = [m for m in messages if m["role"] == "user"]
-    assert isinstance(users[1]["content"], list)  # the second-newest question: sent again
-    assert isinstance(users[0]["content"], str)  # the third-newest: named only
+    assert isinstance(users[1]["content"], list)  # one question back: sent again
+    assert isinstance(users[0]["content"], str)  # two back: named only
     assert "F1.png" in users[0]["content"] and "not attached this time" in users[0]["content"]
 
 
@@ -206,3 +206,12 @@ async def test_notes_are_told_even_when_the_question_alone_fills_the_prompt() ->
     question = Turn("user", "x" * 40_000)
     _, notes = await prompt(SharedFiles(Shelf(), Metrics()), [question], [note], 2000)
     assert notes == ("a.zip is an archive.",)
+
+
+async def test_a_questions_own_images_go_even_when_none_are_sent_again() -> None:
+    question = Turn("user", "what is this?", "U1")
+    messages, _ = await prompt(
+        SharedFiles(Shelf(), Metrics(), image_turns=0), [question], [image("F1")], 8000
+    )
+    content = messages[-1]["content"]
+    assert isinstance(content, list) and content[1]["type"] == "image_url"

@@ -10,8 +10,9 @@ A turn keeps only its files' ids (``Turn.files``); a follow-up reads them again 
 store's cache (bot/store/files.py), not from Slack. Documents go into their turn's text as
 delimited blocks, the newest turn's first: each turn with documents gets at most half of the
 prompt room still left, so earlier documents stay in the context as long as there is room and a
-long file is cut with a note saying so. Images travel as image parts for the newest
-``image_turns`` questions while there is room; older ones are only named. With
+long file is cut with a note saying so. Images travel as image parts, the question's own and
+those of the ``image_turns`` questions before it, while there is room; older ones are only
+named. With
 ``FILE_INPUT=native`` a PDF read whole that fits its room goes as itself (a file part), else as
 its text.
 """
@@ -105,11 +106,11 @@ class SharedFiles:
         out: list[Turn] = []
         notes: list[str] = []
         images: tuple[str, ...] = ()
-        questions = 0
+        earlier_questions = 0
         for index in range(len(turns) - 1, -1, -1):
             turn = turns[index]
-            questions += turn.role == "user"
             newest = index == len(turns) - 1
+            earlier_questions += turn.role == "user" and not newest
             attachments = list(fresh) if newest else earlier.get(index, [])
             if newest:  # told even when the question alone fills the prompt
                 notes += [a.note for a in attachments if a.note]
@@ -118,7 +119,7 @@ class SharedFiles:
                 out.append(turn)
                 continue
             # Images first (the turn's words keep _TEXT_RESERVE), then documents.
-            recent = questions <= self._image_turns
+            recent = earlier_questions <= self._image_turns  # the question's own: always
             room_for_images = max(0, (remaining - _TEXT_RESERVE) // IMAGE_TOKENS)
             attached = _images(attachments)[: room_for_images if recent else 0]
             remaining -= IMAGE_TOKENS * len(attached)
