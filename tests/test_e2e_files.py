@@ -462,3 +462,15 @@ async def test_an_assistant_thread_started_with_files_alone_is_named_after_them(
     await slack.wait_for(lambda: ("D0ASSIST", thread) in slack.titles, timeout=10)
     assert slack.titles[("D0ASSIST", thread)] == "todo.md"
     assert "ship the release" in _text(_user_content(llm.requests[0]))
+
+
+async def test_with_files_per_message_0_files_are_not_read_and_the_person_is_told(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    doc = slack.upload(b"secret plans", name="plans.txt")
+    async with start_bot(files_per_message=0):
+        await slack.send_event(file_share_event("read this", [doc], mention=BOT))
+        reply = await _answered(slack, "Hello from the fake model.")
+    assert "I don't read files here, so I didn't open plans.txt." in reply
+    assert not slack.file_downloads(doc["id"])
+    assert "secret plans" not in _text(_user_content(llm.requests[0]))
