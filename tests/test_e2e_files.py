@@ -26,7 +26,7 @@ from tests.fakes.slack import (
     message_event,
 )
 from tests.redis_server import RedisServer
-from tests.test_files import text_pdf
+from tests.test_files import scanned_pdf, text_pdf
 
 BOT = "U0BOT"
 
@@ -474,3 +474,15 @@ async def test_with_files_per_message_0_files_are_not_read_and_the_person_is_tol
     assert "I don't read files here, so I didn't open plans.txt." in reply
     assert not slack.file_downloads(doc["id"])
     assert "secret plans" not in _text(_user_content(llm.requests[0]))
+
+
+async def test_with_file_input_native_a_scanned_pdf_goes_as_itself(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI
+) -> None:
+    scan = slack.upload(scanned_pdf(), name="receipt.pdf")
+    async with start_bot(file_input="native"):
+        await slack.send_event(file_share_event("total?", [scan], mention=BOT))
+        reply = await _answered(slack, "Hello from the fake model.")
+    content = _user_content(llm.requests[0])
+    assert content[1]["type"] == "file" and content[1]["file"]["filename"] == "receipt.pdf"
+    assert "scanned" not in reply  # nothing to tell: the model reads it

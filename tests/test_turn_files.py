@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from bot.conversation import IMAGE_TOKENS, Turn, estimate_tokens, prompt_window
 from bot.events import SlackFile
 from bot.files import Attachment
+from bot.files.documents import page_marks
 from bot.metrics import Metrics
 from bot.turn.files import PDF_PAGE_TOKENS, SharedFiles
 
@@ -215,3 +217,23 @@ async def test_a_questions_own_images_go_even_when_none_are_sent_again() -> None
     )
     content = messages[-1]["content"]
     assert isinstance(content, list) and content[1]["type"] == "image_url"
+
+
+def scan(file_id: str, pages: int) -> Attachment:
+    """A scanned PDF kept as itself (FILE_INPUT=native): no words, only page marks."""
+    return replace(pdf(file_id, pages=1), text=page_marks(pages))
+
+
+async def test_a_scanned_pdf_goes_as_itself_or_is_named_when_too_long() -> None:
+    short, long = scan("F1", pages=2), scan("F2", pages=12)
+    messages, notes = await prompt(
+        SharedFiles(Shelf(), Metrics()), [Turn("user", "read these")], [short, long], 16_000
+    )
+    content = messages[-1]["content"]
+    assert isinstance(content, list)
+    assert [part["type"] for part in content] == ["text", "file"]
+    assert content[1]["file"]["filename"] == "F1.pdf"
+    assert "(not read) F2.pdf is a scanned PDF too long" in content[0]["text"]
+    assert notes == (
+        "F2.pdf is a scanned PDF too long to send as it is (12 pages), so I couldn't read it.",
+    )

@@ -5,7 +5,8 @@ encoding a BOM names, else Windows-1252).
     text, note = plain_text(data, name="notes.md", max_chars=200_000)
 
 Each stops at ``max_chars`` and says so in ``note`` ("" when nothing was left out). A PDF that is
-password-protected, damaged, or only scanned pictures of pages raises ``Unreadable``.
+password-protected, damaged, or only scanned pictures of pages raises ``Unreadable`` (the last
+``ScannedPdf``, saying how many pages: a model that reads PDFs may still take it as it is).
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ _MALFORMED = (
     AttributeError,
     RecursionError,
 )
+
+
+class ScannedPdf(Unreadable):
+    """A PDF whose pages are only pictures (no text layer); ``pages``: how many."""
+
+    def __init__(self, note: str, *, pages: int) -> None:
+        super().__init__(note)
+        self.pages = pages
+
+
+def page_marks(pages: int) -> str:
+    """The text of a PDF of ``pages`` pages without words: only its page marks."""
+    return "\n\n".join(f"--- page {n} ---" for n in range(1, pages + 1))
 
 
 def pdf_text(
@@ -76,8 +90,9 @@ def pdf_text(
     if total == 0 or (failed and failed == read):
         raise Unreadable(f"{name} looks damaged; I couldn't read it.")
     if not parts:
-        raise Unreadable(
-            f"{name} is a scanned PDF with no text layer, so I couldn't read its text."
+        raise ScannedPdf(
+            f"{name} is a scanned PDF with no text layer, so I couldn't read its text.",
+            pages=total,
         )
     text, cut = _within("\n\n".join(parts), max_chars)
     note = ""

@@ -29,7 +29,7 @@ from bot.errors import (
 )
 from bot.events import DOWNLOADABLE_MODES, SlackFile
 from bot.files.attachment import Attachment, Unreadable, human_size
-from bot.files.documents import pdf_text, plain_text
+from bot.files.documents import ScannedPdf, page_marks, pdf_text, plain_text
 from bot.files.images import MAX_PIXELS, MAX_SIDE, downscale
 from bot.files.sniff import Sniffed, sniff
 from bot.slack import SlackGateway
@@ -217,7 +217,14 @@ class FileReader:
             )
             return Attachment.image_of(file, data=shrunk.data, mime=shrunk.mime)
         if kind.family == "pdf":
-            text, note = pdf_text(data, name=name, max_chars=limits.max_text_chars)
+            try:
+                text, note = pdf_text(data, name=name, max_chars=limits.max_text_chars)
+            except ScannedPdf as scanned:
+                if not limits.native_pdf:
+                    raise
+                # A model that reads PDFs sees the pages themselves (bot/turn/files.py sends
+                # it whole, or notes it when it does not fit).
+                text, note = page_marks(scanned.pages), ""
             pdf = data if limits.native_pdf else b""
             return Attachment.document_of(
                 file, text=text, mimetype=kind.mimetype, note=note, pdf=pdf

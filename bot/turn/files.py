@@ -123,13 +123,13 @@ class SharedFiles:
             room_for_images = max(0, (remaining - _TEXT_RESERVE) // IMAGE_TOKENS)
             attached = _images(attachments)[: room_for_images if recent else 0]
             remaining -= IMAGE_TOKENS * len(attached)
-            shown_turn, cut = _with_files(turn, attachments, remaining, attached)
+            shown_turn, told = _with_files(turn, attachments, remaining, attached)
             remaining -= estimate_tokens(shown_turn.text) - estimate_tokens(turn.text)
             remaining -= sum(e.tokens for e in shown_turn.enclosures if not e.is_image)
             out.append(shown_turn)
             if newest:
                 images = tuple(a.name for a in attached)
-                notes += cut
+                notes += told
                 left_out = [a.name for a in _images(attachments)[len(attached) :]]
                 if left_out:
                     notes.append(
@@ -173,25 +173,35 @@ def _with_files(
     attached: Sequence[Attachment],
 ) -> tuple[Turn, list[str]]:
     """``turn`` with its attachments' blocks after its text and the ``attached`` images as
-    parts (a PDF kept for a model that reads PDFs goes as itself when it fits whole); and a
-    note for each document cut to fit."""
+    parts (a PDF kept for a model that reads PDFs goes as itself when it fits whole); and what
+    the person is told: a note for each document cut to fit (or a scan too long to send)."""
     documents = [a for a in attachments if a.kind == "document"]
     room = int(max(remaining_tokens // 2, _MIN_DOC_TOKENS * len(documents)) * _CHARS_PER_TOKEN)
     rooms = _shares(documents, room)
     blocks: list[str] = []
-    cut: list[str] = []
+    told: list[str] = []
     enclosures = [Enclosure(a.data_url, a.name) for a in attached]
     for attachment in attachments:
         pdf = _native_pdf_tokens(attachment)
         if pdf and pdf <= room / len(documents) / _CHARS_PER_TOKEN:  # its even share
             blocks.append(render_enclosed(attachment))
             enclosures.append(Enclosure(attachment.data_url, attachment.name, pdf))
+        elif pdf and _wordless(attachment):  # a scan, too long to send as itself
+            pages = len(_PAGE_MARK.findall(attachment.text))
+            note = (
+                f"{attachment.name} is a scanned PDF too long to send as it is "
+                f"({pages} pages), so I couldn't read it."
+            )
+            blocks.append(
+                render_attachment(replace(attachment, kind="note", note=note), max_chars=0)
+            )
+            told.append(note)
         elif attachment.kind == "document":
             block = render_attachment(attachment, max_chars=rooms[id(attachment)])
             blocks.append(block)
             if len(block) < len(attachment.text):  # whole, a block is longer than the text
                 read = max(1, min(99, round(100 * len(block) / len(attachment.text))))
-                cut.append(
+                told.append(
                     f"{attachment.name} is long: only about {read}% of it fits in what "
                     "I can read at once."
                 )
@@ -199,7 +209,7 @@ def _with_files(
             sent = any(attachment is image for image in attached)
             blocks.append(render_attachment(attachment, max_chars=0, attached=sent))
     text = "\n\n".join([turn.text, *blocks] if turn.text else blocks)
-    return replace(turn, text=text, enclosures=tuple(enclosures)), cut
+    return replace(turn, text=text, enclosures=tuple(enclosures)), told
 
 
 def _native_pdf_tokens(attachment: Attachment) -> int:
@@ -211,6 +221,11 @@ def _native_pdf_tokens(attachment: Attachment) -> int:
     numbers = _PAGE_MARK.findall(attachment.text)
     pages = int(numbers[-1]) if numbers else 1
     return estimate_tokens(attachment.text) + PDF_PAGE_TOKENS * pages
+
+
+def _wordless(attachment: Attachment) -> bool:
+    """A document with nothing but page marks (a scanned PDF kept as itself)."""
+    return not _PAGE_MARK.sub("", attachment.text).strip()
 
 
 def _shares(documents: Sequence[Attachment], room: int) -> dict[int, int]:
