@@ -2,7 +2,9 @@
 MCP_SERVERS_FILE) runs only after the person who asked presses Approve, whichever replica
 Slack hands the click to.
 
-    approvals = Approvals(store.approvals, slack, timeout=settings.approval_timeout)
+    approvals = Approvals(
+        store.approvals, slack, timeout=settings.approval_timeout, metrics=metrics
+    )
     approved = await approvals.ask(accepted, reply, "github.create_issue(title='x')")
     await approvals.press(ApprovalClick.from_body(body))   # the buttons' action handler
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import SlackError
+from bot.metrics import Metrics
 from bot.render.contract import Reply
 from bot.slack import SlackGateway
 from bot.store import ApprovalDecisions
@@ -114,8 +117,10 @@ class Approvals:
         slack: SlackGateway,
         *,
         timeout: float,
+        metrics: Metrics,
         poll_s: float = 0.5,
     ) -> None:
+        self._metrics = metrics
         self._decisions = decisions
         self._slack = slack
         self._timeout = timeout
@@ -152,11 +157,14 @@ class Approvals:
                 async with asyncio.timeout(_ENDING_S):
                     await self._decisions.decide(request.team, request.id, CANCELLED)
                     await self._show(request, ts, CANCELLED)
+            self._metrics.tool_approvals.labels(decision=CANCELLED).inc()
             raise
         finally:
             del self._waiting[request.id]
         await self._show(request, ts, decision)
-        log.info("tool call %s: %s", request.id, decision.partition(":")[0])
+        verdict = decision.partition(":")[0]
+        log.info("tool call %s: %s", request.id, verdict)
+        self._metrics.tool_approvals.labels(decision=verdict).inc()
         return decision.startswith(APPROVED + ":")
 
     async def press(self, click: ApprovalClick) -> None:

@@ -191,7 +191,9 @@ async def open_bot(
             tracker=inflight,
             metrics=metrics,
         )
-        approvals = Approvals(store.approvals, slack, timeout=settings.approval_timeout)
+        approvals = Approvals(
+            store.approvals, slack, timeout=settings.approval_timeout, metrics=metrics
+        )
         turns = Turns(
             intake=Intake(
                 slack=slack,

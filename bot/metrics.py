@@ -102,6 +102,13 @@ class Metrics:
             buckets=_TOOL_BUCKETS,
             registry=r,
         )
+        self.tool_approvals = Counter(
+            "slackbot_tool_approvals",
+            "Tool calls that asked for approval, by how it ended "
+            "(approved, denied, timeout, cancelled).",
+            ["decision"],
+            registry=r,
+        )
         self.tool_server_up = Gauge(
             "slackbot_tool_server_up",
             "1 while the MCP server is connected, else 0.",

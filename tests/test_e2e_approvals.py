@@ -112,13 +112,16 @@ async def test_approved_the_tool_runs_and_the_prompt_says_who_approved(
     start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
 ) -> None:
     llm.script(Answer(text="On it.", tool_calls=[DELETE]), Answer(text="All gone."))
-    async with start_bot(mcp_servers_file=tools_file):
+    async with start_bot(mcp_servers_file=tools_file) as running:
         event = mention_event("delete everything")
         await slack.send_event(event)
         prompt = await approval_prompt(slack, event["ts"])
         asked, waited = prompt.text, len(llm.requests)
         await press(slack, prompt, APPROVE_ACTION_ID)
         final = await settled(slack, event["ts"])
+        approved = running.metrics.registry.get_sample_value(
+            "slackbot_tool_approvals_total", {"decision": "approved"}
+        )
 
     assert asked == ":raised_hand: <@U0USER>, may I run `lab.delete_everything(confirm=true)`?"
     assert waited == 1  # nothing ran before the answer
@@ -128,6 +131,7 @@ async def test_approved_the_tool_runs_and_the_prompt_says_who_approved(
     after = shown(slack, prompt)
     assert after.text.startswith(":white_check_mark: Approved by <@U0USER>")
     assert button_value(after, APPROVE_ACTION_ID) is None  # the buttons went away
+    assert approved == 1
 
 
 async def test_denied_the_model_is_told_it_was_refused(
