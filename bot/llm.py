@@ -282,7 +282,7 @@ class ChatModel:
                     "type": "function_call",
                     "call_id": call.call_id,
                     "name": call.name,
-                    "arguments": call.arguments,
+                    "arguments": _replayable(call.arguments),
                 }
                 for call in calls
             ]
@@ -298,7 +298,7 @@ class ChatModel:
                 {
                     "id": call.call_id,
                     "type": "function",
-                    "function": {"name": call.name, "arguments": call.arguments},
+                    "function": {"name": call.name, "arguments": _replayable(call.arguments)},
                 }
                 for call in calls
             ],
@@ -358,6 +358,17 @@ class Transcriptions:
             raise ModelUnavailable(f"transcription: {type(exc).__name__}") from exc
         text = result if isinstance(result, str) else getattr(result, "text", "")
         return text if isinstance(text, str) else ""
+
+
+def _replayable(arguments: str) -> str:
+    """A call's arguments as the next round repeats them: the model's JSON when it is an
+    object, else ``{}`` (servers such as vLLM and llama.cpp refuse a history whose call
+    arguments are not JSON; the call's result already told the model what was wrong)."""
+    try:
+        value = orjson.loads(arguments)
+    except ValueError:
+        return "{}"
+    return arguments if isinstance(value, dict) else "{}"
 
 
 def _result_text(content: str, failed: bool) -> str:

@@ -475,3 +475,20 @@ async def test_calls_reported_only_in_the_completed_response_are_read(llm: FakeO
     assert answer.finish_reason == "tool_calls"
     assert answer.tool_calls == [ToolCall("call_1", "echo", '{"text":"hi"}', "fc_1")]
     assert heard == [("echo", 0)]
+
+
+def test_arguments_that_are_not_a_json_object_are_repeated_as_an_empty_object() -> None:
+    # vLLM and llama.cpp refuse a history whose call arguments are not JSON: the next round
+    # would fail although the model was only told its call was malformed.
+    client = connect_openai("sk-test", "http://127.0.0.1:9/v1")
+    for api in ("chat", "responses"):
+        model = ChatModel(client, model="m", api=api)  # type: ignore[arg-type]
+        for sent, repeated in (
+            ('{"a": 2, "b": ', "{}"),
+            ("[1, 2]", "{}"),
+            ('{"a": 2}', '{"a": 2}'),
+        ):
+            calls = [ToolCall("call_1", "add", sent)]
+            first = model.tool_round("", calls, [("bad arguments", True)])[0]
+            shown = first["tool_calls"][0]["function"] if api == "chat" else first
+            assert shown["arguments"] == repeated
