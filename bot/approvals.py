@@ -1,14 +1,18 @@
-"""Approval of tool calls: a call whose tool is marked destructive (or ``confirm`` in
-MCP_SERVERS_FILE) runs only after the person who asked presses Approve, whichever replica
-Slack hands the click to.
+"""Approval of tool calls: a call whose tool needs approval (``Toolbox.needs_approval``: not
+annotated read-only or non-destructive, nor trusted in MCP_SERVERS_FILE, or named in
+``confirm``) runs only after the person who asked presses Approve, whichever replica Slack
+hands the click to.
 
     approvals = Approvals(
         store.approvals, slack, timeout=settings.approval_timeout, metrics=metrics
     )
-    approved = await approvals.ask(accepted, reply, "github.create_issue(title='x')")
+    approved = await approvals.ask(
+        accepted, reply, 'github.create_issue(title="x")', toolbox.approval_text(name, args)
+    )
     await approvals.press(ApprovalClick.from_body(body))   # the buttons' action handler
 
-``ask`` posts a message with the call and two buttons in the reply's thread, waits up to
+``ask`` posts a message with the call in full (``call``: the tool and every argument, as
+``bot.tools`` shows it for approval) and two buttons in the reply's thread, waits up to
 ``timeout`` seconds for a decision, then edits the message to say what happened (approved by
 whom, denied, no answer in time, cancelled) and returns True only on Approve. Only the person
 who asked may decide; anyone else who presses is told so in a message only they see.
@@ -105,7 +109,8 @@ class _Request:
     asker: str
     channel: str
     thread_ts: str | None
-    summary: str
+    summary: str  # one line, plain text: for notifications
+    call: str  # the call in full, mrkdwn: what the person approves
 
 
 class Approvals:
@@ -127,9 +132,10 @@ class Approvals:
         self._poll_s = poll_s
         self._waiting: dict[str, asyncio.Future[str]] = {}  # approval id -> its decision here
 
-    async def ask(self, accepted: Accepted, reply: Reply, summary: str) -> bool:
-        """Whether the person who asked approved the call described by ``summary`` (one line,
-        plain text) within the timeout."""
+    async def ask(self, accepted: Accepted, reply: Reply, summary: str, call: str) -> bool:
+        """Whether the person who asked approved the call within the timeout. ``call`` is the
+        call in full as mrkdwn, posted as it is (the prompt and its outcome show it);
+        ``summary``, one line of plain text, is the notification's text."""
         inbound = accepted.inbound
         request = _Request(
             id=secrets.token_hex(8),
@@ -138,6 +144,7 @@ class Approvals:
             channel=inbound.channel,
             thread_ts=accepted.reply_thread,
             summary=summary,
+            call=call,
         )
         blocks = _prompt_blocks(request, self._timeout)
         try:
@@ -237,7 +244,12 @@ def _code(summary: str) -> str:
 
 
 def _prompt_text(request: _Request) -> str:
+    """The notification's text (a push or a desktop banner shows no blocks)."""
     return f":raised_hand: <@{request.asker}>, may I run {_code(request.summary)}?"
+
+
+def _prompt_section(request: _Request) -> str:
+    return f":raised_hand: <@{request.asker}>, may I run this?\n{request.call}"
 
 
 def _prompt_note(timeout: float) -> str:
@@ -246,15 +258,16 @@ def _prompt_note(timeout: float) -> str:
 
 
 def _outcome_text(request: _Request, decision: str) -> str:
+    # The call stays in full: the thread keeps a record of what was approved or refused.
     verdict, _, user = decision.partition(":")
-    call = _code(request.summary)
+    call = request.call
     if verdict == APPROVED:
-        return f":white_check_mark: Approved by <@{user}>: {call}"
+        return f":white_check_mark: Approved by <@{user}>:\n{call}"
     if verdict == DENIED:
-        return f":no_entry_sign: Denied by <@{user}> — not run: {call}"
+        return f":no_entry_sign: Denied by <@{user}> — not run:\n{call}"
     if verdict == CANCELLED:
-        return f":black_square_for_stop: Cancelled — not run: {call}"
-    return f":hourglass: No answer in time — not run: {call}"
+        return f":black_square_for_stop: Cancelled — not run:\n{call}"
+    return f":hourglass: No answer in time — not run:\n{call}"
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -266,7 +279,7 @@ def _prompt_blocks(request: _Request, timeout: float) -> list[dict[str, Any]]:
     asked and their workspace (Slack returns it as sent: a presser cannot change it)."""
     value = f"{request.id}:{request.asker}:{request.team}"
     return [
-        _section(_prompt_text(request)),
+        _section(_prompt_section(request)),
         {
             "type": "context",
             "elements": [{"type": "mrkdwn", "text": _prompt_note(timeout)}],

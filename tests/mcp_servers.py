@@ -12,7 +12,14 @@ Tools: ``echo`` and ``add`` (fast), ``slow`` (sleeps; records ``slow:started`` a
 text), ``delete_everything`` (annotated destructive), ``env`` (a variable of the server's
 environment), ``header`` (a request header the server received, HTTP only), ``crash`` (ends
 the process), ``grow`` / ``shrink`` (add / remove the tool ``extra`` and say the tool list
-changed), ``events`` (what ``slow`` recorded).
+changed), ``events`` (what ``slow`` recorded), ``note`` (no annotations), ``remember``
+(annotated, but says nothing of being destructive), ``run_sql`` (echoes its query; no
+annotations).
+
+Annotations, for the approval rule: the tools that only read are ``readOnlyHint: true``;
+``grow``, ``shrink`` and ``crash`` are ``destructiveHint: false``; ``delete_everything`` is
+``destructiveHint: true``; ``note``, ``remember`` and ``run_sql`` leave it unsaid (so the bot
+must ask before each call).
 """
 
 from __future__ import annotations
@@ -33,21 +40,23 @@ from mcp.types import ToolAnnotations
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+READ_ONLY = ToolAnnotations(read_only_hint=True)
+UNDOABLE = ToolAnnotations(read_only_hint=False, destructive_hint=False)
 
 
 def build_server() -> MCPServer:
     server = MCPServer("test-tools")
     events: list[str] = []
 
-    @server.tool(description="Repeat the text.")
+    @server.tool(description="Repeat the text.", annotations=READ_ONLY)
     def echo(text: str) -> str:
         return text
 
-    @server.tool(description="Add two integers.")
+    @server.tool(description="Add two integers.", annotations=READ_ONLY)
     def add(a: int, b: int) -> int:
         return a + b
 
-    @server.tool(description="Sleep for a while, then answer.")
+    @server.tool(description="Sleep for a while, then answer.", annotations=READ_ONLY)
     async def slow(seconds: float) -> str:
         events.append("slow:started")
         try:
@@ -58,15 +67,15 @@ def build_server() -> MCPServer:
         events.append("slow:finished")
         return f"slept {seconds}"
 
-    @server.tool(description="What the slow tool recorded.")
+    @server.tool(description="What the slow tool recorded.", annotations=READ_ONLY)
     def events_seen() -> str:
         return ",".join(events)
 
-    @server.tool(description="Always fails.")
+    @server.tool(description="Always fails.", annotations=READ_ONLY)
     def fail(reason: str = "broken on purpose") -> str:
         raise RuntimeError(reason)
 
-    @server.tool(description="A long text of n characters.")
+    @server.tool(description="A long text of n characters.", annotations=READ_ONLY)
     def big(n: int) -> str:
         return "x" * n
 
@@ -77,28 +86,32 @@ def build_server() -> MCPServer:
     def delete_everything(confirm: bool = False) -> str:
         return "deleted" if confirm else "nothing deleted"
 
-    @server.tool(description="A variable of this server's environment.")
+    @server.tool(description="A variable of this server's environment.", annotations=READ_ONLY)
     def env(name: str) -> str:
         return os.environ.get(name, "<unset>")
 
-    @server.tool(description="A header of this request (HTTP only).")
+    @server.tool(description="A header of this request (HTTP only).", annotations=READ_ONLY)
     def header(name: str, ctx: Context) -> str:
         return (ctx.headers or {}).get(name.lower(), "<none>")
 
-    @server.tool(description="End this server's process at once (a crash).")
+    @server.tool(description="End this server's process at once (a crash).", annotations=UNDOABLE)
     def crash() -> str:
         os._exit(3)
 
-    @server.tool(description="Add the tool 'extra' and announce the change.")
+    @server.tool(description="Add the tool 'extra' and announce the change.", annotations=UNDOABLE)
     async def grow(ctx: Context) -> str:
         if not any(tool.name == "extra" for tool in await server.list_tools()):
-            server.add_tool(lambda: "extra!", name="extra", description="Appeared later.")
+            server.add_tool(
+                lambda: "extra!", name="extra", description="Appeared later.", annotations=READ_ONLY
+            )
         # The 2026 protocol delivers the change to listeners; the 2025 one as a notification.
         await ctx.notify_tools_changed()
         await ctx.session.send_tool_list_changed()
         return "grown"
 
-    @server.tool(description="Remove the tool 'extra' and announce the change.")
+    @server.tool(
+        description="Remove the tool 'extra' and announce the change.", annotations=UNDOABLE
+    )
     async def shrink(ctx: Context) -> str:
         if any(tool.name == "extra" for tool in await server.list_tools()):
             server.remove_tool("extra")
@@ -106,9 +119,29 @@ def build_server() -> MCPServer:
         await ctx.session.send_tool_list_changed()
         return "shrunk"
 
+    @server.tool(description="Keep a note.")
+    def note(text: str) -> str:
+        return f"noted: {text}"
+
+    @server.tool(
+        description="Remember a fact.",
+        annotations=ToolAnnotations(title="Remember", read_only_hint=False),
+    )
+    def remember(fact: str) -> str:
+        return f"remembered: {fact}"
+
+    @server.tool(description="Run a SQL statement (here: say which).")
+    def run_sql(sql: str, params: list[str] | None = None) -> str:
+        return f"ran: {sql}"
+
     # The tool's name is what the model sees; the Python name avoids shadowing the list.
     server.remove_tool("events_seen")
-    server.add_tool(events_seen, name="events", description="What the slow tool recorded.")
+    server.add_tool(
+        events_seen,
+        name="events",
+        description="What the slow tool recorded.",
+        annotations=READ_ONLY,
+    )
     return server
 
 

@@ -1,10 +1,13 @@
 """End to end: a destructive tool of a real MCP server (tests/mcp_servers.py's
-``delete_everything``) runs only after the person who asked presses Approve on the bot's
-message — pressed, denied, unanswered, pressed by someone else, pressed on another replica,
-cancelled by Stop — and the model hears what happened."""
+``delete_everything``, or ``run_sql``, which says nothing of itself) runs only after the person
+who asked presses Approve on the bot's message — pressed, denied, unanswered, pressed by
+someone else, pressed on another replica, cancelled by Stop — and the model hears what
+happened. The message shows the call in full, secrets aside."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,12 @@ async def settled(slack: FakeSlack, thread: str) -> Message:
     return bot_replies(slack, "C0CHAN", thread)[0]
 
 
+def section(message: Message) -> str:
+    """The text of the message's first block: what Slack shows of a message with blocks."""
+    assert message.blocks
+    return str(message.blocks[0]["text"]["text"])
+
+
 def shown(slack: FakeSlack, prompt: Message) -> Message:
     now = slack.message("C0CHAN", prompt.ts)
     assert now is not None
@@ -116,20 +125,29 @@ async def test_approved_the_tool_runs_and_the_prompt_says_who_approved(
         event = mention_event("delete everything")
         await slack.send_event(event)
         prompt = await approval_prompt(slack, event["ts"])
-        asked, waited = prompt.text, len(llm.requests)
+        asked, notified, waited = section(prompt), prompt.text, len(llm.requests)
         await press(slack, prompt, APPROVE_ACTION_ID)
         final = await settled(slack, event["ts"])
         approved = running.metrics.registry.get_sample_value(
             "slackbot_tool_approvals_total", {"decision": "approved"}
         )
 
-    assert asked == ":raised_hand: <@U0USER>, may I run `lab.delete_everything(confirm=true)`?"
+    assert asked == (
+        ":raised_hand: <@U0USER>, may I run this?\n"
+        '```\nlab.delete_everything({\n  "confirm": true\n})\n```'
+    )
+    assert notified == (  # a notification's one line
+        ":raised_hand: <@U0USER>, may I run `lab.delete_everything(confirm=true)`?"
+    )
     assert waited == 1  # nothing ran before the answer
     ((call_id, _, _),) = llm.requests[1].tool_calls
     assert llm.requests[1].tool_results == [(call_id, "deleted")]  # the server ran it
     assert final.text == "On it.\n\nAll gone."
     after = shown(slack, prompt)
-    assert after.text.startswith(":white_check_mark: Approved by <@U0USER>")
+    assert section(after) == (  # the thread keeps what was approved, in full
+        ":white_check_mark: Approved by <@U0USER>:\n"
+        '```\nlab.delete_everything({\n  "confirm": true\n})\n```'
+    )
     assert button_value(after, APPROVE_ACTION_ID) is None  # the buttons went away
     assert approved == 1
 
@@ -278,6 +296,59 @@ async def test_while_redis_is_down_a_press_on_another_replica_asks_to_press_agai
     assert still is not None  # the first press was not taken for an answer
     assert llm.requests[1].tool_results[0][1] == "deleted"
     assert final.text == "Done on the second press."
+
+
+async def test_a_long_argument_is_shown_whole_not_cut_to_a_summary(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    # A 40-character summary would end at "created_at < no…": the OR 1=1 must be seen.
+    sql = "DELETE FROM users WHERE created_at < now() - interval '90 days' OR 1=1"
+    params = [f"value {n:02d} " + "x" * 90 for n in range(40)]  # over the prompt's room
+    run_sql = Call("lab__run_sql", {"sql": sql, "params": params})
+    llm.script(Answer(tool_calls=[run_sql]), Answer(text="Ran it."))
+    async with start_bot(mcp_servers_file=tools_file):
+        event = mention_event("clean up old users")
+        await slack.send_event(event)
+        prompt = await approval_prompt(slack, event["ts"])
+        asked, notified = section(prompt), prompt.text
+        await press(slack, prompt, APPROVE_ACTION_ID)
+        await settled(slack, event["ts"])
+
+    assert asked.startswith(
+        ":raised_hand: <@U0USER>, may I run this?\n```\nlab.run_sql({\n"
+        '  "sql": "DELETE FROM users WHERE created_at &lt; now() - interval \'90 days\' OR 1=1",\n'
+        '  "params": [\n    "value 00 xxx'
+    )
+    shown_params = asked.count('    "value ')
+    assert 10 < shown_params < 40
+    cut = re.search(r"\n```\n\[… ([\d,]+) more characters not shown\]$", asked)
+    assert cut and int(cut[1].replace(",", "")) > 1000
+    assert len(asked) <= 3000  # Slack refuses a section over 3,000 characters
+    assert "run_sql(sql=" in notified and len(notified) < 300  # the notification
+    assert llm.requests[1].tool_results[0][1] == f"ran: {sql}"
+
+
+async def test_a_secret_looking_value_is_hidden_from_the_prompt(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    token = "ghp_abcdefghijklmnop1234567890"
+    run_sql = Call("lab__run_sql", {"sql": "UPDATE keys SET value = ?", "params": [token, "ann"]})
+    llm.script(Answer(tool_calls=[run_sql]), Answer(text="Not run."))
+    async with start_bot(mcp_servers_file=tools_file):
+        event = mention_event("store my token")
+        await slack.send_event(event)
+        prompt = await approval_prompt(slack, event["ts"])
+        asked = section(prompt)
+        await press(slack, prompt, DENY_ACTION_ID)
+        await settled(slack, event["ts"])
+
+    assert asked == (
+        ":raised_hand: <@U0USER>, may I run this?\n```\nlab.run_sql({\n"
+        '  "sql": "UPDATE keys SET value = ?",\n'
+        '  "params": [\n    "[hidden]",\n    "ann"\n  ]\n})\n```'
+    )
+    assert section(shown(slack, prompt)).startswith(":no_entry_sign: Denied by <@U0USER>")
+    assert not any(token in json.dumps(call.args) for call in slack.calls)  # nowhere in Slack
 
 
 async def test_the_first_decision_stands(redis_url: str) -> None:

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from bot.errors import ConfigError
 from bot.metrics import Metrics
 from bot.tools import Backoff, Toolbox, ToolServer, ToolServers, Toolset, load_tool_servers
-from bot.tools.calls import cut, summarize
+from bot.tools.calls import cut, in_full, summarize
 from bot.tools.config import HttpTransport, StdioTransport, exposed_name
 from tests.mcp_servers import ROOT, McpHttpServer, stdio_command
 from tests.redis_server import free_port
@@ -85,6 +85,48 @@ def test_the_file_gives_both_transports_with_secrets_from_the_environment(tmp_pa
     assert files.transport.cwd == Path("/srv")
     assert (files.timeout, files.max_result_chars, files.protocol) == (5, 1000, "legacy")
     assert files.allows("anything") and files.confirms("anything")
+
+
+def test_trust_lists_tools_that_never_wait_and_contradictions_are_refused(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        """
+        [servers.github]
+        url = "https://api.example.com/mcp/"
+        allow = ["search_issues", "get_issue", "create_issue"]
+        confirm = ["create_issue"]
+        trust = ["search_issues", "get_issue"]
+        """,
+    )
+    (github,) = load_tool_servers(path, {}).servers
+    assert github.trust == {"search_issues", "get_issue"}
+    assert github.trusts("get_issue") and not github.trusts("create_issue")
+    said = problems(
+        tmp_path,
+        """
+        [servers.both]
+        command = "run"
+        confirm = ["create_issue", "close_issue"]
+        trust = ["close_issue", "search"]
+        [servers.everything]
+        command = "run"
+        confirm = true
+        trust = ["search"]
+        [servers.outside]
+        command = "run"
+        allow = ["search"]
+        trust = ["search", "delete_repo"]
+        [servers.word]
+        command = "run"
+        trust = true
+        """,
+    )
+    assert "servers.both: close_issue: both in confirm and in trust; pick one" in said
+    assert "servers.everything: trust beside confirm = true" in said
+    assert "servers.outside: trust names delete_repo, which allow leaves out" in said
+    assert "servers.word.trust: Input should be a valid list" in said
 
 
 def test_no_file_means_no_tools(tmp_path: Path) -> None:
@@ -223,6 +265,61 @@ def test_summaries_show_keys_and_short_values_never_secrets() -> None:
 def test_cut_says_how_much_was_left_out() -> None:
     assert cut("short", 10) == "short"
     assert cut("x" * 12_355, 10) == "x" * 10 + "\n[cut: 12,345 more characters]"
+
+
+def test_the_call_in_full_hides_only_what_looks_secret_at_any_depth() -> None:
+    arguments = {
+        "query": "login bug",
+        "note": "ghp_abcdefghijklmnop1234567890",
+        "auth": {"user": "ann", "password": "pw"},
+        "headers": [{"api_key": "plain"}, "Zx9Qw8Er7Ty6Ui5Op4As3Df2"],
+        "limit": 5,
+    }
+    text = in_full("github", "search", json.dumps(arguments))
+    assert text == (
+        "```\ngithub.search({\n"
+        '  "query": "login bug",\n'
+        '  "note": "[hidden]",\n'
+        '  "auth": "[hidden]",\n'
+        '  "headers": [\n    {\n      "api_key": "[hidden]"\n    },\n    "[hidden]"\n  ],\n'
+        '  "limit": 5\n'
+        "})\n```"
+    )
+    for secret in ("ghp_", "plain", "Zx9Q", '"pw"'):
+        assert secret not in text
+
+
+def test_the_call_in_full_cannot_break_out_of_its_block() -> None:
+    arguments = {"sql": "SELECT 1```\n<!channel> *bold* & `x`", "x": "a\u202eb\u200bc"}
+    text = in_full("db", "run_sql", json.dumps(arguments))
+    assert text.count("```") == 2 and text.startswith("```\n") and text.endswith("\n```")
+    assert "\\u0060\\u0060\\u0060\\n&lt;!channel&gt; *bold* &amp; \\u0060x\\u0060" in text
+    assert "a\\u202eb\\u200bc" in text  # a bidi override or a zero-width space shows as such
+    # What is shown is the arguments exactly: unescaped for mrkdwn, it is their JSON.
+    inner = text.removeprefix("```\ndb.run_sql(").removesuffix(")\n```")
+    assert json.loads(inner.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")) == (
+        arguments
+    )
+
+
+def test_a_long_call_in_full_is_cut_with_a_line_saying_how_much() -> None:
+    text = in_full("db", "run_sql", json.dumps({"sql": "<" * 3000}))
+    head = 'db.run_sql({\n  "sql": "'
+    shown = (2500 - len(head)) // 4  # each "<" is posted as "&lt;"
+    assert text == (
+        f"```\n{head}{'&lt;' * shown}\n```\n"
+        f"[… {3000 - shown + len(chr(34) + chr(10) + '})'):,} more characters not shown]"
+    )
+    assert 2500 < len(text) < 2600
+    assert "not shown" not in in_full("db", "run_sql", json.dumps({"sql": "x" * 2400}))
+
+
+def test_unreadable_arguments_are_named_not_shown() -> None:
+    assert in_full("s", "t", "not json") == (
+        "```\ns.t(…)\n```\nThe call cannot run: The arguments are not valid JSON "
+        "(Expecting value: line 1 column 1 (char 0))."
+    )
+    assert in_full("s", "t", "") == "```\ns.t({})\n```"
 
 
 # -- a live server ---------------------------------------------------------------------------
@@ -397,23 +494,61 @@ async def more(count: Awaitable[int], than: int) -> bool:
     return await count > than
 
 
-async def test_destructive_and_confirmed_tools_need_approval(mcp_http: McpHttpServer) -> None:
-    async with toolbox(replace(http_server(mcp_http.url), confirm=frozenset({"echo"}))) as box:
-        assert box.needs_approval("web__delete_everything")  # destructiveHint from the server
-        assert box.needs_approval("web__echo")  # confirm in the file
-        assert not box.needs_approval("web__add")
-        assert not box.needs_approval("web__nope")
+async def test_a_tool_waits_for_approval_unless_the_server_says_it_is_safe(
+    mcp_http: McpHttpServer,
+) -> None:
+    async with toolbox(http_server(mcp_http.url)) as box:
+        assert not box.needs_approval("web__echo")  # readOnlyHint: true
+        assert not box.needs_approval("web__grow")  # destructiveHint: false
+        assert box.needs_approval("web__delete_everything")  # destructiveHint: true
+        assert box.needs_approval("web__note")  # no annotations: may be destructive
+        assert box.needs_approval("web__remember")  # annotated, destructiveness unsaid
+        assert not box.needs_approval("web__nope")  # unknown: refused by the call anyway
         assert {spec.name for spec in box.specs() if spec.needs_approval} == {
             "web__delete_everything",
-            "web__echo",
+            "web__note",
+            "web__remember",
+            "web__run_sql",
         }
-        refused = await box.call("web__delete_everything", '{"confirm": true}')
+        refused = await box.call("web__note", '{"text": "hi"}')
         assert refused.is_error and "approves" in refused.text
-        assert box.summary("web__delete_everything", '{"confirm": true}') == (
-            "web.delete_everything(confirm=true)"
+        assert (await box.call("web__note", '{"text": "hi"}', approved=True)).text == "noted: hi"
+
+
+async def test_confirm_forces_approval_and_trust_lifts_it(mcp_http: McpHttpServer) -> None:
+    server = replace(
+        http_server(mcp_http.url),
+        confirm=frozenset({"echo"}),
+        trust=frozenset({"note", "delete_everything"}),
+    )
+    async with toolbox(server) as box:
+        assert box.needs_approval("web__echo")  # read-only, but confirm in the file
+        assert not box.needs_approval("web__note")  # unlabelled, but trusted
+        assert not box.needs_approval("web__delete_everything")  # the admin's word wins
+        assert box.needs_approval("web__remember")  # not named: the rule stands
+        refused = await box.call("web__echo", '{"text": "hi"}')
+        assert refused.is_error and "approves" in refused.text
+        assert (await box.call("web__note", '{"text": "hi"}')).text == "noted: hi"
+        assert (await box.call("web__delete_everything", "{}")).text == "nothing deleted"
+    async with toolbox(replace(http_server(mcp_http.url), confirm_all=True)) as box:
+        assert all(spec.needs_approval for spec in box.specs())
+
+
+async def test_the_approval_text_shows_the_call_in_full(mcp_http: McpHttpServer) -> None:
+    query = "DELETE FROM users WHERE created_at < now() - interval '90 days' OR 1=1"
+    arguments = json.dumps({"sql": query, "params": ["a", "b"]})
+    async with toolbox(http_server(mcp_http.url)) as box:
+        assert box.summary("web__run_sql", arguments) == (
+            'web.run_sql(sql="DELETE FROM users WHERE created_at < no…", params=[2 items])'
         )
-        approved = await box.call("web__delete_everything", '{"confirm": true}', approved=True)
-        assert approved.text == "deleted"
+        assert box.approval_text("web__run_sql", arguments) == (
+            "```\nweb.run_sql({\n"
+            '  "sql": "DELETE FROM users WHERE created_at &lt; now() - interval \'90 days\''
+            ' OR 1=1",\n'
+            '  "params": [\n    "a",\n    "b"\n  ]\n'
+            "})\n```"
+        )
+        assert box.approval_text("web__nope", "{}") == "```\nunknown.web__nope({})\n```"
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,9 @@ class Calculator:
     def summary(self, name: str, arguments_json: str) -> str:
         return f"calc.double{arguments_json}"
 
+    def approval_text(self, name: str, arguments_json: str) -> str:
+        return f"calc.double{arguments_json}"
+
     async def call(
         self,
         name: str,

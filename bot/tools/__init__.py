@@ -8,7 +8,7 @@
 | module | owns |
 |---|---|
 | ``config.py`` | ``MCP_SERVERS_FILE`` → frozen values; toolsets; the names the model sees |
-| ``calls.py`` | specs and results as the model sees them; safe one-line summaries; cutting |
+| ``calls.py`` | specs and results for the model; safe one-line summaries; calls in full |
 | ``mcp.py`` | the ``mcp`` SDK: connections, tool lists, calls (the only importer of ``mcp``) |
 """
 

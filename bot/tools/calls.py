@@ -3,12 +3,15 @@
 spec = ToolSpec("github__search_issues", "Search issues.", {"type": "object", ...}, ...)
 summarize("github", "search_issues", '{"query": "login bug", "token": "ghp_…"}')
 # 'github.search_issues(query="login bug", token=[hidden])'
+in_full("db", "run_sql", '{"sql": "DELETE FROM users WHERE id < 10 OR 1=1"}')
+# '```\\ndb.run_sql({\\n  "sql": "DELETE FROM users WHERE id &lt; 10 OR 1=1"\\n})\\n```'
 cut("x" * 12_345 + "y" * 100, 12_345)  # 'xxx…\\n[cut: 100 more characters]'
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,8 +21,16 @@ from bot.tools.config import SECRET_NAME, looks_secret
 Outcome = Literal["ok", "error", "timeout"]
 
 SUMMARY_CHARS = 200
+#: Most characters of a call shown in full; with the prompt's own words it stays well within
+#: Slack's 3,000 characters of section text.
+FULL_CHARS = 2500
 _VALUE_CHARS = 40
 HIDDEN = "[hidden]"
+# What Slack's mrkdwn would read as markup inside a code block (a backtick could end it early),
+# and invisible or reordering characters (bidi overrides, zero-width spaces) that could make
+# the text read differently from what runs: each is shown as its JSON escape instead.
+_MRKDWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "\\u0060"}
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,19 @@ def summarize(server: str, tool: str, arguments_json: str) -> str:
     return line if len(line) <= SUMMARY_CHARS else line[: SUMMARY_CHARS - 2] + "…)"
 
 
+def in_full(server: str, tool: str, arguments_json: str, limit: int = FULL_CHARS) -> str:
+    """The call for a person to approve, as mrkdwn ready to post: a code block with
+    ``server.tool(`` its arguments as indented JSON ``)``, every value shown whole except those
+    that look secret (by their key, at any depth, or their shape: ``summarize``'s rules). Over
+    ``limit`` characters the block is cut, and a line after it says how much was not shown."""
+    try:
+        arguments: object = parse_arguments(arguments_json)
+    except ValueError as exc:
+        return _block(f"{server}.{tool}(…)", limit) + f"\nThe call cannot run: {_escape(str(exc))}"
+    shown = json.dumps(_masked(arguments), ensure_ascii=False, indent=2)
+    return _block(f"{server}.{tool}({shown})", limit)
+
+
 def cut(text: str, limit: int) -> str:
     """``text`` within ``limit`` characters, with a note to the model of what was left out."""
     if len(text) <= limit:
@@ -100,6 +124,45 @@ def _show(key: str, value: object) -> str:
     if isinstance(value, Mapping):
         return "{…}"
     return "…"
+
+
+def _masked(value: object, key: str = "") -> object:
+    """``value`` with every part that looks secret replaced by ``HIDDEN``."""
+    if key and SECRET_NAME.search(key):
+        return HIDDEN
+    if isinstance(value, str):
+        return HIDDEN if looks_secret(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
+
+
+def _block(text: str, limit: int) -> str:
+    """``text`` in a code block, escaped; cut to ``limit`` characters as posted."""
+    shown: list[str] = []
+    size = 0
+    for n, char in enumerate(text):
+        escaped = _escape(char)
+        if size + len(escaped) > limit:
+            left = len(text) - n
+            return f"```\n{''.join(shown)}\n```\n[… {left:,} more characters not shown]"
+        shown.append(escaped)
+        size += len(escaped)
+    return f"```\n{''.join(shown)}\n```"
+
+
+def _escape(text: str) -> str:
+    return "".join(
+        _MRKDWN.get(char)
+        or (
+            json.dumps(char)[1:-1]  # a character JSON escapes itself, else \\uXXXX
+            if unicodedata.category(char) in _INVISIBLE and char != "\n"
+            else char
+        )
+        for char in text
+    )
 
 
 def _short(text: str) -> str:

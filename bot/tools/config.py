@@ -17,6 +17,7 @@ File format::
     headers = { Authorization = { env = "GITHUB_MCP_TOKEN", prefix = "Bearer " } }
     allow = ["search_issues", "get_issue", "create_issue"]   # absent: every tool
     confirm = ["create_issue"]       # run only after a person approves; true: every tool
+    trust = ["search_issues"]        # run without approval, whatever the server says of them
 
     [servers.files]                  # stdio: a command, run as a child process
     command = "npx"
@@ -25,6 +26,11 @@ File format::
     cwd = "/srv"
     timeout = 10
     protocol = "legacy"              # skip the 2026 protocol's discovery probe (default "auto")
+
+Which calls wait for a person's approval: every tool of a server, unless the server annotates
+it ``readOnlyHint: true`` or ``destructiveHint: false`` (MCP's defaults make an unlabelled tool
+possibly destructive), or the file names it in ``trust``; a tool in ``confirm`` always waits.
+A tool both in ``confirm`` and ``trust``, or ``trust`` beside ``confirm = true``, is refused.
 
 Header and ``env`` values always name an environment variable of the bot: secrets are never
 written in this file, and one that looks written (a token in ``args`` or in the url) is refused.
@@ -127,6 +133,7 @@ class ToolServer:
     allow: frozenset[str] | None = None  # the server's tool names; None: every tool
     confirm: frozenset[str] = frozenset()  # tools that run only after a person approves
     confirm_all: bool = False
+    trust: frozenset[str] = frozenset()  # tools that never wait for approval
     timeout: float = DEFAULT_TIMEOUT
     max_result_chars: int = DEFAULT_MAX_RESULT_CHARS
     protocol: Literal["auto", "legacy"] = "auto"
@@ -136,6 +143,9 @@ class ToolServer:
 
     def confirms(self, tool: str) -> bool:
         return self.confirm_all or tool in self.confirm
+
+    def trusts(self, tool: str) -> bool:
+        return tool in self.trust and not self.confirms(tool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +263,7 @@ class _Server(BaseModel):
     cwd: Path | None = None
     allow: list[str] | None = None
     confirm: bool | list[str] = False
+    trust: list[str] = []
     timeout: float | None = Field(default=None, gt=0, le=3600)
     max_result_chars: int | None = Field(default=None, ge=200, le=1_000_000)
     protocol: Literal["auto", "legacy"] = "auto"
@@ -318,6 +329,22 @@ class _Server(BaseModel):
             raise ValueError("headers are for an HTTP server (url)")
         return self
 
+    @model_validator(mode="after")
+    def _one_answer_per_tool(self) -> _Server:
+        """A tool waits for approval or not: the file may not say both."""
+        if self.trust and self.confirm is True:
+            raise ValueError(
+                "trust beside confirm = true (every tool waits for approval): "
+                "list the tools to confirm instead, or drop trust"
+            )
+        confirmed = set(self.confirm) if isinstance(self.confirm, list) else set()
+        both = sorted(confirmed & set(self.trust))
+        if both:
+            raise ValueError(f"{', '.join(both)}: both in confirm and in trust; pick one")
+        if self.allow is not None and (outside := sorted(set(self.trust) - set(self.allow))):
+            raise ValueError(f"trust names {', '.join(outside)}, which allow leaves out")
+        return self
+
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -363,6 +390,7 @@ def _resolve(
         allow=None if entry.allow is None else frozenset(entry.allow),
         confirm=frozenset(entry.confirm) if isinstance(entry.confirm, list) else frozenset(),
         confirm_all=entry.confirm is True,
+        trust=frozenset(entry.trust),
         timeout=entry.timeout if entry.timeout is not None else defaults.timeout,
         max_result_chars=(
             entry.max_result_chars

@@ -3,6 +3,7 @@
     async with Toolbox(load_tool_servers(path, environ), metrics=metrics) as toolbox:
         toolbox.specs(Toolset.of(["github"]))      # the tools offered to the model here
         toolbox.needs_approval("github__create_issue")   # True: a person approves first
+        toolbox.approval_text("github__create_issue", '{"title": "x"}')   # what they see
         result = await toolbox.call("github__search_issues", '{"query": "login bug"}')
         result.text, result.is_error, result.summary
         toolbox.status()                           # which servers are up, for /readyz
@@ -40,7 +41,15 @@ from mcp.client.subscriptions import ListenNotSupportedError
 from mcp.shared.exceptions import MCPError
 
 from bot.metrics import Metrics
-from bot.tools.calls import Outcome, ToolResult, ToolSpec, cut, parse_arguments, summarize
+from bot.tools.calls import (
+    Outcome,
+    ToolResult,
+    ToolSpec,
+    cut,
+    in_full,
+    parse_arguments,
+    summarize,
+)
 from bot.tools.config import (
     HttpTransport,
     ToolServer,
@@ -154,8 +163,9 @@ class Toolbox:
         )
 
     def needs_approval(self, name: str) -> bool:
-        """Whether the tool runs only after a person approves: ``confirm`` in the file, or the
-        server marks it destructive (the MCP ``destructiveHint`` annotation)."""
+        """Whether the tool runs only after a person approves: ``confirm`` in the file, or
+        neither does the file ``trust`` it nor does the server annotate it ``readOnlyHint:
+        true`` or ``destructiveHint: false`` (see ``_needs_approval``)."""
         entry = self._index.get(name)
         return entry is not None and entry.spec.needs_approval
 
@@ -165,6 +175,14 @@ class Toolbox:
         if entry is None:
             return summarize("unknown", name[:64], "")
         return summarize(entry.spec.server, entry.spec.tool, arguments_json)
+
+    def approval_text(self, name: str, arguments_json: str) -> str:
+        """The call in full, for the person who approves it: mrkdwn, ready to post (see
+        ``bot.tools.calls.in_full``)."""
+        entry = self._index.get(name)
+        if entry is None:
+            return in_full("unknown", name[:64], "")
+        return in_full(entry.spec.server, entry.spec.tool, arguments_json)
 
     async def call(
         self,
@@ -512,13 +530,19 @@ class _Link:
             cursor = page.next_cursor
             if not cursor:
                 break
-        missing = (self.server.allow or frozenset()) - {tool.name for tool in tools}
-        if missing:
-            log.warning(
-                "MCP server %s offers no tool named %s (in its allow list)",
-                self.server.name,
-                ", ".join(sorted(missing)),
-            )
+        offered = {tool.name for tool in tools}
+        for key, named in (
+            ("allow", self.server.allow or frozenset()),
+            ("confirm", self.server.confirm),
+            ("trust", self.server.trust),
+        ):
+            if missing := named - offered:
+                log.warning(
+                    "MCP server %s offers no tool named %s (in its %s list)",
+                    self.server.name,
+                    ", ".join(sorted(missing)),
+                    key,
+                )
         return tuple(tool for tool in tools if self.server.allows(tool.name))
 
     async def _refresh(self, client: Client) -> None:
@@ -589,12 +613,6 @@ class _Link:
 
 
 def _spec(name: str, server: ToolServer, tool: types.Tool) -> ToolSpec:
-    annotations = tool.annotations
-    destructive = (
-        annotations is not None
-        and annotations.destructive_hint is True
-        and annotations.read_only_hint is not True
-    )
     parameters: dict[str, Any] = dict(tool.input_schema)
     parameters["type"] = "object"
     parameters.setdefault("properties", {})
@@ -604,8 +622,23 @@ def _spec(name: str, server: ToolServer, tool: types.Tool) -> ToolSpec:
         parameters=parameters,
         server=server.name,
         tool=tool.name,
-        needs_approval=server.confirms(tool.name) or destructive,
+        needs_approval=_needs_approval(server, tool),
     )
+
+
+def _needs_approval(server: ToolServer, tool: types.Tool) -> bool:
+    """``confirm`` in the file, else not when the file trusts the tool, else unless the server
+    says it changes nothing (``readOnlyHint``) or nothing it cannot undo (``destructiveHint:
+    false``). MCP's defaults (read-only false, destructive true) make a tool the server says
+    nothing about possibly destructive: it waits for approval."""
+    if server.confirms(tool.name):
+        return True
+    if server.trusts(tool.name):
+        return False
+    hints = tool.annotations
+    if hints is None:
+        return True
+    return not (hints.read_only_hint is True or hints.destructive_hint is False)
 
 
 def _result_text(result: types.CallToolResult) -> str:
