@@ -9,6 +9,8 @@ import asyncio
 import io
 import logging
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -32,10 +34,11 @@ from bot.events import Inbound, SlackFile, files_of, is_person_message
 from bot.files import Attachment, FileLimits, FileReader, render_attachment
 from bot.files.attachment import Unreadable
 from bot.files.documents import pdf_text
-from bot.files.images import downscale
+from bot.files.images import decode_pixels, downscale
 from bot.files.sniff import sniff
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis
+from bot.store.keys import KeySchema
 from tests.conftest import sync_client
 from tests.fakes.slack import FakeSlack, file_share_event
 from tests.redis_server import RedisServer
@@ -580,9 +583,9 @@ async def test_a_thread_s_files_are_downloaded_once(
     for file in files:
         assert len(slack.file_downloads(file.id)) == 1, file.name
     assert len(slack.calls_to("files.info")) == 1  # the Slack Connect file's details, once
-    # Kept as long as thread history, under the workspace's hash tag.
+    # Kept FILE_CACHE_TTL_HOURS (72 by default), under the workspace's hash tag.
     ttl = sync_client(redis_url).pttl(store.history.keys.file(TEAM, photo.id))
-    assert 0 < ttl <= 3600 * 1000
+    assert 0 < ttl <= 72 * 3600 * 1000
     assert store.history.keys.file(TEAM, photo.id) == f"slackbot:{{{TEAM}}}:file:{photo.id}"
     # A file deleted since: the event says tombstone, and the cache is not consulted.
     (deleted,) = await FileReader(gateway, store.files).read(
@@ -613,6 +616,33 @@ async def test_the_cache_contract(store_url: str) -> None:
         assert kept is not None and kept.text == doc.text and kept.data == b""
         assert await store.files.get(TEAM, "F3") is None
         assert await store.files.get("T2", "F1") is None  # per workspace
+    finally:
+        await store.aclose()
+
+
+async def test_a_cached_file_lives_its_own_short_ttl_refreshed_by_each_read(
+    store_url: str,
+) -> None:
+    """Redis runs with noeviction: a cache kept as long as history (30 days) would fill it. An
+    entry lives FILE_CACHE_TTL_HOURS from its last read; a file deleted in Slack is forgotten."""
+    store = Store.open(
+        connect_redis(store_url), history_ttl_s=30 * 86400, file_cache_ttl_s=3 * 3600
+    )
+    redis = store.guard.redis
+    name = KeySchema().file(TEAM, "F1")
+    try:
+        doc = Attachment.document_of(
+            SlackFile(id="F1", name="a.txt"), text="hi", mimetype="text/plain"
+        )
+        assert await store.files.put(TEAM, doc)
+        assert 3 * 3600 * 1000 - 60_000 < await redis.pttl(name) <= 3 * 3600 * 1000
+        await redis.pexpire(name, 5000)  # most of its time gone
+        assert await store.files.get(TEAM, "F1") == doc
+        assert await redis.pttl(name) > 3 * 3600 * 1000 - 60_000  # the read kept it
+        assert await store.files.get(TEAM, "F9") is None
+        assert await redis.exists(KeySchema().file(TEAM, "F9")) == 0  # a miss creates nothing
+        assert await store.files.forget(TEAM, "F1")
+        assert await store.files.get(TEAM, "F1") is None
     finally:
         await store.aclose()
 
@@ -675,3 +705,74 @@ class _NoCache:
 
     async def put(self, team: str, attachment: Attachment) -> bool:
         return False
+
+
+# -- reading: the memory an image costs ----------------------------------------------------------
+
+_PEAK_OF_DOWNSCALE = """
+import resource, sys
+from bot.files.images import decode_pixels, downscale
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+shrunk = downscale(data)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024, shrunk.width, shrunk.height, shrunk.mime)
+"""
+
+
+def test_a_big_palette_png_is_shrunk_before_it_is_widened(tmp_path: Any) -> None:
+    """A 16 MP screenshot-like PNG with a palette and a transparent colour (a few KB of file):
+    decoding costs its 16 MB of palette indices and a band at a time, not 64 MB of RGBA and
+    a copy. Peak memory is measured in a fresh process (Pillow's pixels are outside
+    tracemalloc's sight)."""
+    screenshot = Image.new("P", (4000, 4000), 1)
+    screenshot.putpalette([255, 255, 255, 20, 40, 200] + [0, 0, 0] * 254)
+    screenshot.paste(0, (0, 0, 4000, 1000))  # the top quarter transparent
+    path = tmp_path / "screenshot.png"
+    screenshot.save(path, "PNG", transparency=0)
+    assert path.stat().st_size < 100_000
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_OF_DOWNSCALE, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    grown, width, height, mime = done.stdout.split()
+    assert (int(width), int(height), mime) == (1072, 1072, "image/png")
+    assert int(grown) < 30_000_000, f"peak memory grew by {int(grown):,} bytes"
+
+
+def test_sources_over_20_mp_are_refused_and_decode_cost_is_known_from_the_header(
+    phone_photo: bytes,
+) -> None:
+    with pytest.raises(Unreadable, match="too many pixels"):
+        downscale(png_header(6300, 6300), name="huge.png")  # 40 MP of one colour: 41 KB
+    with pytest.raises(Unreadable, match="too many pixels"):
+        downscale(png_header(5000, 4100), name="big.png")  # 20.5 MP
+    assert decode_pixels(png_header(4000, 3000)) == 12_000_000
+    # A JPEG is decoded at the reduced scale that still covers the target: 1/2 here.
+    assert decode_pixels(phone_photo) == 2000 * 1500
+    assert decode_pixels(b"not an image") == 0
+
+
+def test_a_transparent_png_over_its_budget_is_flattened_to_a_jpeg() -> None:
+    """A transparent screenshot full of detail: as PNG it would stay over a megabyte (not
+    cached, downloaded again on every follow-up); flattened onto white it is a JPEG."""
+    noise = Image.effect_noise((1500, 1000), 60).convert("RGB")
+    alpha = Image.new("L", noise.size, 255)
+    alpha.paste(0, (0, 0, 300, 1000))  # the left fifth see-through
+    detailed = noise.copy()
+    detailed.putalpha(alpha)
+    shrunk = downscale(image_bytes(detailed, "PNG"), name="shot.png")
+    assert shrunk.mime == "image/jpeg" and len(shrunk.data) < 600_000
+    flat = Image.open(io.BytesIO(shrunk.data))
+    assert flat.mode == "RGB"
+    assert all(channel > 245 for channel in flat.getpixel((20, 500)))  # white, not black
+
+    # A small transparent logo stays a PNG with its transparency.
+    logo = Image.new("RGBA", (400, 200), (0, 0, 0, 0))
+    logo.paste((200, 30, 30, 255), (0, 0, 200, 200))
+    kept = downscale(image_bytes(logo, "PNG"))
+    assert kept.mime == "image/png"
+    assert Image.open(io.BytesIO(kept.data)).getchannel("A").getpixel((300, 100)) == 0

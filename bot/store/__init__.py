@@ -90,11 +90,13 @@ class Store:
         history_max_turns: int = 200,
         turn_tokens: int = 8000,
         file_cache_entry_bytes: int = 1_000_000,
+        file_cache_ttl_s: float = 72 * 3600,
         clock: Callable[[], float] = time.time,
     ) -> Store:
         """The store on ``redis`` (which it closes in ``aclose``). ``turn_tokens``: the most of
         one turn a prompt can use, what a stored turn is cut to. ``file_cache_entry_bytes``:
-        the largest read file kept for follow-ups (with the history TTL)."""
+        the largest read file kept for follow-ups; ``file_cache_ttl_s``: how long one is kept
+        after its last read."""
         guard = Guard(redis)
         keys = KeySchema(prefix)
         return cls(
@@ -114,7 +116,7 @@ class Store:
             stops=StopRelay(guard, keys),
             inflight=InFlightRegistry(guard, keys, clock=clock),
             files=FileCache(
-                guard, keys, ttl_s=history_ttl_s, max_entry_bytes=file_cache_entry_bytes
+                guard, keys, ttl_s=file_cache_ttl_s, max_entry_bytes=file_cache_entry_bytes
             ),
             approvals=ApprovalDecisions(guard, keys),
         )

@@ -1,14 +1,19 @@
 """Files already read, per workspace and Slack file id: a follow-up in the thread finds a file's
 text or downscaled image here instead of downloading and decoding it again.
 
-    cache = FileCache(guard, KeySchema(), ttl_s=30 * 86400, max_entry_bytes=1_000_000)
+    cache = FileCache(guard, KeySchema(), ttl_s=72 * 3600, max_entry_bytes=1_000_000)
     await cache.put("T1", attachment)        # False: too big to keep, or the store is down
     await cache.get("T1", "F0123")           # None: not kept (or the store is down)
+    await cache.forget("T1", "F0123")        # the file was deleted in Slack
 
-Entries live as long as thread history (``ttl_s``) and are bounded in size: an entry over
-``max_entry_bytes`` is not kept, except that a document keeps its text without the PDF bytes it
-carries for models that read PDFs. While Redis is unavailable every lookup is a miss (the file
-is downloaded again) and nothing is kept.
+Entries live ``ttl_s`` (FILE_CACHE_TTL_HOURS, far shorter than thread history) from their last
+read: a file a conversation keeps using stays, the rest expire, so the cache holds about the
+files of the last ``ttl_s`` (README, "Redis memory"). Redis runs with noeviction, where a full
+memory fails every write. An entry over ``max_entry_bytes`` is not kept, except that a document
+keeps its text without the PDF bytes it carries for models that read PDFs. A file deleted in
+Slack is forgotten (``file_deleted``); a miss reads it from Slack again, which says it is gone.
+While Redis is unavailable every lookup is a miss (the file is downloaded again) and nothing is
+kept.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ MAX_ENTRY_BYTES = 1_000_000
 
 
 class FileCache:
-    """Read files (``Attachment``s) by workspace and file id, with the history TTL."""
+    """Read files (``Attachment``s) by workspace and file id, each kept ``ttl_s`` from its last
+    read."""
 
     def __init__(
         self,
@@ -40,12 +46,15 @@ class FileCache:
         self._ttl_ms = int(ttl_s * 1000)
         self._max_entry_bytes = max_entry_bytes
         self._put = guard.redis.register_script(_PUT_LUA)
+        self._get = guard.redis.register_script(_GET_LUA)
 
     async def get(self, team: str, file_id: str) -> Attachment | None:
+        """The file as read, its TTL refreshed (None: not kept, or the store is down)."""
         name = self._keys.file(team, file_id)
 
         async def read(r: aioredis.Redis) -> list[object]:
-            return list(await r.hmget(name, ["meta", "data"]))
+            found = await self._get(keys=[name], args=[self._ttl_ms], client=r)
+            return list(found) if isinstance(found, list) else [None, None]
 
         found = await self._guard.attempt(read, "files", None)
         if found is None:
@@ -75,6 +84,27 @@ class FileCache:
 
         return await self._guard.attempt(write, "files", False)
 
+    async def forget(self, team: str, file_id: str) -> bool:
+        """Drop the file's entry (it was deleted or unshared in Slack); False while the store
+        is down."""
+        name = self._keys.file(team, file_id)
+
+        async def drop(r: aioredis.Redis) -> bool:
+            await r.delete(name)
+            return True
+
+        return await self._guard.attempt(drop, "files", False)
+
+
+# KEYS: the file's entry.  ARGV: its TTL (ms).  Its meta and data; a hit's TTL starts again
+# (one script: a reader never finds an entry whose TTL it could not refresh).
+_GET_LUA = """
+local found = redis.call('HMGET', KEYS[1], 'meta', 'data')
+if found[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return found
+"""
 
 # KEYS: the file's entry.  ARGV: its meta (JSON), its data (bytes), its TTL (ms).  Replaces the
 # entry whole.

@@ -38,7 +38,9 @@ message's two dedupe markers) runs on one node. TTLs are set by the module that 
                                               a changed vote replaces the earlier one; history TTL
     {p}:{T}:file:{file_id}                    hash {meta: JSON, data: bytes} — a shared file as
                                               read (text, downscaled image, or why it could not
-                                              be); history TTL, bounded size (bot/store/files.py)
+                                              be); FILE_CACHE_TTL_HOURS from its last read,
+                                              bounded size, dropped on file_deleted
+                                              (bot/store/files.py)
     {p}:{T}:approval:{approval_id}            "approved:U…" | "denied:U…" | "timeout" |
                                               "cancelled", set NX (the first decision wins), 1 day
                                               — a tool call waiting for the asker's approval
