@@ -178,6 +178,7 @@ async def open_bot(
                 ),
                 status=settings.assistant_status,
                 status_refresh=settings.status_refresh,
+                step_keepalive=settings.native_step_keepalive,
             )
         replies = Replies(
             slack,
@@ -230,6 +231,7 @@ async def open_bot(
                 tools=toolbox if tool_servers.servers else NoTools(),
                 approvals=approvals,
                 max_tool_rounds=settings.max_tool_rounds,
+                prompt_token_budget=settings.prompt_token_budget,
             ),
             recall=recall,
             slack=slack,

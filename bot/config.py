@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     native_start_budget_per_minute: float = Field(18.0, gt=0)
     assistant_status: str = "is thinking…"
     status_refresh: float = Field(90.0, ge=1, le=115)
+    native_step_keepalive: float = Field(10.0, ge=0.2, le=25)
     feedback_buttons: bool = True
     reply_lease: float = Field(30.0, ge=1)
     stop_by_admins: bool = False

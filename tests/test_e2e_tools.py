@@ -249,3 +249,94 @@ async def test_a_model_server_that_refuses_tools_is_asked_again_without_them(
     offered = [bool(request.tool_names) for request in llm.requests]
     # Refused once, asked again without tools; the model is remembered as tool-less.
     assert offered == [True, False, False]
+
+
+async def test_slacks_own_stop_during_a_tool_call_in_a_native_stream_cancels_it(
+    start_bot: Any,
+    slack: FakeSlack,
+    llm: FakeOpenAI,
+    tmp_path: Path,
+    mcp_server: McpHttpServer,
+) -> None:
+    path = tmp_path / "slow.toml"
+    path.write_text(f'[servers.lab]\nurl = "{mcp_server.url}"\ntimeout = 60\n', encoding="utf-8")
+    llm.script(
+        Answer(text="Working on it.", tool_calls=[Call("lab__slow", {"seconds": 20})]),
+        Answer(text="never asked for"),
+    )
+    async with start_bot(
+        mcp_servers_file=str(path), stream_mode="native", native_step_keepalive=0.3
+    ) as running:
+        event = mention_event("take your time")
+        await slack.send_event(event)
+        start = await slack.wait_call("chat.startStream", ok=True)
+        ts = start.response["ts"]
+        await slack.wait_for(
+            lambda: any(
+                t["status"] == "in_progress" for t in slack.message("C0CHAN", ts).tasks.values()
+            ),
+            timeout=10,
+            what="the running call's card",
+        )
+        slack.press_stop("C0CHAN", ts)
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=10, what="the end")
+        async with toolbox(http_server(mcp_server.url)) as box:
+            events = (await box.call("web__events", "{}")).text
+
+    final = slack.message("C0CHAN", ts)
+    assert final.text.startswith("Working on it.") and "never asked for" not in final.text
+    assert len(llm.requests) == 1  # the model was not asked to go on
+    assert events.count("slow:cancelled") >= 1
+
+
+async def test_tool_calls_that_ran_are_remembered_when_the_model_then_fails(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(Answer(tool_calls=[Call("lab__add", {"a": 2, "b": 3})]))
+    llm.default = Answer(status=500)  # the next round fails, retries too
+    async with start_bot(mcp_servers_file=tools_file) as running:
+        event = mention_event("add them")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+        await slack.wait_for(lambda: running.turns.inflight == 0, timeout=5)
+        turns = await running.store.history.history(ThreadKey("T0001", "C0CHAN", event["ts"]))
+
+    assert "couldn't get an answer" in final.text
+    # The add ran: a follow-up must know, not run it again unknowingly.
+    assert turns is not None and turns[-1].role == "assistant"
+    assert [use.result for use in turns[-1].tools] == ["5"] and turns[-1].interrupted
+
+
+async def test_a_call_cut_off_by_the_length_limit_is_not_run_and_its_card_says_so(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(
+        Answer(text="Let me add.", tool_calls=[Call("lab__add", {"a": 2})], finish_reason="length")
+    )
+    async with start_bot(mcp_servers_file=tools_file, stream_mode="native"):
+        event = mention_event("add")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert final.text == "Let me add." and any("interrupted" in n for n in notes(final))
+    assert len(llm.requests) == 1
+    assert [t["status"] for t in final.tasks.values()] == ["error"]
+
+
+async def test_after_max_tool_rounds_the_model_is_told_to_answer_without_tools(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(
+        Answer(tool_calls=[Call("lab__echo", {"text": "one"})]),
+        Answer(text="Here is what I found."),
+    )
+    async with start_bot(mcp_servers_file=tools_file, max_tool_rounds=1):
+        event = mention_event("search a lot")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert final.text == "Here is what I found."
+    first, last = llm.requests
+    assert first.tool_names and not last.tool_names
+    ((_, result),) = last.tool_results
+    assert result.startswith("one") and "Answer now" in result

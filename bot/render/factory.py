@@ -47,6 +47,7 @@ class NativeStreaming:
     starts: EditBudget
     status: str = "is thinking…"
     status_refresh: float = 90.0
+    step_keepalive: float = 10.0  # a running step's card is sent again this often
     call_timeout: float = 5.0
 
 
@@ -110,6 +111,7 @@ class Replies:
             start_wait=0.0 if auto else 3.0,
             final_deadline=self._edits.final_deadline,
             call_timeout=native.call_timeout,
+            step_keepalive=native.step_keepalive,
             feedback=self._edits.feedback,
             tracker=self._tracker,
             metrics=self._metrics,

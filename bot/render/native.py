@@ -51,9 +51,17 @@ from typing import Any
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
 from bot.metrics import Metrics
 from bot.render.budget import EditBudget, Priority
-from bot.render.contract import BaseReply, Outcome, ReplyStateError, ReplyTracker, State, Step
+from bot.render.contract import (
+    BaseReply,
+    Outcome,
+    ReplyStateError,
+    ReplyTracker,
+    State,
+    Step,
+    StepStatus,
+)
 from bot.render.feedback import feedback_block
-from bot.render.mrkdwn import MarkdownGuard, UnsafeMarkdown
+from bot.render.mrkdwn import MarkdownGuard, UnsafeMarkdown, neutralise_mentions
 from bot.render.reply import ReplyStream, note_block
 from bot.render.status import ThreadStatus
 from bot.slack import SlackGateway
@@ -125,6 +133,7 @@ class NativeReply(BaseReply):
         flush_chars: int = 1000,
         final_deadline: float = 120.0,
         call_timeout: float = 5.0,
+        step_keepalive: float = 10.0,
         feedback: bool = False,
         tracker: ReplyTracker | None = None,
         metrics: Metrics | None = None,
@@ -148,6 +157,7 @@ class NativeReply(BaseReply):
         self._flush_chars = flush_chars
         self._final_deadline = final_deadline
         self._call_timeout = call_timeout
+        self._keepalive = step_keepalive
         self._feedback = feedback
         self._native_ts: list[str] = []  # messages streamed natively, in order
         self._taken = 0
@@ -308,7 +318,7 @@ class NativeReply(BaseReply):
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            await self._wake.wait()
+            await self._woken()
             if self._closing.is_set():
                 return
             if self.ts is None:  # the status line is showing; open the stream with the text
@@ -360,6 +370,25 @@ class NativeReply(BaseReply):
             if not await self._append(chunk, shown, steps):
                 return
             next_at = started + await self._appends.interval(self._team, self.id)
+
+    async def _woken(self) -> None:
+        """Until there is something to send. While a step is in progress (a tool runs, an
+        approval waits) and nothing else is sent, its state is sent again every
+        ``step_keepalive`` seconds: the only way to learn that the person pressed Slack's stop
+        (the call fails with ``stopped_by_user``), and it keeps Slack from closing a stream that
+        has been quiet for a while."""
+        while not self._wake.is_set():
+            working = [s for s in self._steps.values() if s.status in _WORKING]
+            if not (working and self._live):
+                await self._wake.wait()
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._keepalive)
+            except TimeoutError:
+                for step in working:
+                    self._unsent_steps.setdefault(step.id, step)
+                self._wake.set()
+                self._urgent.set()
 
     async def _urgent_within(self, seconds: float) -> bool:
         if seconds <= 0 or self._urgent.is_set():
@@ -537,9 +566,15 @@ class NativeReply(BaseReply):
             await self._tracker.shown(self, self.ts, self._current)
 
 
+_WORKING = (StepStatus.PENDING, StepStatus.IN_PROGRESS)
+
+
 def _task(step: Step) -> dict[str, str]:
-    """A step as Slack's ``task_update`` chunk (a task card in the stream's timeline)."""
-    task = {"id": step.id, "title": " ".join(step.title.split())[:256], "status": step.status.value}
+    """A step as Slack's ``task_update`` chunk (a task card in the stream's timeline). Its
+    title may carry words the model chose: no mention in it can ping anyone, whether Slack
+    reads it as text or as mrkdwn."""
+    title = neutralise_mentions(" ".join(step.title.split())[:256])
+    task = {"id": step.id, "title": title, "status": step.status.value}
     if step.detail:
-        task["details"] = step.detail[:256]
+        task["details"] = neutralise_mentions(step.detail[:256])
     return task

@@ -79,7 +79,7 @@ class Memory:
             room_tokens=self._budget - estimate_tokens(system),
         )
         if shown.notes:
-            reply.append("".join(f"_{_plain(note)}_\n" for note in shown.notes) + "\n")
+            reply.append("".join(f"_{as_written(note)}_\n" for note in shown.notes) + "\n")
         messages = prompt_window(system, shown.turns, self._budget)
         return Context(history, question, messages, shown.images)
 
@@ -91,9 +91,12 @@ class Memory:
         tools: tuple[ToolUse, ...] = (),
     ) -> None:
         """Store the question and what the person saw of the answer (nothing of a failed one),
-        with the tool calls it was built on."""
+        with the tool calls it was built on (kept also when the answer then failed)."""
         turns = [context.question]
-        if finished.outcome is not Outcome.FAILED and finished.text.strip():
+        shown = finished.outcome is not Outcome.FAILED and finished.text.strip()
+        # Tool calls that ran are remembered however the answer ended: a follow-up must not
+        # run them again unknowingly.
+        if shown or tools:
             turns.append(
                 Turn(
                     "assistant",
@@ -138,7 +141,7 @@ class Memory:
 _MARKDOWN = re.compile(r"([\\`*_~\[\]<>|])")
 
 
-def _plain(note: str) -> str:
+def as_written(note: str) -> str:
     """A note as Markdown that shows it as written (file names are the person's own text:
     ``*draft*.pdf`` stays as it is)."""
     return _MARKDOWN.sub(r"\\\1", note)

@@ -16,6 +16,7 @@ answer without them. Stop cancels whatever runs: the model's stream or the tool 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from bot.stops import StopSignals
 from bot.store import Store
 from bot.tools.calls import ToolResult, ToolSpec, cut
 from bot.tools.config import Toolset
-from bot.turn.context import Context
+from bot.turn.context import Context, as_written
 from bot.turn.intake import Accepted
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _EVERY_TOOL = Toolset()
+
+#: Most tools one request offers (OpenAI's documented limit); more are left out with a warning.
+MAX_TOOLS = 128
+#: A result is never cut below this, however many calls share the prompt's room.
+MIN_RESULT_CHARS = 1000
+#: Told to the model in the round after MAX_TOOL_ROUNDS, which offers no tools.
+LAST_ROUND_NOTE = (
+    "You have made all the tool calls you may make for this answer. Answer now with what you "
+    "have found, and say what is missing."
+)
 
 # What an answer remembers of each tool result for follow-ups (the prompt window budgets it).
 REMEMBERED_RESULT_CHARS = 1500
@@ -52,6 +63,8 @@ class Tools(Protocol):
     def needs_approval(self, name: str) -> bool: ...
 
     def summary(self, name: str, arguments_json: str) -> str: ...
+
+    def approval_text(self, name: str, arguments_json: str) -> str: ...
 
     async def call(
         self, name: str, arguments_json: str, *, toolset: Toolset = ..., approved: bool = False
@@ -70,6 +83,9 @@ class NoTools:
     def summary(self, name: str, arguments_json: str) -> str:
         return name[:64]
 
+    def approval_text(self, name: str, arguments_json: str) -> str:
+        return name[:64]
+
     async def call(
         self,
         name: str,
@@ -84,13 +100,13 @@ class NoTools:
 class Approvals(Protocol):
     """Asks the person who asked whether a tool call may run (bot/approvals.py)."""
 
-    async def ask(self, accepted: Accepted, reply: Reply, summary: str) -> bool: ...
+    async def ask(self, accepted: Accepted, reply: Reply, summary: str, call: str) -> bool: ...
 
 
 class NoApprovals:
     """Nobody can approve: a call that needs approval is refused (the model is told)."""
 
-    async def ask(self, accepted: Accepted, reply: Reply, summary: str) -> bool:
+    async def ask(self, accepted: Accepted, reply: Reply, summary: str, call: str) -> bool:
         return False
 
 
@@ -116,6 +132,7 @@ class Responder:
         tools: Tools | None = None,
         approvals: Approvals | None = None,
         max_tool_rounds: int = 5,
+        prompt_token_budget: int = 8000,
     ) -> None:
         self._model = model
         self._store = store
@@ -125,6 +142,10 @@ class Responder:
         self._tools: Tools = tools or NoTools()
         self._approvals: Approvals = approvals or NoApprovals()
         self._max_rounds = max_tool_rounds
+        # Tool results of one answer take at most half the prompt's room (~4 characters a
+        # token), shared by the calls of each round: a round's results cannot overflow the
+        # model's context after tools already ran.
+        self._results_room = prompt_token_budget * 4 // 2
 
     async def respond(self, accepted: Accepted, context: Context, reply: Reply) -> Answered:
         """How the answer ended. Anything but the model's own failures (a cancellation, a bug)
@@ -139,55 +160,73 @@ class Responder:
         self, accepted: Accepted, context: Context, reply: Reply, pressed: asyncio.Event
     ) -> Answered:
         profile = accepted.profile
+        specs = self._tools.specs(profile.toolset)
+        if len(specs) > MAX_TOOLS:
+            log.warning(
+                "%d tools offered in %s; the model is offered the first %d",
+                len(specs),
+                accepted.inbound.channel,
+                MAX_TOOLS,
+            )
         offered = [
-            ModelTool(spec.name, spec.description, spec.parameters)
-            for spec in self._tools.specs(profile.toolset)
+            ModelTool(spec.name, spec.description, spec.parameters) for spec in specs[:MAX_TOOLS]
         ]
+        round_ = _Round(reply, {tool.name for tool in offered})
         messages = list(context.messages)
-        uses: list[ToolUse] = []
         room = self._max_chars  # what is left of the answer's length cap
+        results_room = self._results_room  # what is left of the prompt's room for results
         # Said once, before the answer, if the model turns out not to take the images.
         unseen = [_unseen_note(context.images)] if context.images else []
-        for number in range(self._max_rounds + 1):
-            answer = self._model.stream(
-                messages,
-                model=profile.model,
-                temperature=profile.temperature,
-                tools=offered if number < self._max_rounds else (),
-                on_tool_call=self._pending(reply, number),
-            )
-            try:
-                text = await _unless_stopped(
-                    self._read(answer, reply, room, unseen), pressed, reply
+        try:
+            for number in range(self._max_rounds + 1):
+                last = number == self._max_rounds
+                answer = self._model.stream(
+                    messages,
+                    model=profile.model,
+                    temperature=profile.temperature,
+                    tools=() if last else offered,
+                    on_tool_call=self._pending(round_, number),
                 )
-            except ModelUnavailable as exc:
-                log.warning("model unavailable: %s", exc)
-                return Answered(Outcome.FAILED, tuple(uses))
-            except ModelInterrupted as exc:
-                log.warning("model stream interrupted: %s", exc)
-                return Answered(Outcome.INTERRUPTED, tuple(uses))
-            finally:
-                await self._record_usage(accepted, answer.usage)
-            if text is None:
-                return Answered(Outcome.STOPPED, tuple(uses))
-            room -= len(text)
-            calls = answer.tool_calls
-            # After "length" the server cut the answer on purpose: calls may be half-written.
-            if not calls or answer.finish_reason == "length":
-                return Answered(Outcome.COMPLETE, tuple(uses))
-            results = await _unless_stopped(
-                self._run(calls, accepted, reply, number), pressed, reply
-            )
-            if results is None:
-                return Answered(Outcome.STOPPED, tuple(uses))
-            uses += [
-                ToolUse(r.summary, cut(r.text, REMEMBERED_RESULT_CHARS), r.is_error)
-                for r in results
-            ]
-            messages += self._model.tool_round(
-                text, calls, [(result.text, result.is_error) for result in results]
-            )
-        raise AssertionError("unreachable: the last round offers no tools")
+                try:
+                    text = await _unless_stopped(
+                        self._read(answer, reply, room, unseen), pressed, reply
+                    )
+                except ModelUnavailable as exc:
+                    log.warning("model unavailable: %s", exc)
+                    # After a tool round something happened that the answer must not lose.
+                    failed = Outcome.INTERRUPTED if round_.uses else Outcome.FAILED
+                    return round_.answered(failed)
+                except ModelInterrupted as exc:
+                    log.warning("model stream interrupted: %s", exc)
+                    return round_.answered(Outcome.INTERRUPTED)
+                finally:
+                    await self._record_usage(accepted, answer.usage)
+                if text is None:
+                    return round_.answered(Outcome.STOPPED)
+                room -= len(text)
+                calls = answer.tool_calls
+                if calls and answer.finish_reason == "length":
+                    # The server cut the answer while it wrote a call: not run, and said so.
+                    return round_.answered(Outcome.INTERRUPTED)
+                if not calls:
+                    return round_.answered(Outcome.COMPLETE)
+                share = max(MIN_RESULT_CHARS, results_room // len(calls))
+                results = await _unless_stopped(
+                    self._run(calls, accepted, round_, number, share), pressed, reply
+                )
+                if results is None:
+                    return round_.answered(Outcome.STOPPED)
+                results_room -= sum(len(result.text) for result in results)
+                outputs = [(result.text, result.is_error) for result in results]
+                if number + 1 == self._max_rounds:
+                    # Told with the results (a message of its own after them would break the
+                    # role order some servers' chat templates insist on).
+                    content, is_error = outputs[-1]
+                    outputs[-1] = (f"{content}\n\n[{LAST_ROUND_NOTE}]", is_error)
+                messages += self._model.tool_round(text, calls, outputs)
+            raise AssertionError("unreachable: the last round offers no tools")
+        finally:
+            round_.end()
 
     async def _read(self, answer: AnswerStream, reply: Reply, room: int, unseen: list[str]) -> str:
         """One round's text into the reply (after a blank line when earlier rounds wrote
@@ -208,36 +247,39 @@ class Responder:
                 reply.append(delta)
         return "".join(written)
 
-    def _pending(self, reply: Reply, number: int) -> Callable[[str, int], None]:
+    def _pending(self, round_: _Round, number: int) -> Callable[[str, int], None]:
         """Shows a call as pending as soon as the model names it."""
 
         def show(name: str, index: int) -> None:
-            _show(reply, Step(f"{number}.{index}", self._tools.summary(name, ""), _PENDING))
+            round_.show(Step(f"{number}.{index}", self._tools.summary(name, ""), _PENDING))
 
         return show
 
     async def _run(
-        self, calls: list[ToolCall], accepted: Accepted, reply: Reply, number: int
+        self, calls: list[ToolCall], accepted: Accepted, round_: _Round, number: int, share: int
     ) -> list[ToolResult]:
-        """One round's calls, concurrently, each shown as a step; results in call order."""
+        """One round's calls, concurrently, each shown as a step; results in call order, each
+        cut to ``share`` characters (the round's part of the prompt's room for results)."""
 
         async def run(index: int, call: ToolCall) -> ToolResult:
             step_id = f"{number}.{index}"
             summary = self._tools.summary(call.name, call.arguments)
             approved = False
-            if self._tools.needs_approval(call.name):
-                _show(reply, Step(step_id, summary, _PENDING, "waiting for approval"))
-                approved = await self._approvals.ask(accepted, reply, summary)
-            _show(reply, Step(step_id, summary, StepStatus.IN_PROGRESS))
             try:
+                # A tool the channel does not offer is refused by the call: nobody is asked.
+                if call.name in round_.offered and self._tools.needs_approval(call.name):
+                    round_.show(Step(step_id, summary, _PENDING, "waiting for approval"))
+                    full = self._tools.approval_text(call.name, call.arguments)
+                    approved = await self._approvals.ask(accepted, round_.reply, summary, full)
+                round_.show(Step(step_id, summary, StepStatus.IN_PROGRESS, "running"))
                 result = await self._tools.call(
                     call.name, call.arguments, toolset=accepted.profile.toolset, approved=approved
                 )
             except asyncio.CancelledError:
-                _show(reply, Step(step_id, summary, StepStatus.ERROR, "stopped"))
+                round_.show(Step(step_id, summary, StepStatus.ERROR, "stopped"))
                 raise
-            status = StepStatus.ERROR if result.is_error else StepStatus.COMPLETE
-            _show(reply, Step(step_id, result.summary, status))
+            result = dataclasses.replace(result, text=cut(result.text, share))
+            round_.done(step_id, result)
             return result
 
         return list(await asyncio.gather(*(run(i, call) for i, call in enumerate(calls))))
@@ -254,9 +296,48 @@ class Responder:
 _PENDING = StepStatus.PENDING
 
 
+class _Round:
+    """What an answer's tool rounds have shown and done: the steps still open (ended as "not
+    run" however the answer ends) and the calls that completed (remembered with the answer,
+    also when it is stopped or fails after them)."""
+
+    def __init__(self, reply: Reply, offered: set[str]) -> None:
+        self.reply = reply
+        self.offered = offered
+        self.uses: list[ToolUse] = []
+        self._open: dict[str, Step] = {}
+
+    def show(self, step: Step) -> None:
+        self._open[step.id] = step
+        _show(self.reply, step)
+
+    def done(self, step_id: str, result: ToolResult) -> None:
+        self._open.pop(step_id, None)
+        status = StepStatus.ERROR if result.is_error else StepStatus.COMPLETE
+        _show(
+            self.reply,
+            Step(step_id, result.summary, status, "failed" if result.is_error else "done"),
+        )
+        self.uses.append(
+            ToolUse(result.summary, cut(result.text, REMEMBERED_RESULT_CHARS), result.is_error)
+        )
+
+    def answered(self, outcome: Outcome) -> Answered:
+        return Answered(outcome, tuple(self.uses))
+
+    def end(self) -> None:
+        for step in self._open.values():
+            if step.status is not StepStatus.ERROR:
+                _show(
+                    self.reply, dataclasses.replace(step, status=StepStatus.ERROR, detail="not run")
+                )
+        self._open.clear()
+
+
 def _unseen_note(images: tuple[str, ...]) -> str:
     """The person's note for images the model could not look at."""
-    names = ", ".join(images[:3]) + (f" and {len(images) - 3} more" if len(images) > 3 else "")
+    names = ", ".join(as_written(name) for name in images[:3])
+    names += f" and {len(images) - 3} more" if len(images) > 3 else ""
     return f"_I couldn't look at {names}: the model I use can't see images._\n\n"
 
 
