@@ -103,6 +103,7 @@ async def open_bot(
             history_ttl_s=settings.history_ttl_days * 86400,
             history_max_turns=settings.history_max_turns,
             turn_tokens=settings.prompt_token_budget,
+            file_cache_ttl_s=settings.file_cache_ttl_hours * 3600,
         )
         stack.push_async_callback(store.aclose)
         if await store.ping():

@@ -149,6 +149,7 @@ class Settings(BaseSettings):
     image_history_turns: int = Field(3, ge=0)
     transcribe_model: str | None = None
     file_download_timeout: float = Field(30.0, gt=0)
+    file_cache_ttl_hours: float = Field(72.0, gt=0)
 
     # Assistant threads (agent view): what a new thread shows; empty disables that part.
     # ASSISTANT_PROMPTS is a JSON list of strings and/or {"title": …, "message": …} objects.
