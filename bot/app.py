@@ -14,6 +14,7 @@ The order below is the spec (Bolt stops at the first listener whose constraints 
     message  · anything else                     → acknowledge and ignore (no 404, no retries)
     assistant_thread_started                     → greeting + suggested prompts in the thread
     assistant_thread_context_changed             → acknowledge quietly
+    file_deleted, file_unshared                  → forget what was read of the file (the cache)
     action   · stop_reply                        → stop the reply it names, on any replica (the
                                                    asker only; others are told so)
     action   · reply_feedback                    → store and count the vote, thank the clicker
@@ -42,7 +43,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID, ApprovalClick, Approvals
 from bot.assistant import AssistantThreads
 from bot.conversation import ThreadKey
-from bot.events import Inbound, MalformedEvent, is_person_message, mention_pattern, retry_attempt
+from bot.events import (
+    FileGone,
+    Inbound,
+    MalformedEvent,
+    is_person_message,
+    mention_pattern,
+    retry_attempt,
+)
 from bot.metrics import Metrics
 from bot.policy import Policy
 from bot.render.feedback import FEEDBACK_ACTION_ID
@@ -147,6 +155,18 @@ def build_app(
         await ack()
         await assistant.feedback(body)
 
+    async def file_gone(body: dict[str, Any], event: dict[str, Any]) -> None:
+        # Bolt has acknowledged it; a follow-up now asks Slack, which says the file is gone.
+        try:
+            gone = FileGone.from_event(body, event)
+        except MalformedEvent as exc:
+            log.info("ignored malformed %s event: %s", event.get("type"), exc)
+            return
+        if not await store.files.forget(gone.team, gone.file_id):
+            log.warning(
+                "could not forget file %s (store down): kept until it expires", gone.file_id
+            )
+
     async def ignore() -> None:
         metrics.events.labels(outcome="ignored").inc()
 
@@ -212,6 +232,8 @@ def build_app(
     app.event("message")(ignore)
     app.event("assistant_thread_started")(thread_started)
     app.event("assistant_thread_context_changed")(ignore)
+    app.event("file_deleted")(file_gone)
+    app.event("file_unshared")(file_gone)
     app.action(STOP_ACTION_ID)(stop)
     app.action(FEEDBACK_ACTION_ID)(feedback)
     app.action(APPROVE_ACTION_ID)(approval)

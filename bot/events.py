@@ -105,6 +105,30 @@ def files_of(message: dict[str, Any]) -> tuple[SlackFile, ...]:
     return tuple(f for f in parsed if f is not None)
 
 
+@dataclass(frozen=True, slots=True)
+class FileGone:
+    """A file deleted in Slack (``file_deleted``) or unshared from a conversation
+    (``file_unshared``): what the bot read of it must not reach the model again.
+
+    FileGone.from_event({"team_id": "T1"}, {"type": "file_deleted", "file_id": "F1"})
+    # FileGone(team='T1', file_id='F1')
+    """
+
+    team: str
+    file_id: str
+
+    @classmethod
+    def from_event(cls, body: dict[str, Any], event: dict[str, Any]) -> FileGone:
+        file_id = event.get("file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raw = event.get("file")
+            file_id = raw.get("id") if isinstance(raw, dict) else None
+        team = body.get("team_id") or event.get("team")
+        if not (isinstance(file_id, str) and file_id and isinstance(team, str) and team):
+            raise MalformedEvent("file event without file_id or team")
+        return cls(team=team, file_id=file_id)
+
+
 def _text(raw: dict[str, Any], name: str) -> str:
     value = raw.get(name)
     return value if isinstance(value, str) else ""

@@ -13,10 +13,14 @@ import wave
 import zipfile
 from typing import Any
 
+import pytest
 from PIL import Image
 from pypdf import PdfReader, PdfWriter
 
 from bot.compose import RunningBot
+from bot.events import FileGone, MalformedEvent
+from bot.store.keys import KeySchema
+from tests.conftest import sync_client
 from tests.fakes.openai import Answer, FakeOpenAI, Request
 from tests.fakes.slack import (
     FakeSlack,
@@ -486,3 +490,34 @@ async def test_with_file_input_native_a_scanned_pdf_goes_as_itself(
     content = _user_content(llm.requests[0])
     assert content[1]["type"] == "file" and content[1]["file"]["filename"] == "receipt.pdf"
     assert "scanned" not in reply  # nothing to tell: the model reads it
+
+
+def test_file_deleted_and_unshared_events_name_the_file_to_forget() -> None:
+    deleted = {"type": "file_deleted", "file_id": "F1", "event_ts": "1.2"}
+    unshared = {"type": "file_unshared", "file": {"id": "F2"}, "user_id": "U1"}
+    assert FileGone.from_event({"team_id": "T1"}, deleted) == FileGone("T1", "F1")
+    assert FileGone.from_event({"team_id": "T1"}, unshared) == FileGone("T1", "F2")
+    with pytest.raises(MalformedEvent):
+        FileGone.from_event({"team_id": "T1"}, {"type": "file_deleted"})
+
+
+async def test_a_file_deleted_in_slack_no_longer_reaches_the_model(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_url: str
+) -> None:
+    secret = slack.upload(b"The staging root password is hunter2-7419.\n", name="creds.txt")
+    llm.script(Answer(text="Noted."), Answer(text="It is gone."))
+    first = file_share_event("keep this for later", [secret], mention=BOT)
+    await slack.send_event(first)
+    await _answered(slack, "Noted.")
+    assert "hunter2-7419" in _text(_user_content(llm.requests[0]))
+    cached = KeySchema().file(slack.team_id, secret["id"])
+    redis = sync_client(redis_url)
+    assert redis.exists(cached)
+
+    await slack.wait_ack(await slack.delete_file_and_tell(secret["id"]))
+    await slack.wait_for(lambda: not redis.exists(cached), timeout=5, what="cache entry dropped")
+    await slack.send_event(mention_event("what was the password?", thread_ts=first["ts"]))
+    await _answered(slack, "It is gone.")
+    sent = json.dumps(llm.requests[1].messages)
+    assert "hunter2-7419" not in sent
+    assert "was deleted" in sent  # the model is told the file is gone, not left to guess

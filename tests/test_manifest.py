@@ -42,6 +42,9 @@ EVENT_SUBSCRIPTIONS: dict[str, tuple[set[str], set[str]]] = {
     ),
     "assistant_thread_started": ({"assistant_thread_started"}, {"assistant:write"}),
     "assistant_thread_context_changed": ({"assistant_thread_context_changed"}, {"assistant:write"}),
+    # A deleted or unshared file is dropped from the cache (bot/store/files.py).
+    "file_deleted": ({"file_deleted"}, {"files:read"}),
+    "file_unshared": ({"file_unshared"}, {"files:read"}),
 }
 
 

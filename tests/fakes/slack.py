@@ -853,6 +853,21 @@ class FakeSlack:
                     assert message.files is not None
                     message.files[index] = {"id": file_id, "mode": "tombstone"}
 
+    async def delete_file_and_tell(self, file_id: str, *, unshared: bool = False) -> str:
+        """``delete_file``, and the ``file_deleted`` event Slack then sends the app (with
+        ``unshared``: the file stays, the event is ``file_unshared``); returns the envelope id."""
+        stored = self._files[file_id]
+        if not unshared:
+            self.delete_file(file_id)
+        event: dict[str, Any] = {
+            "type": "file_unshared" if unshared else "file_deleted",
+            "file_id": file_id,
+            "event_ts": f"{time.time():.6f}",
+        }
+        if unshared:
+            event.update(user_id=stored.user, file={"id": file_id}, channel_id="")
+        return await self.send_event(event, team_id=stored.team, record=False)
+
     def file_downloads(self, file_id: str) -> list[Download]:
         """Requests for the file's content that got it (not the sign-in page, not an error)."""
         return [
