@@ -35,6 +35,7 @@ from bot.files import Attachment, FileLimits, FileReader, render_attachment
 from bot.files.attachment import Unreadable
 from bot.files.documents import pdf_text
 from bot.files.images import decode_pixels, downscale
+from bot.files.reader import PixelBudget
 from bot.files.sniff import sniff
 from bot.slack import SlackGateway, connect_slack
 from bot.store import Store, connect_redis
@@ -709,27 +710,41 @@ class _NoCache:
 
 # -- reading: the memory an image costs ----------------------------------------------------------
 
+# (VmHWM, not getrusage's ru_maxrss: on Linux that survives exec, so a child of a big pytest
+# process starts at its parent's peak)
 _PEAK_OF_DOWNSCALE = """
-import resource, sys
-from bot.files.images import decode_pixels, downscale
+import re, sys
+from bot.files.images import downscale
+def peak():
+    status = open("/proc/self/status").read()
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
 data = open(sys.argv[1], "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak()
 shrunk = downscale(data)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024, shrunk.width, shrunk.height, shrunk.mime)
+print(peak() - before, shrunk.width, shrunk.height, shrunk.mime)
 """
 
 
-def test_a_big_palette_png_is_shrunk_before_it_is_widened(tmp_path: Any) -> None:
-    """A 16 MP screenshot-like PNG with a palette and a transparent colour (a few KB of file):
-    decoding costs its 16 MB of palette indices and a band at a time, not 64 MB of RGBA and
-    a copy. Peak memory is measured in a fresh process (Pillow's pixels are outside
-    tracemalloc's sight)."""
-    screenshot = Image.new("P", (4000, 4000), 1)
-    screenshot.putpalette([255, 255, 255, 20, 40, 200] + [0, 0, 0] * 254)
-    screenshot.paste(0, (0, 0, 4000, 1000))  # the top quarter transparent
+@pytest.mark.parametrize(
+    ("mode", "bound"),
+    [("P", 80_000_000), ("RGB", 110_000_000)],
+    ids=["palette-with-transparency", "rgb"],
+)
+def test_a_16_mp_png_costs_its_decoded_size_and_little_more(
+    tmp_path: Any, mode: str, bound: int
+) -> None:
+    """A 16 MP screenshot-like PNG (a few KB of file, one colour and a transparent band). A
+    palette image costs its 16 MB of indices and a band at a time, not 64 MB of RGBA and a
+    copy (it took 169 MB); an RGB one its 64 MB decoded and no full-size copy (153 MB).
+    Peak memory is measured in a fresh process: Pillow's pixels are outside tracemalloc's
+    sight."""
+    screenshot = Image.new(mode, (4000, 4000), 1 if mode == "P" else (20, 40, 200))
+    if mode == "P":
+        screenshot.putpalette([255, 255, 255, 20, 40, 200] + [0, 0, 0] * 254)
+        screenshot.paste(0, (0, 0, 4000, 1000))  # the top quarter transparent
     path = tmp_path / "screenshot.png"
-    screenshot.save(path, "PNG", transparency=0)
+    screenshot.save(path, "PNG", **({"transparency": 0} if mode == "P" else {}))
+    del screenshot
     assert path.stat().st_size < 100_000
     done = subprocess.run(
         [sys.executable, "-c", _PEAK_OF_DOWNSCALE, str(path)],
@@ -740,7 +755,7 @@ def test_a_big_palette_png_is_shrunk_before_it_is_widened(tmp_path: Any) -> None
     )
     grown, width, height, mime = done.stdout.split()
     assert (int(width), int(height), mime) == (1072, 1072, "image/png")
-    assert int(grown) < 30_000_000, f"peak memory grew by {int(grown):,} bytes"
+    assert int(grown) < bound, f"peak memory grew by {int(grown):,} bytes"
 
 
 def test_sources_over_20_mp_are_refused_and_decode_cost_is_known_from_the_header(
@@ -754,6 +769,46 @@ def test_sources_over_20_mp_are_refused_and_decode_cost_is_known_from_the_header
     # A JPEG is decoded at the reduced scale that still covers the target: 1/2 here.
     assert decode_pixels(phone_photo) == 2000 * 1500
     assert decode_pixels(b"not an image") == 0
+    assert decode_pixels(png_header(6300, 6300)) == 0  # refused before it is decoded
+
+
+async def test_images_are_decoded_within_a_pixel_budget() -> None:
+    """Five 16 MP screenshots in one message: two are decoded at once, not five (each costs
+    64 MB); one larger than the whole budget waits to be decoded alone."""
+    budget = PixelBudget(40_000_000)
+    entered: list[int] = []
+    arrived = asyncio.Condition()
+    release = asyncio.Event()
+
+    async def decode(n: int, pixels: int) -> None:
+        async with budget.held(pixels):
+            async with arrived:
+                entered.append(n)
+                arrived.notify_all()
+            await release.wait()
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with arrived:
+            await asyncio.wait_for(arrived.wait_for(condition), 5)
+
+    tasks = [asyncio.create_task(decode(n, 16_000_000)) for n in range(5)]
+    await until(lambda: len(entered) == 2)
+    await asyncio.sleep(0.05)
+    assert entered == [0, 1] and budget.used == 32_000_000
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert sorted(entered) == [0, 1, 2, 3, 4] and budget.used == 0
+
+    release.clear()
+    entered.clear()
+    small = asyncio.create_task(decode(1, 10_000_000))
+    await until(lambda: entered == [1])
+    huge = asyncio.create_task(decode(2, 90_000_000))
+    await asyncio.sleep(0.05)
+    assert entered == [1]  # waits until nothing else is decoded
+    release.set()
+    await asyncio.wait_for(asyncio.gather(small, huge), 5)
+    assert entered == [1, 2] and budget.used == 0
 
 
 def test_a_transparent_png_over_its_budget_is_flattened_to_a_jpeg() -> None:
@@ -768,7 +823,8 @@ def test_a_transparent_png_over_its_budget_is_flattened_to_a_jpeg() -> None:
     assert shrunk.mime == "image/jpeg" and len(shrunk.data) < 600_000
     flat = Image.open(io.BytesIO(shrunk.data))
     assert flat.mode == "RGB"
-    assert all(channel > 245 for channel in flat.getpixel((20, 500)))  # white, not black
+    low, _ = flat.convert("L").crop((0, 0, 200, flat.height)).getextrema()
+    assert isinstance(low, int) and low > 245  # the see-through part white, not black
 
     # A small transparent logo stays a PNG with its transparency.
     logo = Image.new("RGBA", (400, 200), (0, 0, 0, 0))

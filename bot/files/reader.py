@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,7 +31,7 @@ from bot.errors import (
 from bot.events import DOWNLOADABLE_MODES, SlackFile
 from bot.files.attachment import Attachment, Unreadable, human_size
 from bot.files.documents import ScannedPdf, page_marks, pdf_text, plain_text
-from bot.files.images import MAX_PIXELS, MAX_SIDE, downscale
+from bot.files.images import MAX_PIXELS, MAX_SIDE, decode_pixels, downscale
 from bot.files.sniff import Sniffed, sniff
 from bot.slack import SlackGateway
 
@@ -52,6 +53,41 @@ class FileLimits:
     image_max_side: int = MAX_SIDE
     image_max_pixels: int = MAX_PIXELS
     concurrency: int = 4  # files this process downloads and decodes at once
+    # Image pixels this process decodes at once (about 4 bytes each, and a band more); a
+    # larger image waits to be decoded alone.
+    decode_pixels: int = 40_000_000
+
+
+class PixelBudget:
+    """At most ``capacity`` pixels being decoded at once, across all messages; an image larger
+    than that waits until nothing else is decoded, then goes alone.
+
+        async with budget.held(decode_pixels(data)):
+            shrunk = await asyncio.to_thread(downscale, data)
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._used = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @asynccontextmanager
+    async def held(self, pixels: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._used == 0 or self._used + pixels <= self._capacity
+            )
+            self._used += pixels
+        try:
+            yield
+        finally:
+            self._used -= pixels
+            async with self._changed:
+                self._changed.notify_all()
 
 
 class AttachmentCache(Protocol):
@@ -94,6 +130,7 @@ class FileReader:
         self._limits = limits or FileLimits()
         self._transcriber: Transcriber = transcriber or NoTranscriber()
         self._slots = asyncio.Semaphore(self._limits.concurrency)
+        self._pixels = PixelBudget(self._limits.decode_pixels)
 
     @property
     def limits(self) -> FileLimits:
@@ -195,8 +232,14 @@ class FileReader:
             raise Unreadable(
                 f"{file.label} is an image, and the model I use can't see images.", lasting=False
             )
+        pixels = 0
+        if kind.family == "image":
+            pixels = decode_pixels(
+                data, max_side=limits.image_max_side, max_pixels=limits.image_max_pixels
+            )
         try:
-            return await asyncio.to_thread(self._extract, file, data, kind)
+            async with self._pixels.held(pixels):
+                return await asyncio.to_thread(self._extract, file, data, kind)
         except Unreadable:
             raise
         except Exception as exc:
