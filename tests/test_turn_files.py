@@ -72,16 +72,27 @@ async def prompt(
     return prompt_window(SYSTEM, shown.turns, budget), shown.notes
 
 
-@settings(max_examples=60, deadline=None)
+# Text as people write it, in any script: Latin, CJK (3 UTF-8 bytes a character), emoji (4),
+# accents, line ends; estimate_tokens counts bytes, so a document is measured in bytes too.
+LINES = st.text(
+    alphabet=st.sampled_from([*"ab z.\n", *"日本語のテキスト한국어", "😀", "🎉", "é", "ß"]),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=80, deadline=None)
 @given(
     sizes=st.lists(st.integers(min_value=0, max_value=60_000), min_size=1, max_size=6),
     budget=st.integers(min_value=512, max_value=20_000),
     two_people=st.booleans(),
+    line=LINES,
 )
 async def test_documents_stay_within_the_budget_and_the_question_is_never_cut(
-    sizes: list[int], budget: int, two_people: bool
+    sizes: list[int], budget: int, two_people: bool, line: str
 ) -> None:
-    docs = [document(f"F{n}", f"line {n}\n" * (size // 7)) for n, size in enumerate(sizes)]
+    unit = len(line.encode())
+    docs = [document(f"F{n}", line * (size // unit)) for n, size in enumerate(sizes)]
     shelf = Shelf(*docs[:-1])
     turns: list[Turn] = []
     for n, doc in enumerate(docs[:-1]):
@@ -99,6 +110,27 @@ async def test_documents_stay_within_the_budget_and_the_question_is_never_cut(
     assert newest.startswith("what do they say?\n\n<attachment ")
     assert newest.count("<attachment ") == newest.count("</attachment>") == 1
     assert "truncated to fit" not in newest  # cut by the files step, with its own note
+
+
+async def test_a_japanese_document_keeps_the_history_its_closing_tag_and_its_cut_note() -> None:
+    """3 UTF-8 bytes a character: measured in characters it took ~3× its room and pushed the
+    thread's earlier turns (and its own end) out of the prompt."""
+    text = "本日の会議では、来期の予算と採用計画について議論しました。\n" * 2000
+    turns = [
+        Turn("user", "先週の議事録はどこ?", "U1"),
+        Turn("assistant", "共有フォルダにあります。"),
+        Turn("user", "ありがとう", "U1"),
+        Turn("assistant", "どういたしまして。"),
+        Turn("user", "これを要約して", "U1"),
+    ]
+    messages, notes = await prompt(
+        SharedFiles(Shelf(), Metrics()), turns, [document("F1", text)], 8000
+    )
+    assert [m["role"] for m in messages] == ["system", *(t.role for t in turns)]
+    newest = text_of(messages[-1])
+    assert newest.endswith("</attachment>") and "[cut here:" in newest
+    assert tokens(messages) <= 8000
+    assert notes and notes[0].startswith("F1.txt is long: only about ")
 
 
 async def test_a_long_document_is_cut_with_a_note_and_the_person_is_told() -> None:

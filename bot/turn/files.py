@@ -31,9 +31,10 @@ from bot.files import Attachment, render_attachment
 from bot.files.prompt import render_enclosed
 from bot.metrics import Metrics
 
-# Characters per prompt token for a document's text: estimate_tokens counts 4 bytes a token; a
-# little less leaves room for JSON escaping when several people speak in the thread.
-_CHARS_PER_TOKEN = 3.2
+# UTF-8 bytes per prompt token for a document's text: estimate_tokens counts 4 bytes a token
+# (a Japanese character is 3, an emoji 4: documents are measured and cut in bytes, as it counts
+# them); a little less leaves room for JSON escaping when several people speak in the thread.
+_BYTES_PER_TOKEN = 3.2
 # Room a turn's own words keep before its images take the rest.
 _TEXT_RESERVE = 1000
 # A PDF page sent as itself: models that read PDFs take each page's text and an image of it.
@@ -176,14 +177,14 @@ def _with_files(
     parts (a PDF kept for a model that reads PDFs goes as itself when it fits whole); and what
     the person is told: a note for each document cut to fit (or a scan too long to send)."""
     documents = [a for a in attachments if a.kind == "document"]
-    room = int(max(remaining_tokens // 2, _MIN_DOC_TOKENS * len(documents)) * _CHARS_PER_TOKEN)
+    room = int(max(remaining_tokens // 2, _MIN_DOC_TOKENS * len(documents)) * _BYTES_PER_TOKEN)
     rooms = _shares(documents, room)
     blocks: list[str] = []
     told: list[str] = []
     enclosures = [Enclosure(a.data_url, a.name) for a in attached]
     for attachment in attachments:
         pdf = _native_pdf_tokens(attachment)
-        if pdf and pdf <= room / len(documents) / _CHARS_PER_TOKEN:  # its even share
+        if pdf and pdf <= room / len(documents) / _BYTES_PER_TOKEN:  # its even share
             blocks.append(render_enclosed(attachment))
             enclosures.append(Enclosure(attachment.data_url, attachment.name, pdf))
         elif pdf and _wordless(attachment):  # a scan, too long to send as itself
@@ -197,10 +198,11 @@ def _with_files(
             )
             told.append(note)
         elif attachment.kind == "document":
-            block = render_attachment(attachment, max_chars=rooms[id(attachment)])
+            block = _block_within(attachment, rooms[id(attachment)])
             blocks.append(block)
-            if len(block) < len(attachment.text):  # whole, a block is longer than the text
-                read = max(1, min(99, round(100 * len(block) / len(attachment.text))))
+            whole = _size(attachment.text)
+            if _size(block) < whole:  # whole, a block is longer than the text
+                read = max(1, min(99, round(100 * _size(block) / whole)))
                 told.append(
                     f"{attachment.name} is long: only about {read}% of it fits in what "
                     "I can read at once."
@@ -228,16 +230,40 @@ def _wordless(attachment: Attachment) -> bool:
     return not _PAGE_MARK.sub("", attachment.text).strip()
 
 
+def _size(text: str) -> int:
+    """What ``text`` weighs in a prompt: its UTF-8 bytes (``estimate_tokens``' unit)."""
+    return len(text.encode("utf-8"))
+
+
+def _block_within(attachment: Attachment, room: int) -> str:
+    """The document's block in at most ``room`` bytes (its header and cut note always: the
+    smallest block when even that is over): the longest ``render_attachment`` cut that fits,
+    found by halving, as a cut's characters weigh 1 to 4 bytes each."""
+    block = render_attachment(attachment, max_chars=room)
+    if _size(block) <= room:
+        return block  # ASCII, or it fits whole
+    fits, over = 0, room  # max_chars: over is too long; fits fits (or is the smallest, 0)
+    best = render_attachment(attachment, max_chars=0)
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        block = render_attachment(attachment, max_chars=middle)
+        if _size(block) <= room:
+            fits, best = middle, block
+        else:
+            over = middle
+    return best
+
+
 def _shares(documents: Sequence[Attachment], room: int) -> dict[int, int]:
-    """``room`` characters shared among ``documents``: evenly, what a short one leaves over
-    going to the longer ones."""
+    """``room`` bytes shared among ``documents``: evenly, what a short one leaves over going to
+    the longer ones."""
     shares: dict[int, int] = {}
     left = room
-    by_length = sorted(documents, key=lambda a: len(a.text))
+    by_length = sorted(documents, key=lambda a: _size(a.text))
     for n, document in enumerate(by_length):
         fair = left // (len(by_length) - n)
         # The block's header and cut note take room of their own.
-        share = min(fair, len(document.text) + 300)
+        share = min(fair, _size(document.text) + 300)
         shares[id(document)] = share
         left -= share
     return shares
