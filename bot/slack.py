@@ -318,6 +318,11 @@ class SlackGateway:
         except (aiohttp.ClientError, OSError) as exc:
             self._count(DOWNLOAD, "transient")
             raise SlackTransient(DOWNLOAD, type(exc).__name__) from None
+        except ValueError as exc:
+            # A URL aiohttp or yarl cannot use after all (a host IDNA rejects: UnicodeError).
+            self._count(DOWNLOAD, "rejected")
+            error = f"unusable URL {_shown(url)}: {type(exc).__name__}"
+            raise FileUnavailable(DOWNLOAD, error) from None
         self._count(DOWNLOAD, "ok")
         return data
 
@@ -360,6 +365,8 @@ class SlackGateway:
         except ValueError:
             return False
         host = (target.hostname or "").lower()
+        if "" in host.split("."):
+            return False  # an empty label ("https://.slack.com/x"): no host a request can reach
         if target.scheme == "https" and any(
             host == domain or host.endswith("." + domain) for domain in _SLACK_DOMAINS
         ):

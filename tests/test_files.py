@@ -14,6 +14,7 @@ import sys
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -832,3 +833,46 @@ def test_a_transparent_png_over_its_budget_is_flattened_to_a_jpeg() -> None:
     kept = downscale(image_bytes(logo, "PNG"))
     assert kept.mime == "image/png"
     assert Image.open(io.BytesIO(kept.data)).getchannel("A").getpixel((300, 100)) == 0
+
+
+async def test_an_odd_file_url_or_an_unexpected_failure_is_a_note_and_the_rest_is_read(
+    slack: FakeSlack,
+    gateway: SlackGateway,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A file URL with an empty host label passed the host check and aiohttp raised a bare
+    UnicodeError: the whole answer failed. Now it is refused before any request, a URL aiohttp
+    still cannot use is a FileUnavailable, and anything unexpected while reading one file is a
+    short note (its traceback logged, never shown) while the rest of the message is read."""
+    readme = parsed(slack.upload(b"read me", name="README.txt"))
+    empty_label = replace(
+        parsed(slack.upload(b"x", name="odd.txt")), url_private_download="https://.slack.com/x"
+    )
+    long_label = replace(
+        parsed(slack.upload(b"x", name="long.txt")),
+        url_private_download=f"https://{'a' * 70}.slack.com/x",  # IDNA refuses a 70-char label
+    )
+    clip = parsed(slack.upload(b"OggS" + b"\x00" * 100, name="clip.ogg", mimetype="audio/ogg"))
+    for url in (empty_label.download_url, long_label.download_url):
+        with pytest.raises(FileUnavailable):
+            await gateway.download(url, max_bytes=1000, time_limit=5)
+
+    class Broken:  # a transcriber with a defect
+        async def transcribe(self, audio: bytes, *, filename: str, mimetype: str) -> str:
+            raise RuntimeError("secret internals")
+
+    reader = FileReader(gateway, store.files, transcriber=Broken())
+    with caplog.at_level(logging.ERROR, logger="bot.files.reader"):
+        read = await reader.read(TEAM, [readme, empty_label, long_label, clip])
+    assert [a.kind for a in read] == ["document", "note", "note", "note"]
+    assert read[0].text == "read me"
+    assert read[1].note == "I couldn't download odd.txt just now."
+    assert read[2].note == "I couldn't download long.txt just now."
+    assert read[3].note == "I couldn't read clip.ogg just now."
+    assert "secret internals" not in read[3].note
+    (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert logged.exc_info is not None and "secret internals" in caplog.text
+    assert slack.file_downloads(empty_label.id) == []
+    # Not cached: a fixed bug reads the clip next time.
+    assert await store.files.get(TEAM, clip.id) is None

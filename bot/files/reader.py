@@ -154,6 +154,16 @@ class FileReader:
         return read
 
     async def _one(self, team: str, file: SlackFile) -> Attachment:
+        try:
+            return await self._read_one(team, file)
+        except Exception:
+            # Not the file's fault but a defect here (the expected failures are notes already):
+            # logged with its traceback; the person gets a short note, not a failed answer,
+            # and it is not cached.
+            log.exception("reading file %s failed unexpectedly", file.id)
+            return Attachment.unread(file, f"I couldn't read {file.label} just now.")
+
+    async def _read_one(self, team: str, file: SlackFile) -> Attachment:
         refused = self._refusal(file)
         if refused is not None:
             return refused
