@@ -100,11 +100,35 @@ _IMAGES_REFUSED = re.compile(
     r"|at most 0 image"  # vLLM: "At most 0 image(s) may be provided in one request"
     r"|unknown variant `image_url`"  # DeepSeek and other text-only Rust servers
     r"|missing data required for image input"  # Ollama, a text-only model
-    r"|content'? *:? *(?:value )?must be a string"  # Groq: only string content, no parts
-    r"|\b(?:images?|image inputs?|vision|multimodal(?: input)?)'? (?:is|are) not supported",
+    # Groq: only string content, no parts (a tool message's content is another matter)
+    r"|(?<!tool message )(?<!tool )content'? *:? *(?:value )?must be a string"
+    # "… is not supported" about the model, not about images in another role's message
+    r"|\b(?:images?|image inputs?|vision|multimodal(?: input)?)'? (?:is|are) not supported"
+    r"(?! in (?:assistant|system|tool|developer))",
     re.IGNORECASE,
 )
 IMAGE_NOT_SHOWN = "[An image was attached here, but this model cannot see images.]"
+BLIND_FOR_S = 3600.0
+
+
+class Forgetting:
+    """A set of names that forgets each one ``ttl_s`` after it was added."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def add(self, name: str) -> None:
+        self._until[name] = self._clock() + self._ttl
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or name not in self._until:
+            return False
+        if self._clock() >= self._until[name]:
+            del self._until[name]
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +220,9 @@ class ChatModel:
         self._idle_timeout = idle_timeout
         self._open = _OpenStreams()
         self._toolless: set[str] = set()  # models whose server refused tools
-        self._blind: set[str] = set()  # models whose server refused images
+        # Models whose server refused images, for an hour: a refusal is read from the error's
+        # words, and a misreading must not leave a model without images until a restart.
+        self._blind = Forgetting(BLIND_FOR_S)
 
     @property
     def default_model(self) -> str:
@@ -400,7 +426,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         api: Literal["chat", "responses"] = "chat",
         streams: _OpenStreams | None = None,
         toolless: set[str] | None = None,
-        blind: set[str] | None = None,
+        blind: Forgetting | None = None,
     ) -> None:
         self._client = client
         self._body = body
@@ -587,7 +613,7 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
     def _drop_images(self, refusal: openai.APIStatusError) -> None:
         model = str(self._body.get("model"))
         log.warning(
-            "model %s refused images (HTTP %s); it is sent none from now on",
+            "model %s refused images (HTTP %s); it is sent none for the next hour",
             model,
             refusal.status_code,
         )

@@ -11,7 +11,14 @@ from typing import Any, Literal
 import pytest
 
 from bot.errors import ModelUnavailable
-from bot.llm import IMAGE_NOT_SHOWN, AnswerStream, ChatModel, Transcriptions, connect_openai
+from bot.llm import (
+    IMAGE_NOT_SHOWN,
+    AnswerStream,
+    ChatModel,
+    Forgetting,
+    Transcriptions,
+    connect_openai,
+)
 from tests.fakes.openai import Answer, FakeOpenAI
 
 Api = Literal["chat", "responses"]
@@ -190,3 +197,26 @@ async def test_a_pdf_part_is_sent_in_each_apis_shape_and_kept_when_images_are_re
         {"type": text_kind, "text": IMAGE_NOT_SHOWN},
         pdf,
     ]
+
+
+def test_a_refusal_of_images_is_forgotten_after_a_while() -> None:
+    # Refusals are read from an error's words: a misreading must not blind a model for good.
+    now = [0.0]
+    blind = Forgetting(3600.0, clock=lambda: now[0])
+    blind.add("m")
+    assert "m" in blind and "other" not in blind
+    now[0] = 3599.0
+    assert "m" in blind
+    now[0] = 3600.0
+    assert "m" not in blind
+
+
+def test_errors_about_images_elsewhere_are_not_taken_for_a_model_without_vision() -> None:
+    from bot.llm import _IMAGES_REFUSED
+
+    for unrelated in (
+        "image is not supported in assistant messages",
+        "tool message content must be a string",
+    ):
+        assert not _IMAGES_REFUSED.search(unrelated), unrelated
+    assert _IMAGES_REFUSED.search("Image input is not supported")
