@@ -449,8 +449,11 @@ def _shown(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-# What Slack's sign-in page (and the redirect to it) carry; an HTML file a person shared won't.
-_SIGN_IN_MARKS = (b"slack-edge.com", b"?redir=", b"signin", b"sign in to")
+# Slack's sign-in page loads its assets from Slack's CDN and says it is a sign-in page in its
+# own markup; an HTML file a person shared may well link to some sign-in page ("/signin",
+# "?redir=", "Sign in to comment") but does not carry both.
+_SLACK_ASSETS = b"slack-edge.com"
+_SIGN_IN_MARKS = (b'action="/signin"', b"signin_form", b"<title>sign in to ", b"| slack</title>")
 
 
 def _is_sign_in_page(content_type: str, data: bytes, *, html_expected: bool) -> bool:
@@ -463,7 +466,10 @@ def _is_sign_in_page(content_type: str, data: bytes, *, html_expected: bool) -> 
     )
     if not html:
         return False
-    return not html_expected or any(mark in data[:65536].lower() for mark in _SIGN_IN_MARKS)
+    if not html_expected:
+        return True
+    page = data[:65536].lower()
+    return _SLACK_ASSETS in page and any(mark in page for mark in _SIGN_IN_MARKS)
 
 
 _OUTCOMES = {

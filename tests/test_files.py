@@ -286,13 +286,27 @@ async def test_the_sign_in_page_is_an_error_logged_once_with_the_fix(
     assert len(told) == 1 and "reinstall" in told[0]
     assert slack.bot_token not in caplog.text
 
-    # An HTML file a person shared is not mistaken for the sign-in page.
+    # An HTML file a person shared is not mistaken for the sign-in page, even a saved web page
+    # that links to a sign-in page of its own.
     slack.files_read = True
-    page = parsed(slack.upload(b"<!doctype html><p>my page</p>", name="page.html"))
-    data = await gateway.download(
-        page.download_url, max_bytes=1000, time_limit=5, html_expected=True
-    )
-    assert b"my page" in data
+    saved = b"""<!DOCTYPE html><html><head><title>Release notes | Acme</title>
+<link rel="stylesheet" href="https://cdn.acme.example/site.css"></head><body>
+<nav><a href="https://acme.example/signin?redir=%2Fnotes">Sign in</a></nav>
+<h1>Release notes</h1><p>Sign in to comment.</p>
+<form action="/search"><input name="q"></form></body></html>"""
+    for content in (b"<!doctype html><p>my page</p>", saved):
+        page = parsed(slack.upload(content, name="page.html"))
+        data = await gateway.download(
+            page.download_url, max_bytes=10_000, time_limit=5, html_expected=True
+        )
+        assert data == content
+    # ... while Slack's sign-in page is still recognised when an HTML file was asked for.
+    slack.files_read = False
+    page = parsed(slack.upload(saved, name="notes.html"))
+    with pytest.raises(FileNotAuthorized):
+        await gateway.download(
+            page.download_url, max_bytes=10_000, time_limit=5, html_expected=True
+        )
 
 
 async def test_file_info_completes_a_slack_connect_file(
