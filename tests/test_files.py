@@ -11,6 +11,7 @@ import logging
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -34,7 +35,7 @@ from bot.errors import (
 from bot.events import Inbound, SlackFile, files_of, is_person_message
 from bot.files import Attachment, FileLimits, FileReader, render_attachment
 from bot.files.attachment import Unreadable
-from bot.files.documents import pdf_text
+from bot.files.documents import pdf_text, plain_text
 from bot.files.images import decode_pixels, downscale
 from bot.files.reader import PixelBudget
 from bot.files.sniff import sniff
@@ -890,3 +891,31 @@ async def test_an_odd_file_url_or_an_unexpected_failure_is_a_note_and_the_rest_i
     assert slack.file_downloads(empty_label.id) == []
     # Not cached: a fixed bug reads the clip next time.
     assert await store.files.get(TEAM, clip.id) is None
+
+
+def test_a_20_mb_text_file_costs_what_its_first_characters_do() -> None:
+    """A 20 MB log (one non-ASCII letter makes Python keep it as 2 bytes a character) is read
+    up to ``max_chars``: only the bytes that can hold them are decoded (2.4 MB at peak; the
+    whole file was decoded and copied twice: 40 MB)."""
+    line = "2026-12-05 06:21:32 INFO Zürich: request served in 12 ms\r\n"
+    data = (line * (20_000_000 // len(line.encode()))).encode()
+    tracemalloc.start()
+    try:
+        text, note = plain_text(data, name="server.log", max_chars=200_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(text) == 200_000 and text.startswith(line.replace("\r\n", "\n"))
+    assert "\r" not in text
+    assert note == "Only the first 200,000 characters of server.log were read."
+    assert peak < 8_000_000, f"peak {peak:,} bytes"
+
+    # A character cut in two where the bytes read end is not mistaken for another encoding.
+    euros = ("€" * 30).encode()  # 3 bytes each: the 40 bytes read end inside the 14th
+    assert plain_text(euros, name="e.txt", max_chars=10) == (
+        "€" * 10,
+        "Only the first 10 characters of e.txt were read.",
+    )
+    umlauts = ("ä" * 100).encode("utf-16")
+    assert plain_text(umlauts, name="u.txt", max_chars=10)[0] == "ä" * 10
+    assert plain_text("café\r\n".encode("cp1252"), name="m.txt", max_chars=10) == ("café\n", "")

@@ -104,23 +104,31 @@ def pdf_text(
 
 
 def plain_text(data: bytes, *, name: str, max_chars: int) -> tuple[str, str]:
-    """A text file's contents (line ends made ``\\n``) and what was left out."""
-    text = decode(data).replace("\r\n", "\n").replace("\r", "\n")
+    """A text file's contents (line ends made ``\\n``) and what was left out. Only the bytes
+    that can hold ``max_chars`` characters are decoded (UTF-8 takes at most 4 a character), so
+    a 20 MB log costs what its first characters do, not ten times its size."""
+    limit = 4 * max_chars
+    whole = len(data) <= limit
+    text = decode(data[:limit], final=whole).replace("\r\n", "\n").replace("\r", "\n")
     text, cut = _within(text, max_chars)
+    cut = cut or not whole
     note = f"Only the first {max_chars:,} characters of {name} were read." if cut else ""
     return text, note
 
 
-def decode(data: bytes) -> str:
+def decode(data: bytes, *, final: bool = True) -> str:
+    """``data`` as text: UTF-8, else the encoding a BOM names, else Windows-1252. ``final``
+    False: ``data`` is the beginning of a longer file, and a character cut in two at its end is
+    left out rather than taken for an error."""
     for bom, encoding in (
         (codecs.BOM_UTF8, "utf-8-sig"),
         (codecs.BOM_UTF16_LE, "utf-16"),
         (codecs.BOM_UTF16_BE, "utf-16"),
     ):
         if data.startswith(bom):
-            return data.decode(encoding, errors="replace")
+            return codecs.getincrementaldecoder(encoding)("replace").decode(data, final)
     try:
-        return data.decode("utf-8")
+        return codecs.getincrementaldecoder("utf-8")("strict").decode(data, final)
     except UnicodeDecodeError:
         return data.decode("cp1252", errors="replace")
 
