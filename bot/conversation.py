@@ -79,13 +79,16 @@ class Turn:
     interrupted: bool = False  # the assistant's answer was cut short; text is what the user saw
     tools: tuple[ToolUse, ...] = ()  # tool calls the answer was built on
     files: tuple[str, ...] = ()  # Slack file ids shared with this message (read from the cache)
+    # Of ``files``, the images, as (file id, name): an image too old to be sent again is named
+    # from here without being read.
+    images: tuple[tuple[str, str], ...] = ()
     # Files sent with this message as themselves (images …): built per prompt, never stored.
     enclosures: tuple[Enclosure, ...] = field(default=(), repr=False)
 
     def to_json(self) -> str:
         data = asdict(self)
         del data["enclosures"]
-        for name in ("tools", "files"):
+        for name in ("tools", "files", "images"):
             if not data[name]:
                 del data[name]  # stored as before tools and files existed
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
@@ -105,6 +108,11 @@ class Turn:
                 if isinstance(t, dict)
             ),
             files=tuple(f for f in data.get("files") or () if isinstance(f, str) and f),
+            images=tuple(
+                (str(i[0]), str(i[1]))
+                for i in data.get("images") or ()
+                if isinstance(i, list) and len(i) == 2 and i[0]
+            ),
         )
 
 

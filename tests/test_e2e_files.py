@@ -521,3 +521,35 @@ async def test_a_file_deleted_in_slack_no_longer_reaches_the_model(
     sent = json.dumps(llm.requests[1].messages)
     assert "hunter2-7419" not in sent
     assert "was deleted" in sent  # the model is told the file is gone, not left to guess
+
+
+async def test_images_too_old_to_be_sent_again_are_not_downloaded_again(
+    bot: RunningBot, slack: FakeSlack, llm: FakeOpenAI, redis_url: str
+) -> None:
+    """IMAGE_HISTORY_TURNS=3: a follow-up after five questions with a screenshot each reads the
+    last three (their cache entries expired: downloaded again) and names the older two from
+    the stored turns, without files.info or a download."""
+    shots = [slack.upload(_screenshot((320, 200)), name=f"step{n}.png") for n in range(5)]
+    first = file_share_event("step 0", [shots[0]], mention=BOT)
+
+    def answered(count: int) -> bool:
+        done = [m for m in slack.bot_messages() if "Hello from the fake model." in m.text]
+        return len(done) == count
+
+    for n, shot in enumerate(shots):
+        event = file_share_event(f"step {n}", [shot], mention=BOT, thread_ts=first["ts"])
+        await slack.send_event(first if n == 0 else event)
+        await slack.wait_for(lambda n=n: answered(n + 1), timeout=15)
+    redis = sync_client(redis_url)
+    for key in redis.scan_iter(match=KeySchema().file(slack.team_id, "*")):
+        redis.delete(key)  # expired (FILE_CACHE_TTL_HOURS)
+    info_calls = len(slack.calls_to("files.info"))
+
+    await slack.send_event(mention_event("which step failed?", thread_ts=first["ts"]))
+    await slack.wait_for(lambda: len(llm.requests) == 6, timeout=15)
+    assert len(llm.requests[5].images) == 3
+    assert [len(slack.file_downloads(s["id"])) for s in shots] == [1, 1, 2, 2, 2]
+    assert len(slack.calls_to("files.info")) - info_calls == 3
+    sent = json.dumps(llm.requests[5].messages)
+    assert sent.count("not attached this time") == 2
+    assert "step0.png" in sent and "step1.png" in sent

@@ -269,3 +269,34 @@ async def test_a_scanned_pdf_goes_as_itself_or_is_named_when_too_long() -> None:
     assert notes == (
         "F2.pdf is a scanned PDF too long to send as it is (12 pages), so I couldn't read it.",
     )
+
+
+async def test_only_the_images_that_will_be_sent_are_read_the_rest_named_from_the_turn() -> None:
+    """30 earlier questions with a screenshot each, IMAGE_HISTORY_TURNS=3: three are read (a
+    cache miss is files.info + download + decode, under the thread's lock), 27 named."""
+    shots = [image(f"F{n}") for n in range(30)]
+    notes = document("D1", "the error log")
+    shelf = Shelf(*shots, notes)
+    turns: list[Turn] = []
+    for shot in shots:
+        turns += [
+            Turn(
+                "user", "and now?", "U1", files=(shot.file_id,), images=((shot.file_id, shot.name),)
+            ),
+            Turn("assistant", "still broken"),
+        ]
+    turns[0] = replace(turns[0], files=("D1", "F0"))  # a document is still read, however old
+    stored = [Turn.from_json(t.to_json()) for t in turns]  # as the store keeps them
+    assert stored == turns
+    messages, _ = await prompt(
+        SharedFiles(shelf, Metrics(), image_turns=3),
+        [*stored, Turn("user", "why?", "U1")],
+        [],
+        100_000,
+    )
+    assert sorted(i for asked in shelf.asked for i in asked) == ["D1", "F27", "F28", "F29"]
+    sent = [p for m in messages if isinstance(m["content"], list) for p in m["content"]]
+    assert sum(p["type"] == "image_url" for p in sent) == 3
+    named = "".join(text_of(m) for m in messages)
+    assert named.count("(an image; not attached this time)") == 27
+    assert 'name="F0.png"' in named and "the error log" in named

@@ -70,6 +70,9 @@ class Memory:
             author=inbound.user,
             ts=inbound.ts,
             files=tuple(a.file_id for a in attachments if a.file_id),
+            images=tuple(
+                (a.file_id, a.name) for a in attachments if a.file_id and a.kind == "image"
+            ),
         )
         system = accepted.profile.system_prompt
         shown = await self._files.shown(

@@ -144,22 +144,45 @@ class SharedFiles:
         self, team: str, turns: Sequence[Turn], room_tokens: int
     ) -> dict[int, list[Attachment]]:
         """The files of the earlier turns a prompt may still hold, from the cache (a miss reads
-        them from Slack again)."""
-        wanted: list[int] = []
+        them from Slack again). The images of questions before the last ``image_turns`` are not
+        sent: they are named from the stored turn, not read."""
+        wanted: dict[int, list[str]] = {}
         remaining = room_tokens
+        questions = 0
         for index in range(len(turns) - 1, -1, -1):
-            remaining -= estimate_tokens(turns[index].text) + 4
+            turn = turns[index]
+            remaining -= estimate_tokens(turn.text) + 4
             if remaining <= 0:
                 break
-            if turns[index].files:
-                wanted.append(index)
+            questions += turn.role == "user"
+            unsent = {i for i, _ in turn.images} if questions > self._image_turns else set()
+            if turn.files:
+                wanted[index] = [i for i in turn.files if i not in unsent]
         read = await asyncio.gather(
             *(
-                self._reader.read(team, [SlackFile.by_id(i) for i in turns[index].files])
-                for index in wanted
+                self._reader.read(team, [SlackFile.by_id(i) for i in ids]) if ids else _none()
+                for ids in wanted.values()
             )
         )
-        return dict(zip(wanted, read, strict=True))
+        return {
+            index: _in_order(turns[index], ids, attachments)
+            for (index, ids), attachments in zip(wanted.items(), read, strict=True)
+        }
+
+
+async def _none() -> list[Attachment]:
+    return []
+
+
+def _in_order(turn: Turn, read_ids: Sequence[str], read: Sequence[Attachment]) -> list[Attachment]:
+    """The turn's files in order: those read, and its images not read named from the turn."""
+    by_id = dict(zip(read_ids, read, strict=False))  # (a "too many files" note has no id)
+    names = dict(turn.images)
+    return [
+        by_id[file_id] if file_id in by_id else Attachment("image", file_id, names[file_id], "", 0)
+        for file_id in turn.files
+        if file_id in by_id or file_id in names
+    ]
 
 
 def _images(attachments: Sequence[Attachment]) -> list[Attachment]:
