@@ -97,6 +97,30 @@ def text_pdf(pages: list[str], *, password: str | None = None, owner_only: bool 
     return out.getvalue()
 
 
+def slow_pdf(shows: int) -> bytes:
+    """A PDF of one page whose text is ``shows`` separate show operations: a few KB that pypdf
+    needs seconds for (150,000: ~3 s), all on one page."""
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+    )
+    content = ContentStream(None, writer)
+    content.set_data(b"BT /F1 12 Tf " + b"1 0 Td (x) Tj " * shows + b"ET")
+    page.replace_contents(content)
+    page.compress_content_streams()
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
 def scanned_pdf() -> bytes:
     """A scanner's PDF: each page only a picture of the page, no text layer (the page image
     made with Pillow, the document written again by pypdf)."""
@@ -919,3 +943,40 @@ def test_a_20_mb_text_file_costs_what_its_first_characters_do() -> None:
     umlauts = ("ä" * 100).encode("utf-16")
     assert plain_text(umlauts, name="u.txt", max_chars=10)[0] == "ä" * 10
     assert plain_text("café\r\n".encode("cp1252"), name="m.txt", max_chars=10) == ("café\n", "")
+
+
+async def test_pdfs_are_read_in_processes_of_their_own_killed_at_their_time_limit(
+    slack: FakeSlack, reader: Callable[..., FileReader]
+) -> None:
+    """pypdf is pure Python: in threads, four PDFs at once stalled the event loop (every other
+    conversation) through the GIL, and a hostile page ran past the time limit checked between
+    pages. Each PDF is now read in a child process, killed at ``pdf_s``."""
+    loop = asyncio.get_running_loop()
+    hostile = parsed(slack.upload(slow_pdf(150_000), name="hostile.pdf"))
+    assert hostile.size < 10_000
+    started = loop.time()
+    (stopped,) = await reader(pdf_s=1.0).read(TEAM, [hostile])
+    assert stopped.note == "Reading hostile.pdf took too long, so I stopped."
+    assert loop.time() - started < 2.5
+
+    # Four PDFs of half a second's parsing each: the loop keeps its 5 ms pace meanwhile (in
+    # threads 90% of its ticks came within ~80 ms; here within a few ms).
+    heavy = [parsed(slack.upload(slow_pdf(20_000), name=f"r{n}.pdf")) for n in range(4)]
+    gaps: list[float] = []
+
+    async def ticks() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    ticker = asyncio.create_task(ticks())
+    try:
+        read = await reader(max_text_chars=100).read(TEAM, heavy)
+    finally:
+        ticker.cancel()
+    assert [a.kind for a in read] == ["document"] * 4
+    assert read[0].note == "Only the first 100 characters of r0.pdf were read."
+    gaps.sort()
+    assert len(gaps) > 20 and gaps[int(len(gaps) * 0.9)] < 0.025, gaps[-10:]

@@ -21,7 +21,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, P
 from bot.files.attachment import Unreadable
 
 MAX_PAGES = 300
-PDF_SECONDS = 15.0  # pypdf is pure Python: a hostile PDF could keep a worker thread for long
+PDF_SECONDS = 15.0  # checked between pages (bot/files/pdf_process.py kills a page that runs on)
 # What pypdf raises on a malformed file: its own errors, and as often plain Python ones.
 _MALFORMED = (
     PdfReadError,

@@ -30,8 +30,9 @@ from bot.errors import (
 )
 from bot.events import DOWNLOADABLE_MODES, SlackFile
 from bot.files.attachment import Attachment, Unreadable, human_size
-from bot.files.documents import ScannedPdf, page_marks, pdf_text, plain_text
+from bot.files.documents import ScannedPdf, page_marks, plain_text
 from bot.files.images import MAX_PIXELS, MAX_SIDE, decode_pixels, downscale
+from bot.files.pdf_process import read_pdf
 from bot.files.sniff import Sniffed, sniff
 from bot.slack import SlackGateway
 
@@ -48,6 +49,7 @@ class FileLimits:
     per_message: int = 5  # files read per message; the rest get one note (FILES_PER_MESSAGE)
     download_s: float = 30.0  # one download's time limit
     max_text_chars: int = 200_000  # a document's text kept; the prompt takes what fits of it
+    pdf_s: float = 20.0  # a PDF's time limit (its reading process is killed)
     native_pdf: bool = False  # keep a PDF's own bytes for models that read PDFs (FILE_INPUT)
     images: bool = True  # False: images become notes without a download (MODEL_VISION=off)
     image_max_side: int = MAX_SIDE
@@ -242,6 +244,8 @@ class FileReader:
             raise Unreadable(
                 f"{file.label} is an image, and the model I use can't see images.", lasting=False
             )
+        if kind.family == "pdf":
+            return await self._pdf(file, data, kind)
         pixels = 0
         if kind.family == "image":
             pixels = decode_pixels(
@@ -269,23 +273,26 @@ class FileReader:
                 max_pixels=limits.image_max_pixels,
             )
             return Attachment.image_of(file, data=shrunk.data, mime=shrunk.mime)
-        if kind.family == "pdf":
-            try:
-                text, note = pdf_text(data, name=name, max_chars=limits.max_text_chars)
-            except ScannedPdf as scanned:
-                if not limits.native_pdf:
-                    raise
-                # A model that reads PDFs sees the pages themselves (bot/turn/files.py sends
-                # it whole, or notes it when it does not fit).
-                text, note = page_marks(scanned.pages), ""
-            pdf = data if limits.native_pdf else b""
-            return Attachment.document_of(
-                file, text=text, mimetype=kind.mimetype, note=note, pdf=pdf
-            )
         if kind.family == "text":
             text, note = plain_text(data, name=name, max_chars=limits.max_text_chars)
             return Attachment.document_of(file, text=text, mimetype=kind.mimetype, note=note)
         raise Unreadable(_unsupported(name, kind))
+
+    async def _pdf(self, file: SlackFile, data: bytes, kind: Sniffed) -> Attachment:
+        """A PDF's text, read in a process of its own (bot/files/pdf_process.py)."""
+        limits = self._limits
+        try:
+            text, note = await read_pdf(
+                data, name=file.label, max_chars=limits.max_text_chars, time_limit=limits.pdf_s
+            )
+        except ScannedPdf as scanned:
+            if not limits.native_pdf:
+                raise
+            # A model that reads PDFs sees the pages themselves (bot/turn/files.py sends it
+            # whole, or notes it when it does not fit).
+            text, note = page_marks(scanned.pages), ""
+        pdf = data if limits.native_pdf else b""
+        return Attachment.document_of(file, text=text, mimetype=kind.mimetype, note=note, pdf=pdf)
 
     async def _transcribed(self, file: SlackFile, data: bytes, kind: Sniffed) -> Attachment:
         try:
