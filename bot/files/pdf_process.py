@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bot.files.attachment import Unreadable
@@ -25,6 +26,7 @@ from bot.files.documents import ScannedPdf, pdf_text
 log = logging.getLogger(__name__)
 
 MEMORY_LIMIT = 1024 * 1024 * 1024  # the child's address space
+_SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 async def read_pdf(data: bytes, *, name: str, max_chars: int, time_limit: float) -> tuple[str, str]:
@@ -34,7 +36,8 @@ async def read_pdf(data: bytes, *, name: str, max_chars: int, time_limit: float)
         sys.executable,
         "-I",  # no PYTHON* variables, no user site, not the working directory's modules
         "-c",
-        f"from {__name__} import _main; _main()",
+        f"import sys; sys.path.insert(0, sys.argv[1]); from {__name__} import _main; _main()",
+        _SOURCE_ROOT,  # (where this package is, installed or not)
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
