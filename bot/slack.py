@@ -138,12 +138,13 @@ class SlackGateway:
         markdown: str = "",
         recipient: tuple[str, str] | None = None,
         tasks: Sequence[Mapping[str, str]] = (),
+        tasks_first: bool = False,
     ) -> str:
         """Open a native stream in the thread; its message's ``ts``. ``recipient`` is
         (user id, team id), required by Slack outside DMs; ``tasks``: task cards to show
         (``task_update`` chunks: id, title, status, details)."""
         args: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
-        _stream_content(args, markdown, tasks)
+        _stream_content(args, markdown, tasks, tasks_first)
         if tasks:
             args["task_display_mode"] = "timeline"
         if recipient is not None:
@@ -152,10 +153,16 @@ class SlackGateway:
         return str(data["ts"])
 
     async def append_stream(
-        self, channel: str, ts: str, markdown: str, *, tasks: Sequence[Mapping[str, str]] = ()
+        self,
+        channel: str,
+        ts: str,
+        markdown: str,
+        *,
+        tasks: Sequence[Mapping[str, str]] = (),
+        tasks_first: bool = False,
     ) -> None:
         args: dict[str, Any] = {"channel": channel, "ts": ts}
-        _stream_content(args, markdown, tasks)
+        _stream_content(args, markdown, tasks, tasks_first)
         await self._call("chat.appendStream", args)
 
     async def stop_stream(
@@ -166,9 +173,10 @@ class SlackGateway:
         markdown: str = "",
         blocks: list[dict[str, Any]] | None = None,
         tasks: Sequence[Mapping[str, str]] = (),
+        tasks_first: bool = False,
     ) -> None:
         args: dict[str, Any] = {"channel": channel, "ts": ts}
-        _stream_content(args, markdown, tasks)
+        _stream_content(args, markdown, tasks, tasks_first)
         if blocks:
             args["blocks"] = blocks
         await self._call("chat.stopStream", args)
@@ -409,15 +417,17 @@ class SlackGateway:
 
 
 def _stream_content(
-    args: dict[str, Any], markdown: str, tasks: Sequence[Mapping[str, str]]
+    args: dict[str, Any],
+    markdown: str,
+    tasks: Sequence[Mapping[str, str]],
+    tasks_first: bool = False,
 ) -> None:
-    """A stream call's text, as ``markdown_text``, or with task cards as ``chunks``."""
+    """A stream call's text, as ``markdown_text``, or with task cards as ``chunks`` (Slack shows
+    chunks in the order given: ``tasks_first`` when the cards came before the text)."""
     if tasks:
-        chunks: list[dict[str, Any]] = []
-        if markdown:
-            chunks.append({"type": "markdown_text", "text": markdown})
-        chunks += [{"type": "task_update", **task} for task in tasks]
-        args["chunks"] = chunks
+        text = [{"type": "markdown_text", "text": markdown}] if markdown else []
+        cards = [{"type": "task_update", **task} for task in tasks]
+        args["chunks"] = cards + text if tasks_first else text + cards
     elif markdown:
         args["markdown_text"] = markdown
 

@@ -340,3 +340,38 @@ async def test_after_max_tool_rounds_the_model_is_told_to_answer_without_tools(
     assert first.tool_names and not last.tool_names
     ((_, result),) = last.tool_results
     assert result.startswith("one") and "Answer now" in result
+
+
+def _first_seen(message: Message) -> list[str]:
+    """A native message's timeline: its text pieces joined, each task card where it first
+    appeared (as "[card]")."""
+    seen: list[str] = []
+    cards: set[str] = set()
+    for kind, value in message.timeline:
+        if kind == "task":
+            if value not in cards:
+                cards.add(value)
+                seen.append("[card]")
+        elif seen and seen[-1] != "[card]":
+            seen[-1] += value
+        else:
+            seen.append(value)
+    return seen
+
+
+@pytest.mark.parametrize("lead", ["", "Adding."])
+async def test_a_fast_tools_card_shows_where_the_call_was_made(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str, lead: str
+) -> None:
+    llm.script(
+        Answer(text=lead, tool_calls=[Call("lab__add", {"a": 2, "b": 3})]),
+        Answer(text="It is 5.", ttft=0.05),
+    )
+    async with start_bot(mcp_servers_file=tools_file, stream_mode="native"):
+        event = mention_event("two plus three?")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    before = [lead] if lead else []
+    after = "\n\nIt is 5." if lead else "It is 5."
+    assert _first_seen(final) == [*before, "[card]", after]

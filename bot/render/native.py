@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from bot.errors import SlackError, SlackRateLimited, SlackRejected, SlackTransient
@@ -172,6 +172,8 @@ class NativeReply(BaseReply):
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # much text waiting, or closing: skip the timer
         self._unsent_steps: dict[str, Step] = {}  # task card updates not appended yet
+        self._chars = 0  # characters of model text so far
+        self._step_at: dict[str, int] = {}  # where in the text each step began
         self._flusher: asyncio.Task[None] | None = None
 
     # -- the Reply contract ------------------------------------------------------------------
@@ -201,6 +203,7 @@ class NativeReply(BaseReply):
             self._urgent.set()
             self._wake.set()
             return
+        self._chars += len(delta)
         if self._fallback is not None:
             self._taken = len(self._chunks)
             self._fallback.append(delta)
@@ -215,6 +218,7 @@ class NativeReply(BaseReply):
             self._fallback.step(step)
             return
         self._unsent_steps[step.id] = step  # a newer state of the same step replaces it
+        self._step_at.setdefault(step.id, self._chars)
 
     def _show_steps(self) -> None:
         if self._fallback is None and self._unsent_steps:
@@ -289,6 +293,7 @@ class NativeReply(BaseReply):
                         markdown=shown,
                         blocks=blocks,
                         tasks=[_task(step) for step in self._unsent_steps.values()],
+                        tasks_first=self._before_text(self._unsent_steps.values()),
                     )
             except SlackRateLimited as exc:
                 if loop.time() + exc.retry_after >= deadline:
@@ -407,7 +412,11 @@ class NativeReply(BaseReply):
         try:
             async with asyncio.timeout(self._call_timeout):
                 await self._slack.append_stream(
-                    self._channel, self.ts, shown, tasks=[_task(step) for step in steps]
+                    self._channel,
+                    self.ts,
+                    shown,
+                    tasks=[_task(step) for step in steps],
+                    tasks_first=self._before_text(steps),
                 )
         except SlackRateLimited as exc:
             await self._appends.rate_limited(self._team, exc.retry_after)
@@ -462,6 +471,11 @@ class NativeReply(BaseReply):
         if error == "stopped_by_user":
             self.stopped.set()
 
+    def _before_text(self, steps: Iterable[Step]) -> bool:
+        """Whether these steps began before the text not yet shown (their cards then go
+        first): a fast tool's card shows above the text written with its result."""
+        return all(self._step_at.get(step.id, 0) <= len(self._current) for step in steps)
+
     def _take_steps(self) -> list[Step]:
         steps = list(self._unsent_steps.values())
         self._unsent_steps.clear()
@@ -511,6 +525,7 @@ class NativeReply(BaseReply):
                     markdown=shown,
                     recipient=self._recipient,
                     tasks=[_task(step) for step in steps],
+                    tasks_first=self._before_text(steps),
                 )
         except SlackRateLimited as exc:
             await self._starts.rate_limited(self._team, exc.retry_after)

@@ -251,7 +251,10 @@ class Responder:
         """Shows a call as pending as soon as the model names it."""
 
         def show(name: str, index: int) -> None:
-            round_.show(Step(f"{number}.{index}", self._tools.summary(name, ""), _PENDING))
+            step = Step(f"{number}.{index}", self._tools.summary(name, ""), _PENDING)
+            # Soon, not now: the model's text read with the call's first chunk is handed to
+            # the reply just after this runs, and the step must come after that text.
+            asyncio.get_running_loop().call_soon(round_.show, step)
 
         return show
 

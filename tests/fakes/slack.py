@@ -476,6 +476,8 @@ class Message:
     # update in the order received.
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_updates: list[dict[str, Any]] = field(default_factory=list)
+    # What a native stream showed, in order: ("text", markdown) and ("task", id) entries.
+    timeline: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def is_reply(self) -> bool:
@@ -1752,30 +1754,33 @@ class FakeSlack:
             stream_started_at=now,
             stream_touched_at=now,
         )
-        text, tasks = self._stream_parts(args)
+        text, tasks, order = self._stream_parts(args)
         message.set_text(text)
         message.apply_tasks(tasks)
+        message.timeline += order
         self._messages[(channel, message.ts)] = message
         self.statuses.pop((channel, thread_ts), None)
         return {"channel": channel, "ts": message.ts}
 
     def _api_append_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         message = self._live_stream(args)
-        chunk, tasks = self._stream_parts(args)
+        chunk, tasks, order = self._stream_parts(args)
         if not chunk and not tasks:
             raise _ApiError("invalid_arguments")
         message.stream_touched_at = self.clock()
         if chunk:
             message.set_text(message.text + chunk)
         message.apply_tasks(tasks)
+        message.timeline += order
         return {"channel": message.channel, "ts": message.ts}
 
     def _api_stop_stream(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         message = self._live_stream(args)
-        chunk, tasks = self._stream_parts(args)
+        chunk, tasks, order = self._stream_parts(args)
         if chunk:
             message.set_text(message.text + chunk)
         message.apply_tasks(tasks)
+        message.timeline += order
         blocks = args.get("blocks")
         if blocks is not None:
             if not isinstance(blocks, list) or len(blocks) > MAX_BLOCKS:
@@ -1793,16 +1798,20 @@ class FakeSlack:
         return message
 
     @staticmethod
-    def _stream_parts(args: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-        """The Markdown and the ``task_update`` chunks of a stream call (checked like Slack:
-        an id, a title and one of its four states)."""
+    def _stream_parts(
+        args: dict[str, Any],
+    ) -> tuple[str, list[dict[str, Any]], list[tuple[str, str]]]:
+        """The Markdown, the ``task_update`` chunks (checked like Slack: an id, a title and one
+        of its four states) and both in the order given: ``("text", …)`` / ``("task", id)``."""
         text = str(args.get("markdown_text") or "")
         tasks: list[dict[str, Any]] = []
+        order: list[tuple[str, str]] = [("text", text)] if text else []
         for chunk in args.get("chunks") or []:
             if not isinstance(chunk, dict):
                 raise _ApiError("invalid_chunks")
             if chunk.get("type") == "markdown_text":
                 text += str(chunk.get("text", ""))
+                order.append(("text", str(chunk.get("text", ""))))
             elif chunk.get("type") == "task_update":
                 if not (
                     isinstance(chunk.get("id"), str)
@@ -1811,11 +1820,12 @@ class FakeSlack:
                 ):
                     raise _ApiError("invalid_chunks")
                 tasks.append(chunk)
+                order.append(("task", chunk["id"]))
             else:
                 raise _ApiError("invalid_chunks")
         if len(text) > MARKDOWN_TEXT_LIMIT:
             raise _ApiError("msg_too_long")
-        return text, tasks
+        return text, tasks, order
 
     def _api_users_info(self, args: dict[str, Any], team: str) -> dict[str, Any]:
         user_id = _need(args, "user", "user_not_found")
