@@ -678,28 +678,15 @@ class AnswerStream(AbstractAsyncContextManager["AnswerStream"]):
         return text
 
     def _absorb_chunk_with_tools(self, chunk: Any) -> str:
-        """``_absorb_chunk`` that also takes the tool-call fragments (one pass: with tools on,
-        this reads every chunk)."""
-        if not isinstance(chunk, dict):
-            return ""
-        if chunk.get("error"):
-            raise self._broken(ModelInterrupted, "error event in stream")
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self.usage = {k: v for k, v in usage.items() if isinstance(v, int)}
-        text = ""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if isinstance(content, str):
-                text += content
-            fragments = delta.get("tool_calls")
+        """``_absorb_chunk`` that also takes the tool-call fragments (with tools offered; the
+        text-only path does no tool work per chunk)."""
+        text = self._absorb_chunk(chunk)
+        for choice in chunk.get("choices") or () if isinstance(chunk, dict) else ():
+            fragments = (choice.get("delta") or {}).get("tool_calls")
             if fragments and isinstance(fragments, list):
                 for fragment in fragments:
                     if isinstance(fragment, dict):
                         self._take_chat_fragment(fragment)
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
         return text
 
     def _take_chat_fragment(self, fragment: dict[str, Any]) -> None:
