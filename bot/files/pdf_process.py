@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,12 +32,17 @@ _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 async def read_pdf(data: bytes, *, name: str, max_chars: int, time_limit: float) -> tuple[str, str]:
     """The PDF's text and what was left out (see ``pdf_text``), read in a child process."""
-    job = {"name": name, "max_chars": max_chars, "max_seconds": time_limit * 0.75}
+    job = {
+        "name": name,
+        "max_chars": max_chars,
+        "max_seconds": time_limit * 0.75,
+        "cpu_seconds": math.ceil(time_limit) + 1,
+    }
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-I",  # no PYTHON* variables, no user site, not the working directory's modules
         "-c",
-        f"import sys; sys.path.insert(0, sys.argv[1]); from {__name__} import _main; _main()",
+        f"import sys; sys.path.append(sys.argv[1]); from {__name__} import _main; _main()",
         _SOURCE_ROOT,  # (where this package is, installed or not)
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -82,6 +88,15 @@ def _main() -> None:
     except (ImportError, ValueError, OSError):
         pass  # (not every platform limits address space)
     job = json.loads(sys.stdin.buffer.readline())
+    try:
+        import resource
+
+        # Its own end, too: a child left behind by a parent killed outright (SIGKILL after the
+        # shutdown grace) stops once it has used its time.
+        cpu = int(job.get("cpu_seconds", 30))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    except (ImportError, ValueError, OSError):
+        pass
     data = sys.stdin.buffer.read()
     result: dict[str, Any]
     try:
