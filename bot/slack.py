@@ -138,14 +138,14 @@ class SlackGateway:
         markdown: str = "",
         recipient: tuple[str, str] | None = None,
         tasks: Sequence[Mapping[str, str]] = (),
-        tasks_first: bool = False,
+        tasks_before: Sequence[Mapping[str, str]] = (),
     ) -> str:
         """Open a native stream in the thread; its message's ``ts``. ``recipient`` is
         (user id, team id), required by Slack outside DMs; ``tasks``: task cards to show
         (``task_update`` chunks: id, title, status, details)."""
         args: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
-        _stream_content(args, markdown, tasks, tasks_first)
-        if tasks:
+        _stream_content(args, markdown, tasks, tasks_before)
+        if tasks or tasks_before:
             args["task_display_mode"] = "timeline"
         if recipient is not None:
             args["recipient_user_id"], args["recipient_team_id"] = recipient
@@ -159,10 +159,10 @@ class SlackGateway:
         markdown: str,
         *,
         tasks: Sequence[Mapping[str, str]] = (),
-        tasks_first: bool = False,
+        tasks_before: Sequence[Mapping[str, str]] = (),
     ) -> None:
         args: dict[str, Any] = {"channel": channel, "ts": ts}
-        _stream_content(args, markdown, tasks, tasks_first)
+        _stream_content(args, markdown, tasks, tasks_before)
         await self._call("chat.appendStream", args)
 
     async def stop_stream(
@@ -173,10 +173,10 @@ class SlackGateway:
         markdown: str = "",
         blocks: list[dict[str, Any]] | None = None,
         tasks: Sequence[Mapping[str, str]] = (),
-        tasks_first: bool = False,
+        tasks_before: Sequence[Mapping[str, str]] = (),
     ) -> None:
         args: dict[str, Any] = {"channel": channel, "ts": ts}
-        _stream_content(args, markdown, tasks, tasks_first)
+        _stream_content(args, markdown, tasks, tasks_before)
         if blocks:
             args["blocks"] = blocks
         await self._call("chat.stopStream", args)
@@ -420,14 +420,15 @@ def _stream_content(
     args: dict[str, Any],
     markdown: str,
     tasks: Sequence[Mapping[str, str]],
-    tasks_first: bool = False,
+    tasks_before: Sequence[Mapping[str, str]] = (),
 ) -> None:
     """A stream call's text, as ``markdown_text``, or with task cards as ``chunks`` (Slack shows
-    chunks in the order given: ``tasks_first`` when the cards came before the text)."""
-    if tasks:
+    chunks in the order given: ``tasks_before`` the text, ``tasks`` after it)."""
+    if tasks or tasks_before:
         text = [{"type": "markdown_text", "text": markdown}] if markdown else []
-        cards = [{"type": "task_update", **task} for task in tasks]
-        args["chunks"] = cards + text if tasks_first else text + cards
+        before = [{"type": "task_update", **task} for task in tasks_before]
+        after = [{"type": "task_update", **task} for task in tasks]
+        args["chunks"] = before + text + after
     elif markdown:
         args["markdown_text"] = markdown
 

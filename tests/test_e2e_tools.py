@@ -375,3 +375,19 @@ async def test_a_fast_tools_card_shows_where_the_call_was_made(
     before = [lead] if lead else []
     after = "\n\nIt is 5." if lead else "It is 5."
     assert _first_seen(final) == [*before, "[card]", after]
+
+
+async def test_cards_of_two_fast_rounds_sent_together_keep_their_places(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(
+        Answer(tool_calls=[Call("lab__add", {"a": 2, "b": 3})]),
+        Answer(text="It is 5.", tool_calls=[Call("lab__echo", {"text": "x"})], ttft=0.02),
+        Answer(text="Done.", ttft=0.02),
+    )
+    async with start_bot(mcp_servers_file=tools_file, stream_mode="native"):
+        event = mention_event("add, then echo")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert _first_seen(final) == ["[card]", "It is 5.", "[card]", "\n\nDone."]

@@ -172,6 +172,7 @@ class NativeReply(BaseReply):
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # much text waiting, or closing: skip the timer
         self._unsent_steps: dict[str, Step] = {}  # task card updates not appended yet
+        self._keepalive_due = False  # the next append only re-sends running steps
         self._chars = 0  # characters of model text so far
         self._step_at: dict[str, int] = {}  # where in the text each step began
         self._flusher: asyncio.Task[None] | None = None
@@ -292,8 +293,7 @@ class NativeReply(BaseReply):
                         self.ts,
                         markdown=shown,
                         blocks=blocks,
-                        tasks=[_task(step) for step in self._unsent_steps.values()],
-                        tasks_first=self._before_text(self._unsent_steps.values()),
+                        **self._cards(self._unsent_steps.values()),
                     )
             except SlackRateLimited as exc:
                 if loop.time() + exc.retry_after >= deadline:
@@ -364,7 +364,11 @@ class NativeReply(BaseReply):
                 await self._fall_back(self.ts, self._current)
                 return
             # An empty stream (a channel's) waits for its first text: that goes first.
-            priority = Priority.PROGRESS if self._current else Priority.FIRST
+            # A keepalive alone never goes ahead of other replies' first text, and does not
+            # hold back the text that follows it.
+            keepalive, self._keepalive_due = self._keepalive_due and not chunk, False
+            first = not self._current and not keepalive
+            priority = Priority.FIRST if first else Priority.PROGRESS
             if not await self._appends.acquire(
                 self._team, priority, give_up=self._closing, reply_id=self.id
             ):
@@ -374,7 +378,8 @@ class NativeReply(BaseReply):
             started = loop.time()
             if not await self._append(chunk, shown, steps):
                 return
-            next_at = started + await self._appends.interval(self._team, self.id)
+            if not keepalive:
+                next_at = started + await self._appends.interval(self._team, self.id)
 
     async def _woken(self) -> None:
         """Until there is something to send. While a step is in progress (a tool runs, an
@@ -392,6 +397,7 @@ class NativeReply(BaseReply):
             except TimeoutError:
                 for step in working:
                     self._unsent_steps.setdefault(step.id, step)
+                self._keepalive_due = True
                 self._wake.set()
                 self._urgent.set()
 
@@ -415,8 +421,7 @@ class NativeReply(BaseReply):
                     self._channel,
                     self.ts,
                     shown,
-                    tasks=[_task(step) for step in steps],
-                    tasks_first=self._before_text(steps),
+                    **self._cards(steps),
                 )
         except SlackRateLimited as exc:
             await self._appends.rate_limited(self._team, exc.retry_after)
@@ -471,10 +476,14 @@ class NativeReply(BaseReply):
         if error == "stopped_by_user":
             self.stopped.set()
 
-    def _before_text(self, steps: Iterable[Step]) -> bool:
-        """Whether these steps began before the text not yet shown (their cards then go
-        first): a fast tool's card shows above the text written with its result."""
-        return all(self._step_at.get(step.id, 0) <= len(self._current) for step in steps)
+    def _cards(self, steps: Iterable[Step]) -> dict[str, list[dict[str, str]]]:
+        """The task cards of a stream call: those of steps that began before the text not yet
+        shown go before it (a fast tool's card shows above the text written with its result),
+        the others after it."""
+        shown = len(self._current)
+        before = [_task(s) for s in steps if self._step_at.get(s.id, 0) <= shown]
+        after = [_task(s) for s in steps if self._step_at.get(s.id, 0) > shown]
+        return {"tasks_before": before, "tasks": after}
 
     def _take_steps(self) -> list[Step]:
         steps = list(self._unsent_steps.values())
@@ -524,8 +533,7 @@ class NativeReply(BaseReply):
                     self._root,
                     markdown=shown,
                     recipient=self._recipient,
-                    tasks=[_task(step) for step in steps],
-                    tasks_first=self._before_text(steps),
+                    **self._cards(steps),
                 )
         except SlackRateLimited as exc:
             await self._starts.rate_limited(self._team, exc.retry_after)
