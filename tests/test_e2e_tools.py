@@ -391,3 +391,25 @@ async def test_cards_of_two_fast_rounds_sent_together_keep_their_places(
         final = await settled(slack, "C0CHAN", event["ts"])
 
     assert _first_seen(final) == ["[card]", "It is 5.", "[card]", "\n\nDone."]
+
+
+async def test_tool_results_stay_within_the_prompt_budget_in_bytes(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    big = "日本語のテキスト" * 1000  # 24,000 bytes of UTF-8 in 8,000 characters
+    llm.script(
+        Answer(tool_calls=[Call("lab__echo", {"text": big})]),
+        Answer(text="That was long."),
+    )
+    async with start_bot(mcp_servers_file=tools_file, prompt_token_budget=2000):
+        event = mention_event("echo a lot")
+        await slack.send_event(event)
+        final = await settled(slack, "C0CHAN", event["ts"])
+
+    assert final.text == "That was long."
+    ((_, result),) = llm.requests[1].tool_results
+    shown, _, note = result.partition("\n[cut: ")
+    # Half of a 2,000-token prompt, counted in bytes as the prompt window counts them.
+    assert len(shown.encode()) <= 4000 and note.startswith("6,")
+    # The room for results is spent: the next round may not call tools again.
+    assert not llm.requests[1].tool_names and "Answer now" in result

@@ -43,8 +43,9 @@ _EVERY_TOOL = Toolset()
 
 #: Most tools one request offers (OpenAI's documented limit); more are left out with a warning.
 MAX_TOOLS = 128
-#: A result is never cut below this, however many calls share the prompt's room.
-MIN_RESULT_CHARS = 1000
+#: A result is never cut below this many bytes; once the room left for results is smaller, the
+#: next round is the last (no more tools).
+MIN_RESULT_BYTES = 1000
 #: Told to the model in the round after MAX_TOOL_ROUNDS, which offers no tools.
 LAST_ROUND_NOTE = (
     "You have made all the tool calls you may make for this answer. Answer now with what you "
@@ -142,9 +143,9 @@ class Responder:
         self._tools: Tools = tools or NoTools()
         self._approvals: Approvals = approvals or NoApprovals()
         self._max_rounds = max_tool_rounds
-        # Tool results of one answer take at most half the prompt's room (~4 characters a
-        # token), shared by the calls of each round: a round's results cannot overflow the
-        # model's context after tools already ran.
+        # Tool results of one answer take at most half the prompt's room (UTF-8 bytes, ~4 a
+        # token, the unit conversation.estimate_tokens counts), shared by the calls of each
+        # round: results cannot overflow the model's context after tools already ran.
         self._results_room = prompt_token_budget * 4 // 2
 
     async def respond(self, accepted: Accepted, context: Context, reply: Reply) -> Answered:
@@ -177,9 +178,10 @@ class Responder:
         results_room = self._results_room  # what is left of the prompt's room for results
         # Said once, before the answer, if the model turns out not to take the images.
         unseen = [_unseen_note(context.images)] if context.images else []
+        final = False  # the next round offers no tools
         try:
             for number in range(self._max_rounds + 1):
-                last = number == self._max_rounds
+                last = final or number == self._max_rounds
                 answer = self._model.stream(
                     messages,
                     model=profile.model,
@@ -210,15 +212,16 @@ class Responder:
                     return round_.answered(Outcome.INTERRUPTED)
                 if not calls:
                     return round_.answered(Outcome.COMPLETE)
-                share = max(MIN_RESULT_CHARS, results_room // len(calls))
+                share = max(MIN_RESULT_BYTES, results_room // len(calls))
                 results = await _unless_stopped(
                     self._run(calls, accepted, round_, number, share), pressed, reply
                 )
                 if results is None:
                     return round_.answered(Outcome.STOPPED)
-                results_room -= sum(len(result.text) for result in results)
+                results_room -= sum(len(result.text.encode()) for result in results)
+                final = results_room < MIN_RESULT_BYTES or number + 1 == self._max_rounds
                 outputs = [(result.text, result.is_error) for result in results]
-                if number + 1 == self._max_rounds:
+                if final:
                     # Told with the results (a message of its own after them would break the
                     # role order some servers' chat templates insist on).
                     content, is_error = outputs[-1]
@@ -262,7 +265,7 @@ class Responder:
         self, calls: list[ToolCall], accepted: Accepted, round_: _Round, number: int, share: int
     ) -> list[ToolResult]:
         """One round's calls, concurrently, each shown as a step; results in call order, each
-        cut to ``share`` characters (the round's part of the prompt's room for results)."""
+        cut to ``share`` bytes (the round's part of the prompt's room for results)."""
 
         async def run(index: int, call: ToolCall) -> ToolResult:
             step_id = f"{number}.{index}"
@@ -281,7 +284,7 @@ class Responder:
             except asyncio.CancelledError:
                 round_.show(Step(step_id, summary, StepStatus.ERROR, "stopped"))
                 raise
-            result = dataclasses.replace(result, text=cut(result.text, share))
+            result = dataclasses.replace(result, text=_within(result.text, share))
             round_.done(step_id, result)
             return result
 
@@ -297,6 +300,15 @@ class Responder:
 
 
 _PENDING = StepStatus.PENDING
+
+
+def _within(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes (at a character), with a note of what was left."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    head = data[:limit].decode(errors="ignore")
+    return f"{head}\n[cut: {len(text) - len(head):,} more characters]"
 
 
 class _Round:
