@@ -684,6 +684,9 @@ async def test_a_cached_file_lives_its_own_short_ttl_refreshed_by_each_read(
         assert await redis.exists(KeySchema().file(TEAM, "F9")) == 0  # a miss creates nothing
         assert await store.files.forget(TEAM, "F1")
         assert await store.files.get(TEAM, "F1") is None
+        # A read that was under way when the file was deleted does not put it back.
+        assert not await store.files.put(TEAM, doc)
+        assert await store.files.get(TEAM, "F1") is None
     finally:
         await store.aclose()
 

@@ -46,6 +46,7 @@ class FileCache:
         self._ttl_ms = int(ttl_s * 1000)
         self._max_entry_bytes = max_entry_bytes
         self._put = guard.redis.register_script(_PUT_LUA)
+        self._forget = guard.redis.register_script(_FORGET_LUA)
         self._get = guard.redis.register_script(_GET_LUA)
 
     async def get(self, team: str, file_id: str) -> Attachment | None:
@@ -79,18 +80,22 @@ class FileCache:
             # One script, not a MULTI (redis-py's cluster client runs a transaction's commands
             # on threads of their own, bench/README.md, issue 14): as atomic — a reader finds
             # the old entry or the new one, never none between, never one without its TTL.
-            await self._put(keys=[name], args=[meta, data, self._ttl_ms], client=r)
-            return True
+            gone = self._keys.file_gone(team, attachment.file_id)
+            return bool(
+                await self._put(keys=[name, gone], args=[meta, data, self._ttl_ms], client=r)
+            )
 
         return await self._guard.attempt(write, "files", False)
 
     async def forget(self, team: str, file_id: str) -> bool:
         """Drop the file's entry (it was deleted or unshared in Slack); False while the store
         is down."""
-        name = self._keys.file(team, file_id)
+        name, gone = self._keys.file(team, file_id), self._keys.file_gone(team, file_id)
 
         async def drop(r: aioredis.Redis) -> bool:
-            await r.delete(name)
+            # A read of the file still under way (a download, a PDF: up to a minute) must not
+            # put it back: the mark refuses its put for a while.
+            await self._forget(keys=[name, gone], args=[_GONE_FOR_MS], client=r)
             return True
 
         return await self._guard.attempt(drop, "files", False)
@@ -106,9 +111,22 @@ end
 return found
 """
 
-# KEYS: the file's entry.  ARGV: its meta (JSON), its data (bytes), its TTL (ms).  Replaces the
-# entry whole.
+# How long a forgotten file may not be cached again (longer than any read of it takes).
+_GONE_FOR_MS = 10 * 60 * 1000
+
+# KEYS: the file's entry, its "gone" mark.  ARGV: how long the mark lasts (ms).
+_FORGET_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 1
+"""
+
+# KEYS: the file's entry, its "gone" mark.  ARGV: its meta (JSON), its data (bytes), its TTL
+# (ms).  Replaces the entry whole; nothing while the file is marked gone (returns 0).
 _PUT_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'data', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])

@@ -148,6 +148,10 @@ class KeySchema:
     def file(self, team: str, file_id: str) -> str:
         return f"{self._team(team)}:file:{file_id}"
 
+    def file_gone(self, team: str, file_id: str) -> str:
+        """A file deleted or unshared in Slack a moment ago: not to be cached again."""
+        return f"{self._team(team)}:file-gone:{file_id}"
+
     def approval(self, team: str, approval_id: str) -> str:
         return f"{self._team(team)}:approval:{approval_id}"
 
