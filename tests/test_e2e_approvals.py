@@ -384,3 +384,24 @@ def test_a_click_names_the_approval_the_asker_and_the_verdict() -> None:
         "denied",
     )
     assert ApprovalClick.from_body(block_actions_payload(STOP_ACTION_ID, value="r1:U0")) is None
+
+
+async def test_a_call_whose_arguments_cannot_be_read_is_not_put_to_anyone(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    broken = Call("lab__delete_everything", '{"confirm": tr')
+    llm.script(Answer(tool_calls=[broken]), Answer(text="My call was malformed."))
+    async with start_bot(mcp_servers_file=tools_file):
+        event = mention_event("delete everything")
+        await slack.send_event(event)
+        final = await settled(slack, event["ts"])
+
+    assert final.text == "My call was malformed."
+    asked = [
+        m
+        for m in slack.thread("C0CHAN", event["ts"])
+        if button_value(m, APPROVE_ACTION_ID) is not None or "may I run" in m.text
+    ]
+    assert not asked  # nobody was asked to approve a call that cannot run
+    ((_, result),) = llm.requests[1].tool_results
+    assert "not valid JSON" in result

@@ -203,18 +203,18 @@ class Toolbox:
             )
         spec, server = entry.spec, entry.link.server
         summary = summarize(spec.server, spec.tool, arguments_json)
-        if spec.needs_approval and not approved:
-            self._metrics.tool_calls.labels(
-                server=spec.server, tool=spec.tool, outcome="error"
-            ).inc()
-            return ToolResult("This tool runs only after a person approves it.", "error", summary)
-        try:
+        try:  # first: a call that cannot run is not put to anyone for approval
             arguments = parse_arguments(arguments_json)
         except ValueError as exc:
             self._metrics.tool_calls.labels(
                 server=spec.server, tool=spec.tool, outcome="error"
             ).inc()
             return ToolResult(str(exc), "error", summary)
+        if spec.needs_approval and not approved:
+            self._metrics.tool_calls.labels(
+                server=spec.server, tool=spec.tool, outcome="error"
+            ).inc()
+            return ToolResult("This tool runs only after a person approves it.", "error", summary)
         started = self._clock()
         text = ""
         outcome: Outcome = "error"

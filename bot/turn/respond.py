@@ -30,7 +30,7 @@ from bot.metrics import Metrics
 from bot.render.contract import Outcome, Reply, ReplyStateError, Step, StepStatus
 from bot.stops import StopSignals
 from bot.store import Store
-from bot.tools.calls import ToolResult, ToolSpec, cut
+from bot.tools.calls import ToolResult, ToolSpec, cut, parse_arguments
 from bot.tools.config import Toolset
 from bot.turn.context import Context, as_written
 from bot.turn.intake import Accepted
@@ -273,7 +273,12 @@ class Responder:
             approved = False
             try:
                 # A tool the channel does not offer is refused by the call: nobody is asked.
-                if call.name in round_.offered and self._tools.needs_approval(call.name):
+                # Nor is a call whose arguments are not a JSON object: it fails either way.
+                if (
+                    call.name in round_.offered
+                    and self._tools.needs_approval(call.name)
+                    and _readable(call.arguments)
+                ):
                     round_.show(Step(step_id, summary, _PENDING, "waiting for approval"))
                     full = self._tools.approval_text(call.name, call.arguments)
                     approved = await self._approvals.ask(accepted, round_.reply, summary, full)
@@ -300,6 +305,14 @@ class Responder:
 
 
 _PENDING = StepStatus.PENDING
+
+
+def _readable(arguments: str) -> bool:
+    try:
+        parse_arguments(arguments)
+    except ValueError:
+        return False
+    return True
 
 
 def _within(text: str, limit: int) -> str:
