@@ -36,7 +36,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import SlackError
+from bot.errors import SlackError, SlackRateLimited
 from bot.metrics import Metrics
 from bot.render.contract import Reply
 from bot.slack import SlackGateway
@@ -52,6 +52,8 @@ ONLY_ASKER_TEXT = "Only the person who asked can approve this."
 NOT_PASSED_ON_TEXT = "I couldn't pass your answer on just now. Please press the button again."
 ENDED_TEXT = "This request has already ended: {how}."
 
+_SHOW_TRIES = 3  # edits of a prompt's outcome, through 429s
+_SHOW_WAIT_S = 10.0  # the longest wait for one
 APPROVED, DENIED, TIMEOUT, CANCELLED = "approved", "denied", "timeout", "cancelled"
 _VERDICTS = {APPROVE_ACTION_ID: APPROVED, DENY_ACTION_ID: DENIED}
 _ENDING_S = 3.0  # how long a cancelled wait may take to record and show that it ended
@@ -217,11 +219,19 @@ class Approvals:
         return standing or TIMEOUT
 
     async def _show(self, request: _Request, ts: str, decision: str) -> None:
+        """Edit the prompt to say how it ended (its buttons go away); a 429 is waited out, up
+        to ``_SHOW_TRIES`` times, so a busy workspace does not leave live buttons behind."""
         text = _outcome_text(request, decision)
-        try:
-            await self._slack.update(request.channel, ts, text, blocks=[_section(text)])
-        except SlackError as exc:
-            log.warning("could not show the outcome of approval %s: %s", request.id, exc.error)
+        for _ in range(_SHOW_TRIES):
+            try:
+                await self._slack.update(request.channel, ts, text, blocks=[_section(text)])
+                return
+            except SlackRateLimited as exc:
+                await asyncio.sleep(min(exc.retry_after, _SHOW_WAIT_S))
+            except SlackError as exc:
+                log.warning("could not show the outcome of approval %s: %s", request.id, exc.error)
+                return
+        log.warning("could not show the outcome of approval %s: still rate limited", request.id)
 
     async def _tell(self, click: ApprovalClick, text: str) -> None:
         try:

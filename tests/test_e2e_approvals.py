@@ -6,6 +6,7 @@ happened. The message shows the call in full, secrets aside."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator
@@ -405,3 +406,22 @@ async def test_a_call_whose_arguments_cannot_be_read_is_not_put_to_anyone(
     assert not asked  # nobody was asked to approve a call that cannot run
     ((_, result),) = llm.requests[1].tool_results
     assert "not valid JSON" in result
+
+
+async def test_a_rate_limited_outcome_edit_is_retried_so_no_buttons_stay(
+    start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tools_file: str
+) -> None:
+    llm.script(Answer(tool_calls=[DELETE]), Answer(text="Understood."))
+    async with start_bot(mcp_servers_file=tools_file):
+        event = mention_event("delete everything")
+        await slack.send_event(event)
+        prompt = await approval_prompt(slack, event["ts"])
+        await asyncio.sleep(0.5)  # the answer's own step edit has gone out
+        slack.fail_next("chat.update", "ratelimited", retry_after=1)
+        await press(slack, prompt, DENY_ACTION_ID)
+        await settled(slack, event["ts"])
+
+    limited = [c for c in slack.calls_to("chat.update") if c.status == 429]
+    assert [c.args["ts"] for c in limited] == [prompt.ts]  # the outcome edit met the 429
+    after = shown(slack, prompt)
+    assert "Denied by <@U0USER>" in after.text and button_value(after, DENY_ACTION_ID) is None
