@@ -230,3 +230,17 @@ def _close_sentinels() -> Iterator[None]:
     for sentinel in _sentinels:
         for client in sentinel.sentinels:
             client.close()
+
+
+# -- a real MCP server for the tool tests (issue 16) -----------------------------------------------
+
+from tests.mcp_servers import McpHttpServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mcp_server() -> Iterator[McpHttpServer]:
+    """The MCP test server (tests/mcp_servers.py) over streamable HTTP, one per test module: its
+    tools record events (``slow:cancelled`` …) a test may count."""
+    server = McpHttpServer.start_new()
+    yield server
+    server.stop()

@@ -192,6 +192,16 @@ class McpHttpServer:
         self._process = None
 
 
+def lab_tools(folder: Path, url: str, *, timeout: float) -> str:
+    """An MCP_SERVERS_FILE naming the server at ``url`` as ``lab``; its path."""
+    path = folder / f"mcp-{timeout:g}.toml"
+    path.write_text(
+        f'connect_timeout = 10\n[servers.lab]\nurl = "{url}"\ntimeout = {timeout:g}\n',
+        encoding="utf-8",
+    )
+    return str(path)
+
+
 def stdio_command() -> tuple[str, list[str]]:
     """The command and arguments of a stdio server entry that runs this module."""
     return sys.executable, ["-m", "tests.mcp_servers", "--stdio"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from bot.render.reply import STOP_ACTION_ID
 from bot.store import KeySchema, Store, connect_redis
 from tests.fakes.openai import Answer, Call, FakeOpenAI
 from tests.fakes.slack import FakeSlack, Message, block_actions_payload, mention_event
-from tests.mcp_servers import McpHttpServer
+from tests.mcp_servers import McpHttpServer, lab_tools
 from tests.redis_server import RedisServer
 from tests.test_stop_and_recovery import stop_value
 from tests.views import bot_replies, notes, working
@@ -35,21 +34,9 @@ REFUSED = "This tool runs only after a person approves it."
 DELETE = Call("lab__delete_everything", {"confirm": True})
 
 
-@pytest.fixture(scope="module")
-def mcp_server() -> Iterator[McpHttpServer]:
-    server = McpHttpServer.start_new()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def tools_file(tmp_path: Path, mcp_server: McpHttpServer) -> str:
-    path = tmp_path / "mcp.toml"
-    path.write_text(
-        f'connect_timeout = 10\n[servers.lab]\nurl = "{mcp_server.url}"\ntimeout = 5\n',
-        encoding="utf-8",
-    )
-    return str(path)
+    return lab_tools(tmp_path, mcp_server.url, timeout=5)
 
 
 def button_value(message: Message, action_id: str) -> str | None:

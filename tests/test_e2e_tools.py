@@ -5,7 +5,6 @@ the answer goes on in the same message; failures go back to the model as errors.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,15 @@ from tests.fakes.slack import (
     mention_event,
     message_event,
 )
-from tests.mcp_servers import McpHttpServer
+from tests.mcp_servers import McpHttpServer, lab_tools
 from tests.test_stop_and_recovery import stop_value
 from tests.test_tools_mcp import http_server, toolbox
 from tests.views import bot_replies, notes, working
 
 
-@pytest.fixture(scope="module")
-def mcp_server() -> Iterator[McpHttpServer]:
-    server = McpHttpServer.start_new()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def tools_file(tmp_path: Path, mcp_server: McpHttpServer) -> str:
-    path = tmp_path / "mcp.toml"
-    path.write_text(
-        f"""
-        connect_timeout = 10
-        [servers.lab]
-        url = "{mcp_server.url}"
-        timeout = 2
-        """,
-        encoding="utf-8",
-    )
-    return str(path)
+    return lab_tools(tmp_path, mcp_server.url, timeout=2)
 
 
 def indicator(message: Message) -> str:
@@ -133,13 +115,12 @@ async def test_parallel_calls_run_together_and_a_failing_and_a_slow_tool_are_err
 async def test_stop_during_a_tool_call_cancels_it_and_ends_the_answer(
     start_bot: Any, slack: FakeSlack, llm: FakeOpenAI, tmp_path: Path, mcp_server: McpHttpServer
 ) -> None:
-    path = tmp_path / "slow.toml"
-    path.write_text(f'[servers.lab]\nurl = "{mcp_server.url}"\ntimeout = 60\n', encoding="utf-8")
+    slow = lab_tools(tmp_path, mcp_server.url, timeout=60)
     llm.script(
         Answer(text="Working on it.", tool_calls=[Call("lab__slow", {"seconds": 20})]),
         Answer(text="never asked for"),
     )
-    async with start_bot(mcp_servers_file=str(path)) as running:
+    async with start_bot(mcp_servers_file=slow) as running:
         event = mention_event("take your time")
         await slack.send_event(event)
         await slack.wait_for(
@@ -258,14 +239,13 @@ async def test_slacks_own_stop_during_a_tool_call_in_a_native_stream_cancels_it(
     tmp_path: Path,
     mcp_server: McpHttpServer,
 ) -> None:
-    path = tmp_path / "slow.toml"
-    path.write_text(f'[servers.lab]\nurl = "{mcp_server.url}"\ntimeout = 60\n', encoding="utf-8")
+    slow = lab_tools(tmp_path, mcp_server.url, timeout=60)
     llm.script(
         Answer(text="Working on it.", tool_calls=[Call("lab__slow", {"seconds": 20})]),
         Answer(text="never asked for"),
     )
     async with start_bot(
-        mcp_servers_file=str(path), stream_mode="native", native_step_keepalive=0.3
+        mcp_servers_file=slow, stream_mode="native", native_step_keepalive=0.3
     ) as running:
         event = mention_event("take your time")
         await slack.send_event(event)
